@@ -1,0 +1,818 @@
+"""The async Prefect REST client: the only module that sends HTTP requests.
+
+Reads page through the server's 200-row limit by themselves. Writes are safe to retry:
+state changes carry a ``transition_id`` (the server refuses a duplicate; a forced change is
+checked against the run before it is sent again), creates carry an idempotency key, and a
+delete answered 404 means the run is already gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from runner import __version__
+from runner.errors import (
+    APIError,
+    InvalidRequest,
+    NotFound,
+    OrchestrationRejected,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+    UnsupportedByServer,
+)
+from runner.filters import FlowRunFilter, FlowRunQuery, FlowRunSort, by_ids
+from runner.models import (
+    BulkStateResult,
+    Deployment,
+    Flow,
+    FlowRun,
+    OrchestrationResult,
+    ServerInfo,
+    SetStateStatus,
+    State,
+    StateType,
+)
+from runner.ratelimit import RateLimiter
+from runner.retry import RetryableStatus, RetryPolicy, retrying
+from runner.settings import ConnectionSettings, resolve_settings
+
+log = logging.getLogger("runner.client")
+
+#: The REST API version runner speaks (Prefect 2.20 and 3.x servers both report 0.8.4).
+API_VERSION = "0.8.4"
+#: The most runs one page or one bulk call may carry.
+MAX_PAGE_SIZE = 200
+MAX_BULK_SIZE = 50
+
+DUPLICATE_TRANSITION_REASON = "This run has already made this state transition."
+_LIMIT_RE = re.compile(r"less than or equal to (\d+)")
+_PROTECTED_HEADERS = frozenset(
+    {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class RequestStats:
+    """What one client sent: every HTTP request, retries included."""
+
+    requests: int = 0
+    retries: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    transport_errors: int = 0
+
+
+@dataclass(frozen=True)
+class ProposedState:
+    """A state runner asks the server to set on a run."""
+
+    type: StateType
+    name: str | None = None
+    message: str | None = None
+    scheduled_time: datetime | None = None
+
+    def body(self, transition_id: UUID) -> dict[str, Any]:
+        details: dict[str, Any] = {"transition_id": str(transition_id)}
+        if self.scheduled_time is not None:
+            details["scheduled_time"] = self.scheduled_time.isoformat()
+        state: dict[str, Any] = {"type": self.type.value, "state_details": details}
+        if self.name is not None:
+            state["name"] = self.name
+        if self.message is not None:
+            state["message"] = self.message
+        return state
+
+
+def _auth_headers(settings: ConnectionSettings) -> dict[str, str]:
+    # The API key wins over the auth string, as in Prefect's own client.
+    if settings.api_key is not None:
+        return {"Authorization": f"Bearer {settings.api_key.reveal()}"}
+    if settings.auth_string is not None:
+        token = base64.b64encode(settings.auth_string.reveal().encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        for key in ("detail", "exception_detail", "exception_message"):
+            if key in body:
+                return body[key]
+    return body
+
+
+def _describe_detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict) and "msg" in item:
+                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+class PrefectClient:
+    """An async client for the parts of the Prefect REST API that runner uses.
+
+    Use it as an async context manager::
+
+        async with PrefectClient(resolve_settings()) as client:
+            async for page in client.iter_flow_runs(query):
+                ...
+
+    ``bulk`` forces (True) or forbids (False) the bulk routes; by default their presence is
+    detected once per client. ``rate_limit`` caps requests per second across all tasks.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        bulk: bool | None = None,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings or resolve_settings()
+        self.retry_policy = retry or RetryPolicy()
+        self.stats = RequestStats()
+        self._limiter = RateLimiter(rate_limit) if rate_limit else None
+        self._bulk_override = bulk
+        self._info: ServerInfo | None = None
+        self._page_size = MAX_PAGE_SIZE
+        self._csrf_enabled: bool | None = None
+        self._csrf_token: str | None = None
+        self._csrf_expires = 0.0
+        self._csrf_client = str(uuid.uuid4())
+        headers = {
+            k: v
+            for k, v in self.settings.custom_headers.items()
+            if k.lower() not in _PROTECTED_HEADERS
+        }
+        headers.update(
+            {
+                "User-Agent": f"prefect-runner/{__version__}",
+                "X-PREFECT-API-VERSION": API_VERSION,
+                **_auth_headers(self.settings),
+            }
+        )
+        verify: bool | str = True
+        if self.settings.tls_insecure_skip_verify:
+            verify = False
+        elif self.settings.ssl_cert_file:
+            verify = self.settings.ssl_cert_file
+        self._http = httpx.AsyncClient(
+            base_url=self.settings.api_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=self.settings.request_timeout,
+            verify=verify,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"PrefectClient(api_url={self.settings.display_url!r})"
+
+    async def __aenter__(self) -> PrefectClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _url_for(self, path: str) -> str:
+        return f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}"
+
+    async def _csrf_headers(self) -> dict[str, str]:
+        if self._csrf_enabled is False:
+            return {}
+        if self._csrf_token is None or time.time() > self._csrf_expires - 30:
+            response = await self._http.get("csrf-token", params={"client": self._csrf_client})
+            self.stats.requests += 1
+            if response.status_code == 422 and "disabled" in response.text.lower():
+                self._csrf_enabled = False
+                return {}
+            if response.status_code in (404, 405):
+                # Servers before CSRF support, and Prefect Cloud, have no such route.
+                self._csrf_enabled = False
+                return {}
+            if response.status_code != 200:
+                self._raise_for_status("GET", "csrf-token", response)
+            data = response.json()
+            self._csrf_enabled = True
+            self._csrf_token = str(data["token"])
+            expiration = data.get("expiration")
+            try:
+                self._csrf_expires = (
+                    datetime.fromisoformat(str(expiration).replace("Z", "+00:00")).timestamp()
+                    if expiration
+                    else time.time() + 3600
+                )
+            except ValueError:
+                self._csrf_expires = time.time() + 3600
+        return {"Prefect-Csrf-Token": self._csrf_token, "Prefect-Csrf-Client": self._csrf_client}
+
+    async def _send_once(
+        self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        headers = await self._csrf_headers() if method != "GET" else {}
+        self.stats.requests += 1
+        try:
+            response = await self._http.request(
+                method, path, json=json, params=params, headers=headers
+            )
+        except httpx.TransportError:
+            self.stats.transport_errors += 1
+            raise
+        self.stats.by_status[response.status_code] = (
+            self.stats.by_status.get(response.status_code, 0) + 1
+        )
+        log.debug("%s %s -> %s", method, path, response.status_code)
+        if response.status_code == 403 and "csrf" in response.text.lower():
+            # The token expired or the server restarted: fetch a new one and send again.
+            self._csrf_token = None
+            self._csrf_enabled = None
+            return await self._send_once(method, path, json=json, params=params)
+        if response.status_code in self.retry_policy.statuses:
+            raise RetryableStatus(response)
+        return response
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: Iterable[int] = (200, 201, 204),
+        before_retry: Any = None,
+    ) -> httpx.Response:
+        """Send with retries; map failures to the exception tree.
+
+        ``before_retry`` is an async callable run before every attempt but the first; when it
+        returns a response-like value, that value is returned instead of sending again (used to
+        recognise a change the server carried out although its answer was lost).
+        """
+        ok_statuses = set(ok)
+        try:
+            async for attempt in retrying(self.retry_policy):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                        if before_retry is not None:
+                            done = await before_retry()
+                            if done is not None:
+                                return done  # type: ignore[no-any-return]
+                    response = await self._send_once(method, path, json=json, params=params)
+        except RetryableStatus as exc:
+            status = exc.response.status_code
+            raise ServerError(
+                f"HTTP {status} after {self.retry_policy.max_attempts} attempts:"
+                f" {_describe_detail(_detail(exc.response))}",
+                method=method,
+                url=self._url_for(path),
+                status_code=status,
+            ) from None
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"no answer after {self.retry_policy.max_attempts} attempts"
+                f" ({type(exc).__name__}); is the server at {self.settings.display_url} running?",
+                method=method,
+                url=self._url_for(path),
+            ) from None
+        if response.status_code not in ok_statuses:
+            self._raise_for_status(method, path, response)
+        return response
+
+    def _raise_for_status(self, method: str, path: str, response: httpx.Response) -> None:
+        status = response.status_code
+        where: dict[str, Any] = {
+            "method": method,
+            "url": self._url_for(path),
+            "status_code": status,
+        }
+        detail = _detail(response)
+        if status in (401, 403):
+            raise Unauthorized(
+                f"HTTP {status}: the server refused the credentials."
+                " Check PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING"
+                " (a self-hosted server with basic auth).",
+                **where,
+            )
+        if status == 404:
+            raise NotFound(f"HTTP 404: {_describe_detail(detail)}", **where)
+        if status in (400, 409, 422):
+            raise InvalidRequest(
+                f"HTTP {status}: {_describe_detail(detail)}", detail=detail, **where
+            )
+        if status == 405:
+            raise UnsupportedByServer("HTTP 405: the server has no such route", **where)
+        raise ServerError(f"HTTP {status}: {_describe_detail(detail)}", **where)
+
+    def _parse(self, model: type[M], response: httpx.Response) -> M:
+        try:
+            return model.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ServerError(
+                f"unexpected answer: {type(exc).__name__}",
+                method=response.request.method,
+                url=self._url_for(response.request.url.path),
+                status_code=response.status_code,
+            ) from None
+
+    def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
+        try:
+            return TypeAdapter(list[model]).validate_python(response.json())  # type: ignore[valid-type]
+        except (ValueError, ValidationError) as exc:
+            raise ServerError(
+                f"unexpected answer: {type(exc).__name__}",
+                method=response.request.method,
+                url=self._url_for(response.request.url.path),
+                status_code=response.status_code,
+            ) from None
+
+    # -- about the server ------------------------------------------------------------------
+
+    async def server_info(self) -> ServerInfo:
+        """Server version, API version and whether the bulk routes exist (asked once)."""
+        if self._info is None:
+            version: str | None = None
+            api_version: str | None = None
+            try:
+                version = str((await self._request("GET", "admin/version")).json())
+            except (NotFound, UnsupportedByServer, Unauthorized):
+                version = None  # Prefect Cloud has no admin routes
+            try:
+                api_version = str((await self._request("GET", "version")).json())
+            except (NotFound, UnsupportedByServer):
+                api_version = None
+            bulk = (
+                self._bulk_override
+                if self._bulk_override is not None
+                else await self._probe_bulk_routes()
+            )
+            self._info = ServerInfo(version=version, api_version=api_version, bulk_routes=bulk)
+        return self._info
+
+    async def _probe_bulk_routes(self) -> bool:
+        # A body that fails validation on every server that has the route (422, before the
+        # handler runs), and that a server without it answers with 404 or 405.
+        response = await self._request(
+            "POST",
+            "flow_runs/bulk_delete",
+            json={"flow_runs": "probe", "limit": "probe"},
+            ok=(422, 404, 405),
+        )
+        return response.status_code == 422
+
+    async def supports_bulk(self) -> bool:
+        return (await self.server_info()).bulk_routes
+
+    async def health(self) -> bool:
+        """True when ``/health`` answers 200."""
+        try:
+            response = await self._request("GET", "health")
+        except APIError:
+            return False
+        return response.status_code == 200
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def count_flow_runs(self, query: FlowRunQuery | None = None) -> int:
+        body = (query or FlowRunQuery()).body()
+        return int((await self._request("POST", "flow_runs/count", json=body)).json())
+
+    async def read_flow_runs(
+        self,
+        query: FlowRunQuery | None = None,
+        *,
+        sort: FlowRunSort = FlowRunSort.ID_DESC,
+        limit: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+    ) -> list[FlowRun]:
+        """One page of runs (``limit`` is capped at the server's page limit)."""
+        body = (query or FlowRunQuery()).body()
+        body.update(sort=sort.value, limit=min(limit, self._page_size), offset=offset)
+        try:
+            response = await self._request("POST", "flow_runs/filter", json=body)
+        except InvalidRequest as exc:
+            match = _LIMIT_RE.search(str(exc.detail))
+            if match is None or int(match.group(1)) >= body["limit"]:
+                raise
+            # The server runs with a smaller page limit than Prefect's default: learn it.
+            self._page_size = max(1, int(match.group(1)))
+            return await self.read_flow_runs(query, sort=sort, limit=limit, offset=offset)
+        return self._parse_list(FlowRun, response)
+
+    async def iter_flow_runs(
+        self,
+        query: FlowRunQuery | None = None,
+        *,
+        sort: FlowRunSort = FlowRunSort.ID_DESC,
+        limit: int | None = None,
+    ) -> AsyncIterator[list[FlowRun]]:
+        """Every matching run, page by page, each run once; at most ``limit`` runs.
+
+        Sort by ``ID_DESC`` (the default) when reading everything: it is the only sort with no
+        ties, so offset pages neither repeat nor skip rows while nothing is written.
+        """
+        seen: set[UUID] = set()
+        offset = 0
+        remaining = limit
+        while remaining is None or remaining > 0:
+            want = self._page_size if remaining is None else min(self._page_size, remaining)
+            page = await self.read_flow_runs(query, sort=sort, limit=want, offset=offset)
+            offset += len(page)
+            fresh = [run for run in page if run.id not in seen]
+            seen.update(run.id for run in fresh)
+            if remaining is not None:
+                fresh = fresh[:remaining]
+                remaining -= len(fresh)
+            if fresh:
+                yield fresh
+            if len(page) < want:
+                return
+
+    async def read_flow_run(self, flow_run_id: UUID) -> FlowRun:
+        return self._parse(FlowRun, await self._request("GET", f"flow_runs/{flow_run_id}"))
+
+    async def read_flow(self, flow_id: UUID) -> Flow:
+        return self._parse(Flow, await self._request("GET", f"flows/{flow_id}"))
+
+    async def read_flows(self, ids: Sequence[UUID]) -> list[Flow]:
+        if not ids:
+            return []
+        flows: list[Flow] = []
+        for start in range(0, len(ids), MAX_PAGE_SIZE):
+            chunk = [str(i) for i in ids[start : start + MAX_PAGE_SIZE]]
+            body = {"flows": {"id": {"any_": chunk}}, "limit": MAX_PAGE_SIZE}
+            flows += self._parse_list(Flow, await self._request("POST", "flows/filter", json=body))
+        return flows
+
+    async def read_deployment(self, deployment_id: UUID) -> Deployment:
+        return self._parse(Deployment, await self._request("GET", f"deployments/{deployment_id}"))
+
+    async def read_deployment_by_name(self, name: str) -> Deployment:
+        """A deployment by its ``flow/deployment`` name."""
+        flow_name, sep, deployment_name = name.partition("/")
+        if not sep or not flow_name or not deployment_name:
+            raise ValueError(f"expected 'flow/deployment', got {name!r}")
+        response = await self._request("GET", f"deployments/name/{flow_name}/{deployment_name}")
+        return self._parse(Deployment, response)
+
+    async def read_deployments(self, ids: Sequence[UUID]) -> list[Deployment]:
+        deployments: list[Deployment] = []
+        for start in range(0, len(ids), MAX_PAGE_SIZE):
+            body = {
+                "deployments": {
+                    "id": {"any_": [str(i) for i in ids[start : start + MAX_PAGE_SIZE]]}
+                },
+                "limit": MAX_PAGE_SIZE,
+            }
+            response = await self._request("POST", "deployments/filter", json=body)
+            deployments += self._parse_list(Deployment, response)
+        return deployments
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def set_flow_run_state(
+        self,
+        flow_run_id: UUID,
+        state: ProposedState,
+        *,
+        force: bool = False,
+        transition_id: UUID | None = None,
+    ) -> OrchestrationResult:
+        """Propose a state. Returns the server's verdict; see :meth:`ensure_accepted`.
+
+        The same ``transition_id`` is sent on every retry, and a retry first checks whether
+        the run already carries it, so a lost answer never makes the change twice.
+        """
+        tid = transition_id or uuid.uuid4()
+        body = {"state": state.body(tid), "force": force}
+
+        async def already_done() -> httpx.Response | None:
+            run = await self.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.state_details.transition_id == tid:
+                return httpx.Response(
+                    200,
+                    json={
+                        "status": "ACCEPT",
+                        "state": run.state.model_dump(mode="json"),
+                        "details": {"type": "accept_details"},
+                    },
+                )
+            return None
+
+        response = await self._request(
+            "POST", f"flow_runs/{flow_run_id}/set_state", json=body, before_retry=already_done
+        )
+        return _recognise_duplicate(self._parse(OrchestrationResult, response), tid)
+
+    async def bulk_set_flow_run_state(
+        self,
+        ids: Sequence[UUID],
+        state: ProposedState,
+        *,
+        force: bool = False,
+        only_if: FlowRunFilter | None = None,
+        transition_id: UUID | None = None,
+    ) -> dict[UUID, OrchestrationResult]:
+        """Propose one state for up to 50 runs in one request (``/flow_runs/bulk_set_state``).
+
+        ``only_if`` narrows the id filter (for example to the state the plan saw), so runs
+        that drifted are left alone by the server itself; they are absent from the answer.
+        """
+        self._check_batch(ids)
+        if not await self.supports_bulk():
+            raise UnsupportedByServer(
+                "the server has no bulk routes (Prefect < 3.6.16)",
+                method="POST",
+                url=self._url_for("flow_runs/bulk_set_state"),
+            )
+        tid = transition_id or uuid.uuid4()
+        flt = _narrow(by_ids(ids), only_if)
+        body = {
+            "flow_runs": flt.model_dump(mode="json", exclude_none=True),
+            "state": state.body(tid),
+            "force": force,
+            "limit": len(ids),
+        }
+        done: dict[UUID, OrchestrationResult] = {}
+
+        async def resend_remaining() -> httpx.Response | None:
+            # A forced change skips the server's duplicate-transition check: before sending
+            # again, take out the runs that already carry this transition.
+            for run in await self._read_by_ids(ids):
+                if run.state is not None and run.state.state_details.transition_id == tid:
+                    done[run.id] = OrchestrationResult(
+                        status=SetStateStatus.ACCEPT, state=run.state
+                    )
+            remaining = [i for i in ids if i not in done]
+            if not remaining:
+                return httpx.Response(200, json={"results": []})
+            body["flow_runs"] = _narrow(by_ids(remaining), only_if).model_dump(
+                mode="json", exclude_none=True
+            )
+            body["limit"] = len(remaining)
+            return None
+
+        response = await self._request(
+            "POST", "flow_runs/bulk_set_state", json=body, before_retry=resend_remaining
+        )
+        try:
+            results = TypeAdapter(list[BulkStateResult]).validate_python(response.json()["results"])
+        except (ValueError, KeyError, TypeError, ValidationError):
+            raise ServerError(
+                "unexpected answer from bulk_set_state",
+                method="POST",
+                url=self._url_for("flow_runs/bulk_set_state"),
+            ) from None
+        for item in results:
+            if item.flow_run_id not in done:
+                done[item.flow_run_id] = _recognise_duplicate(item.as_result(), tid)
+        return done
+
+    async def delete_flow_run(self, flow_run_id: UUID) -> bool:
+        """Delete one run: True if this call deleted it, False if it was already gone."""
+        response = await self._request("DELETE", f"flow_runs/{flow_run_id}", ok=(200, 204, 404))
+        return response.status_code != 404
+
+    async def bulk_delete_flow_runs(
+        self, ids: Sequence[UUID], *, only_if: FlowRunFilter | None = None
+    ) -> set[UUID]:
+        """Delete up to 50 runs in one request; returns the ids that no longer exist.
+
+        Runs excluded by ``only_if`` (they drifted) are left alone and are not returned. When
+        an answer was lost and the request sent again, the server's second answer omits what
+        the first deleted; those ids are recognised by reading what is left.
+        """
+        self._check_batch(ids)
+        if not await self.supports_bulk():
+            raise UnsupportedByServer(
+                "the server has no bulk routes (Prefect < 3.6.16)",
+                method="POST",
+                url=self._url_for("flow_runs/bulk_delete"),
+            )
+        flt = _narrow(by_ids(ids), only_if)
+        body = {"flow_runs": flt.model_dump(mode="json", exclude_none=True), "limit": len(ids)}
+        retried = False
+
+        async def mark_retry() -> None:
+            nonlocal retried
+            retried = True
+            return None
+
+        response = await self._request(
+            "POST", "flow_runs/bulk_delete", json=body, before_retry=mark_retry
+        )
+        try:
+            deleted = {UUID(str(i)) for i in response.json()["deleted"]}
+        except (ValueError, KeyError, TypeError):
+            raise ServerError(
+                "unexpected answer from bulk_delete",
+                method="POST",
+                url=self._url_for("flow_runs/bulk_delete"),
+            ) from None
+        if retried and len(deleted) < len(ids):
+            present = {
+                run.id for run in await self._read_by_ids([i for i in ids if i not in deleted])
+            }
+            deleted |= {i for i in ids if i not in present}
+        return deleted
+
+    async def create_flow_run_from_deployment(
+        self,
+        deployment_id: UUID,
+        *,
+        state: ProposedState | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        name: str | None = None,
+        job_variables: Mapping[str, Any] | None = None,
+    ) -> FlowRun:
+        """Create a run of a deployment. The same ``idempotency_key`` returns the same run."""
+        body: dict[str, Any] = {}
+        if state is not None:
+            body["state"] = state.body(uuid.uuid4())
+        if parameters is not None:
+            body["parameters"] = dict(parameters)
+        if tags is not None:
+            body["tags"] = list(tags)
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        if name is not None:
+            body["name"] = name
+        if job_variables is not None:
+            body["job_variables"] = dict(job_variables)
+        response = await self._request(
+            "POST", f"deployments/{deployment_id}/create_flow_run", json=body
+        )
+        return self._parse(FlowRun, response)
+
+    async def update_flow_run_tags(self, flow_run_id: UUID, tags: Iterable[str]) -> None:
+        """Replace a run's tags (idempotent: sending it twice leaves the same tags)."""
+        await self._request("PATCH", f"flow_runs/{flow_run_id}", json={"tags": list(tags)})
+
+    # -- many runs: the bulk routes where the server has them, per-run calls where not ----
+
+    async def delete_flow_runs(
+        self,
+        ids: Sequence[UUID],
+        *,
+        only_if: FlowRunFilter | None = None,
+        concurrency: int = 4,
+    ) -> set[UUID]:
+        """Delete many runs; returns the ids that are gone. Runs excluded by ``only_if``
+        (they changed since they were selected) are left alone."""
+        if not ids:
+            return set()
+        if await self.supports_bulk():
+            gone: set[UUID] = set()
+            for start in range(0, len(ids), MAX_BULK_SIZE):
+                chunk = ids[start : start + MAX_BULK_SIZE]
+                gone |= await self.bulk_delete_flow_runs(chunk, only_if=only_if)
+            return gone
+        targets = await self._still_matching(ids, only_if)
+        deleted: set[UUID] = set()
+
+        async def one(run_id: UUID) -> None:
+            await self.delete_flow_run(run_id)
+            deleted.add(run_id)
+
+        await _run_bounded([functools.partial(one, i) for i in targets], concurrency)
+        return deleted
+
+    async def set_flow_run_states(
+        self,
+        ids: Sequence[UUID],
+        state: ProposedState,
+        *,
+        force: bool = False,
+        only_if: FlowRunFilter | None = None,
+        concurrency: int = 4,
+    ) -> dict[UUID, OrchestrationResult]:
+        """Propose one state for many runs; a verdict for each run that still matched."""
+        if not ids:
+            return {}
+        results: dict[UUID, OrchestrationResult] = {}
+        if await self.supports_bulk():
+            for start in range(0, len(ids), MAX_BULK_SIZE):
+                chunk = ids[start : start + MAX_BULK_SIZE]
+                results.update(
+                    await self.bulk_set_flow_run_state(chunk, state, force=force, only_if=only_if)
+                )
+            return results
+        targets = await self._still_matching(ids, only_if)
+
+        async def one(run_id: UUID) -> None:
+            results[run_id] = await self.set_flow_run_state(run_id, state, force=force)
+
+        await _run_bounded([functools.partial(one, i) for i in targets], concurrency)
+        return results
+
+    async def _still_matching(
+        self, ids: Sequence[UUID], only_if: FlowRunFilter | None
+    ) -> list[UUID]:
+        if only_if is None:
+            return list(ids)
+        matching: set[UUID] = set()
+        for start in range(0, len(ids), self._page_size):
+            chunk = ids[start : start + self._page_size]
+            query = FlowRunQuery(flow_runs=_narrow(by_ids(chunk), only_if))
+            matching |= {run.id for run in await self.read_flow_runs(query, limit=len(chunk))}
+        return [i for i in ids if i in matching]
+
+    async def _read_by_ids(self, ids: Sequence[UUID]) -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        for start in range(0, len(ids), self._page_size):
+            chunk = ids[start : start + self._page_size]
+            runs += await self.read_flow_runs(
+                FlowRunQuery(flow_runs=by_ids(chunk)), limit=len(chunk)
+            )
+        return runs
+
+    @staticmethod
+    def _check_batch(ids: Sequence[UUID]) -> None:
+        if not ids:
+            raise ValueError("a bulk call needs at least one run id")
+        if len(ids) > MAX_BULK_SIZE:
+            raise ValueError(f"a bulk call takes at most {MAX_BULK_SIZE} runs, got {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("a bulk call was given the same run id twice")
+
+
+async def _run_bounded(calls: Sequence[Callable[[], Awaitable[None]]], limit: int) -> None:
+    semaphore = anyio.Semaphore(max(1, limit))
+
+    async def guarded(call: Callable[[], Awaitable[None]]) -> None:
+        async with semaphore:
+            await call()
+
+    async with anyio.create_task_group() as group:
+        for call in calls:
+            group.start_soon(guarded, call)
+
+
+def ensure_accepted(result: OrchestrationResult, *, flow_run_id: UUID) -> State:
+    """The new state, or :class:`OrchestrationRejected` with the server's reason."""
+    if result.accepted and result.state is not None:
+        return result.state
+    raise OrchestrationRejected(
+        f"run {flow_run_id}: {result.status.value}"
+        + (f" ({result.reason})" if result.reason else ""),
+        status=result.status.value,
+        reason=result.reason,
+    )
+
+
+def _recognise_duplicate(result: OrchestrationResult, tid: UUID) -> OrchestrationResult:
+    """A REJECT because the run already made *this* transition is our own earlier success."""
+    if (
+        result.status is SetStateStatus.REJECT
+        and result.state is not None
+        and result.state.state_details.transition_id == tid
+    ):
+        return OrchestrationResult(status=SetStateStatus.ACCEPT, state=result.state)
+    return result
+
+
+def _narrow(ids_filter: FlowRunFilter, extra: FlowRunFilter | None) -> FlowRunFilter:
+    """The id filter, narrowed by ``extra``'s other fields (its ``id`` may not widen it)."""
+    if extra is None:
+        return ids_filter
+    return extra.model_copy(update={"id": ids_filter.id})

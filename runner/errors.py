@@ -1,0 +1,89 @@
+"""The one exception tree of runner.
+
+::
+
+    RunnerError
+    ├── SettingsError            a connection setting is malformed
+    ├── PlaybookError            a playbook failed to load (carries every problem found)
+    └── APIError                 the Prefect API answered with an error, or not at all
+        ├── Unreachable          no answer after the retries (names the URL, never a key)
+        ├── Unauthorized         401/403 (with a hint about the API key or auth string)
+        ├── NotFound             404 on something that must exist
+        ├── InvalidRequest       400/409/422 (carries the server's detail)
+        ├── ServerError          5xx or 429 still failing after the retries
+        ├── UnsupportedByServer  the server lacks a route (bulk routes on old servers)
+        └── OrchestrationRejected  the server refused a state change (carries the reason)
+
+Messages never contain an API key, an auth string or URL credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunnerError(Exception):
+    """Base class of every error runner raises on purpose."""
+
+
+class SettingsError(RunnerError):
+    """A connection setting (argument, environment variable or profile) is malformed."""
+
+
+class APIError(RunnerError):
+    """The Prefect API answered with an error, or could not be reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.status_code = status_code
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.url}: " if self.method and self.url else ""
+        return f"{where}{self.message}"
+
+
+class Unreachable(APIError):
+    """No answer from the server (connection refused, reset, timed out) after the retries."""
+
+
+class Unauthorized(APIError):
+    """The server refused our credentials (401) or their permissions (403)."""
+
+
+class NotFound(APIError):
+    """The object asked for does not exist (404)."""
+
+
+class InvalidRequest(APIError):
+    """The server refused the request as malformed (400, 409, 422); ``detail`` is its reason."""
+
+    def __init__(self, message: str, *, detail: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.detail = detail
+
+
+class ServerError(APIError):
+    """The server kept failing (5xx) or kept asking us to slow down (429) past the retries."""
+
+
+class UnsupportedByServer(APIError):
+    """The server does not have this route (for example the bulk routes before Prefect 3.6.16)."""
+
+
+class OrchestrationRejected(APIError):
+    """Prefect's orchestration rules refused a state change; ``reason`` is the server's word."""
+
+    def __init__(self, message: str, *, status: str, reason: str | None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+        self.reason = reason

@@ -1,0 +1,95 @@
+"""When and how long to wait before sending a request again."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import httpx
+import tenacity
+
+#: Answers that mean "not now": the request was not carried out and may be sent again.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A bounded exponential backoff with jitter that honours ``Retry-After``.
+
+    ``max_attempts`` counts the first try. The wait before try *n* is
+    ``min(max_backoff, initial_backoff * 2**(n-2)) + uniform(0, jitter)`` unless the server
+    said how long to wait (capped at ``max_retry_after``).
+    """
+
+    max_attempts: int = 8
+    initial_backoff: float = 0.25
+    max_backoff: float = 20.0
+    jitter: float = 0.5
+    max_retry_after: float = 120.0
+    statuses: frozenset[int] = RETRY_STATUSES
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.jitter < 0:
+            raise ValueError("backoff and jitter must not be negative")
+
+
+class RetryableStatus(Exception):
+    """Raised inside the retry loop for an answer in :attr:`RetryPolicy.statuses`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection-level failures and "not now" answers are retried; nothing else."""
+    return isinstance(exc, (RetryableStatus, httpx.TransportError))
+
+
+def backoff_seconds(policy: RetryPolicy, failed_attempts: int) -> float:
+    """The wait after ``failed_attempts`` failures, when the server named none."""
+    exponent = max(0, failed_attempts - 1)
+    base = min(policy.max_backoff, policy.initial_backoff * (2.0 ** min(exponent, 32)))
+    return base + random.uniform(0, policy.jitter)
+
+
+def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
+    """A tenacity loop for one logical request under ``policy``."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableStatus) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.max_retry_after)
+        return backoff_seconds(policy, state.attempt_number)
+
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception(is_retryable),
+        reraise=True,
+    )

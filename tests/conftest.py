@@ -1,0 +1,78 @@
+"""Fixtures: one real Prefect server per test session, seeding helpers, a client."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from runner.client import PrefectClient
+from runner.settings import ConnectionSettings
+from tests.prefect_server import PrefectServer, start_server
+from tests.seed import Seeder
+
+_started: list[PrefectServer] = []
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    server = start_server()
+    _started.append(server)
+    yield server
+    server.stop()
+    shutil.rmtree(server.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_version(prefect_server: PrefectServer) -> str:
+    import httpx
+
+    return str(httpx.get(f"{prefect_server.api_url}/admin/version").json())
+
+
+@pytest.fixture(scope="session")
+def is_prefect2(server_version: str) -> bool:
+    return server_version.startswith("2.")
+
+
+@pytest.fixture
+def api_url(prefect_server: PrefectServer) -> str:
+    return prefect_server.api_url
+
+
+@pytest.fixture
+def seeder(api_url: str) -> Iterator[Seeder]:
+    seeder = Seeder(api_url)
+    yield seeder
+    seeder.close()
+
+
+@pytest.fixture
+def settings(api_url: str) -> ConnectionSettings:
+    return ConnectionSettings(api_url=api_url, request_timeout=30)
+
+
+@pytest.fixture
+async def client(settings: ConnectionSettings) -> AsyncIterator[PrefectClient]:
+    async with PrefectClient(settings) as client:
+        yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for server in _started:
+        if server.startup_seconds is not None:
+            terminalreporter.write_line(
+                f"prefect server ({server.venv.name}) healthy after {server.startup_seconds:.1f}s"
+            )

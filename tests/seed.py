@@ -1,0 +1,205 @@
+"""Seeding helpers: flows, work pools, deployments and flow runs in any state, via the API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+
+STATES: dict[str, tuple[str, str]] = {
+    # label: (type, name)
+    "Scheduled": ("SCHEDULED", "Scheduled"),
+    "Late": ("SCHEDULED", "Late"),
+    "AwaitingRetry": ("SCHEDULED", "AwaitingRetry"),
+    "Pending": ("PENDING", "Pending"),
+    "Running": ("RUNNING", "Running"),
+    "Paused": ("PAUSED", "Paused"),
+    "Cancelling": ("CANCELLING", "Cancelling"),
+    "Completed": ("COMPLETED", "Completed"),
+    "Failed": ("FAILED", "Failed"),
+    "Crashed": ("CRASHED", "Crashed"),
+    "Cancelled": ("CANCELLED", "Cancelled"),
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Seeder:
+    """Creates objects on a real server. Retries the SQLite server's 'busy' answers."""
+
+    def __init__(self, api_url: str) -> None:
+        self.http = httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=60)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(10):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            if response.status_code in (429, 502, 503, 504) and attempt < 9:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            response.raise_for_status()
+            return response.json() if response.content else None
+        raise AssertionError("unreachable")
+
+    def flow(self, name: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "flows/", json={"name": name or unique("flow")}))
+
+    def work_pool(self, name: str | None = None) -> dict[str, Any]:
+        return dict(
+            self._call(
+                "POST", "work_pools/", json={"name": name or unique("pool"), "type": "process"}
+            )
+        )
+
+    def deployment(
+        self,
+        flow: dict[str, Any],
+        name: str | None = None,
+        *,
+        work_pool: str | None = None,
+        work_queue: str | None = None,
+        tags: Sequence[str] = (),
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": name or unique("deployment"),
+            "flow_id": flow["id"],
+            "tags": list(tags),
+            "parameters": parameters or {},
+        }
+        if work_pool:
+            body["work_pool_name"] = work_pool
+        if work_queue:
+            body["work_queue_name"] = work_queue
+        return dict(self._call("POST", "deployments/", json=body))
+
+    def run(
+        self,
+        flow: dict[str, Any],
+        state: str = "Scheduled",
+        *,
+        deployment: dict[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        scheduled: datetime | None = None,
+        name: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        parent_task_run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """One run. For Scheduled-type states ``scheduled`` sets the expected start time
+        (default: an hour ago for Late, in an hour otherwise)."""
+        state_type, state_name = STATES[state]
+        body_state: dict[str, Any] = {"type": state_type, "name": state_name}
+        if state_type == "SCHEDULED":
+            if scheduled is None:
+                offset = timedelta(hours=-1 if state == "Late" else 1)
+                scheduled = utcnow() + offset
+            body_state["state_details"] = {"scheduled_time": scheduled.isoformat()}
+        body: dict[str, Any] = {"state": body_state, "tags": list(tags)}
+        if name:
+            body["name"] = name
+        if parameters is not None:
+            body["parameters"] = parameters
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        if deployment is not None:
+            return dict(
+                self._call("POST", f"deployments/{deployment['id']}/create_flow_run", json=body)
+            )
+        body["flow_id"] = flow["id"]
+        if parent_task_run_id:
+            body["parent_task_run_id"] = parent_task_run_id
+        return dict(self._call("POST", "flow_runs/", json=body))
+
+    def runs(
+        self, count: int, flow: dict[str, Any], state: str = "Scheduled", **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        return [self.run(flow, state, **kwargs) for _ in range(count)]
+
+    def late_runs(
+        self,
+        count: int,
+        flow: dict[str, Any],
+        *,
+        deployment: dict[str, Any] | None = None,
+        spread: timedelta = timedelta(minutes=10),
+        tags: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Late runs whose expected start times are spread back from an hour ago."""
+        base = utcnow() - timedelta(hours=1)
+        return [
+            self.run(flow, "Late", deployment=deployment, scheduled=base - i * spread, tags=tags)
+            for i in range(count)
+        ]
+
+    def task_run(self, flow_run_id: str) -> dict[str, Any]:
+        """A task run inside ``flow_run_id``: the parent of a subflow run."""
+        return dict(
+            self._call(
+                "POST",
+                "task_runs/",
+                json={
+                    "flow_run_id": flow_run_id,
+                    "task_key": unique("task"),
+                    "dynamic_key": "0",
+                    "name": unique("task"),
+                },
+            )
+        )
+
+    def read_run(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._call("GET", f"flow_runs/{run_id}"))
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
+
+    def read_runs(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        ids = list(ids)
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            found += self._call(
+                "POST",
+                "flow_runs/filter",
+                json={"flow_runs": {"id": {"any_": chunk}}, "limit": 200},
+            )
+        return found
+
+    def runs_of_flow(self, flow: dict[str, Any]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            page = self._call(
+                "POST",
+                "flow_runs/filter",
+                json={
+                    "flows": {"id": {"any_": [flow["id"]]}},
+                    "limit": 200,
+                    "offset": offset,
+                    "sort": "ID_DESC",
+                },
+            )
+            found += page
+            offset += len(page)
+            if len(page) < 200:
+                return found

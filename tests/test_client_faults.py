@@ -1,0 +1,186 @@
+"""What the real server cannot be made to do on demand: 429 with Retry-After, 503 storms,
+connections dropped before an answer. A fake transport plays the server here; the same
+operations are tested against the real server in test_client.py."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from runner.client import PrefectClient, ProposedState
+from runner.errors import ServerError, Unauthorized, Unreachable
+from runner.models import SetStateStatus, StateType
+from runner.retry import RetryPolicy, parse_retry_after
+from runner.settings import ConnectionSettings, Secret
+
+pytestmark = pytest.mark.anyio
+
+KEY = "pnu_supersecretkey0123456789"
+FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.01)
+
+
+def settings(**kwargs: object) -> ConnectionSettings:
+    return ConnectionSettings(
+        api_url="http://prefect.test/api",
+        api_key=Secret(KEY),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def scripted(
+    answers: list[Callable[[httpx.Request], httpx.Response]],
+) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/csrf-token"):
+            return httpx.Response(422, json={"detail": "CSRF protection is disabled."})
+        seen.append(request)
+        return answers[min(len(seen), len(answers)) - 1](request)
+
+    return httpx.MockTransport(handler), seen
+
+
+def ok_run(request: httpx.Request) -> httpx.Response:
+    run_id = request.url.path.rsplit("/", 1)[-1]
+    return httpx.Response(200, json={"id": run_id, "name": "r", "flow_id": str(uuid.uuid4())})
+
+
+def status(
+    code: int, headers: dict[str, str] | None = None
+) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(code, headers=headers or {}, json={"detail": "busy"})
+
+
+def drop(request: httpx.Request) -> httpx.Response:
+    raise httpx.RemoteProtocolError(
+        "Server disconnected without sending a response.", request=request
+    )
+
+
+async def test_429_waits_as_long_as_retry_after_says() -> None:
+    transport, seen = scripted([status(429, {"Retry-After": "0.3"}), ok_run])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        started = time.monotonic()
+        run = await client.read_flow_run(uuid.uuid4())
+        waited = time.monotonic() - started
+    assert run.name == "r"
+    assert len(seen) == 2
+    assert waited >= 0.3  # Retry-After, not the 0.01 s backoff
+    assert client.stats.retries == 1
+    assert client.stats.by_status == {429: 1, 200: 1}
+
+
+async def test_503_and_dropped_connections_are_retried() -> None:
+    transport, seen = scripted([status(503), drop, status(502), ok_run])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        await client.read_flow_run(uuid.uuid4())
+    assert len(seen) == 4
+    assert client.stats.transport_errors == 1
+
+
+async def test_retries_are_bounded_and_end_in_server_error() -> None:
+    transport, seen = scripted([status(503)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(ServerError) as info:
+            await client.read_flow_run(uuid.uuid4())
+    assert len(seen) == 4
+    assert str(info.value).startswith("GET http://prefect.test/api/flow_runs/")
+    assert str(info.value).endswith(": HTTP 503 after 4 attempts: busy")
+
+
+async def test_a_retried_state_change_keeps_its_transition_id() -> None:
+    run_id = uuid.uuid4()
+
+    def accept(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the check before sending again: not done yet
+            return httpx.Response(
+                200,
+                json={
+                    "id": str(run_id),
+                    "name": "r",
+                    "flow_id": str(uuid.uuid4()),
+                    "state": {"type": "RUNNING", "name": "Running"},
+                },
+            )
+        body = json.loads(request.content)
+        return httpx.Response(201, json={"status": "ACCEPT", "state": body["state"], "details": {}})
+
+    transport, seen = scripted([drop, accept, accept])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        result = await client.set_flow_run_state(
+            run_id, ProposedState(StateType.CANCELLING, "Cancelling")
+        )
+    assert result.status is SetStateStatus.ACCEPT
+    posts = [json.loads(r.content) for r in seen if r.method == "POST"]
+    assert len(posts) == 2
+    assert (
+        posts[0]["state"]["state_details"]["transition_id"]
+        == posts[1]["state"]["state_details"]["transition_id"]
+    )
+
+
+async def test_unreachable_names_the_url_never_the_key() -> None:
+    s = ConnectionSettings(api_url="http://user:hunter2@127.0.0.1:9/api", api_key=Secret(KEY))
+    async with PrefectClient(s, retry=FAST) as client:
+        with pytest.raises(Unreachable) as info:
+            await client.read_flow_run(uuid.uuid4())
+    message = str(info.value)
+    assert "http://127.0.0.1:9/api/flow_runs/" in message
+    assert "is the server at http://127.0.0.1:9/api running?" in message
+    for secret in (KEY, "hunter2"):
+        assert secret not in message
+        assert secret not in repr(info.value)
+        assert secret not in repr(client)
+
+
+async def test_unauthorized_hints_at_the_credentials() -> None:
+    transport, _ = scripted([status(401)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(Unauthorized) as info:
+            await client.read_flow_run(uuid.uuid4())
+    assert "Check PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING" in str(info.value)
+    assert KEY not in str(info.value)
+
+
+async def test_headers_sent() -> None:
+    transport, seen = scripted([ok_run])
+    s = settings(custom_headers={"X-Team": "ops", "Authorization": "ignored"})
+    async with PrefectClient(s, transport=transport) as client:
+        await client.read_flow_run(uuid.uuid4())
+    headers = seen[0].headers
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["X-PREFECT-API-VERSION"] == "0.8.4"
+    assert headers["X-Team"] == "ops"
+    assert headers["User-Agent"].startswith("prefect-runner/")
+
+
+async def test_auth_string_is_basic_auth() -> None:
+    transport, seen = scripted([ok_run])
+    s = ConnectionSettings(api_url="http://prefect.test/api", auth_string=Secret("admin:pass"))
+    async with PrefectClient(s, transport=transport) as client:
+        await client.read_flow_run(uuid.uuid4())
+    assert seen[0].headers["Authorization"] == "Basic YWRtaW46cGFzcw=="
+
+
+async def test_rate_limit_spaces_requests() -> None:
+    transport, seen = scripted([ok_run])
+    async with PrefectClient(settings(), transport=transport, rate_limit=20) as client:
+        started = time.monotonic()
+        for _ in range(6):
+            await client.read_flow_run(uuid.uuid4())
+        elapsed = time.monotonic() - started
+    assert len(seen) == 6
+    assert elapsed >= 5 / 20  # 6 requests at 20/s: at least 5 intervals
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Sun, 22 Nov 2026 12:00:10 GMT", now=1795348800.0) == 10.0
