@@ -76,6 +76,16 @@ class ConnectionSettings:
     #: Which source each setting came from ("argument", "environment", "profile 'x'", "default").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionSettings(api_url={self.display_url!r}, api_key={self.api_key!r},"
+            f" auth_string={self.auth_string!r}, custom_headers={sorted(self.custom_headers)!r},"
+            f" tls_insecure_skip_verify={self.tls_insecure_skip_verify!r},"
+            f" ssl_cert_file={self.ssl_cert_file!r}, request_timeout={self.request_timeout!r})"
+        )
+
+    __str__ = __repr__
+
     @property
     def display_url(self) -> str:
         """The API URL with any credentials embedded in it removed: safe to print."""

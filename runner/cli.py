@@ -1,0 +1,74 @@
+"""The ``runner`` command line: parse, dispatch to ``runner.commands``, map errors to exit codes.
+
+Exit codes: 0 success (or nothing to change), 1 error, 2 changes pending when asked with
+``--detailed-exitcode``, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from runner import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(func: F) -> F:
+    """Options that override Prefect's own connection settings for one command."""
+    func = click.option(
+        "--api-url", envvar=None, help="Prefect API URL (default: PREFECT_API_URL or the profile)."
+    )(func)
+    return func
+
+
+def _settings(api_url: str | None) -> Any:
+    from runner.settings import resolve_settings
+
+    return resolve_settings(api_url=api_url)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"runner: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runner")
+def cli() -> None:
+    """Declarative batch operations on Prefect flow runs, driven by YAML playbooks."""
+
+
+@cli.command()
+@connection_options
+def doctor(api_url: str | None) -> None:
+    """Show the connection settings in force and what the server supports."""
+    from runner.commands import doctor as command
+    from runner.errors import RunnerError
+
+    try:
+        code = command.run(_settings(api_url), out=sys.stdout)
+    except RunnerError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="runner")
+    except KeyboardInterrupt:
+        click.echo("runner: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()
