@@ -61,6 +61,65 @@ def doctor(api_url: str | None) -> None:
     sys.exit(code)
 
 
+def parse_vars(values: tuple[str, ...]) -> dict[str, str]:
+    """``--var name=value`` pairs."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected name=value, got {item!r}", param_hint="--var")
+        out[name.strip()] = value
+    return out
+
+
+var_option = click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a playbook variable (repeatable). Also: RUNNER_VAR_NAME in the environment.",
+)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@var_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: a machine-readable report on stdout.",
+)
+def validate(files: tuple[str, ...], variables: tuple[str, ...], output_format: str) -> None:
+    """Check playbooks against the schema. No server is contacted."""
+    from runner.commands import validate as command
+
+    sys.exit(
+        command.run(
+            files,
+            variables=parse_vars(variables),
+            output_format=output_format,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
+@cli.command()
+@click.option("--path", "show_path", is_flag=True, help="Print the schema file's path instead.")
+def schema(show_path: bool) -> None:
+    """Print the playbook JSON Schema (for editors and yaml-language-server)."""
+    from importlib import resources
+
+    ref = resources.files("runner").joinpath("schema/playbook.schema.json")
+    if show_path:
+        click.echo(str(ref))
+    else:
+        click.echo(ref.read_text("utf-8"), nl=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -4,7 +4,7 @@
 
     RunnerError
     ├── SettingsError            a connection setting is malformed
-    ├── PlaybookError            a playbook failed to load (carries every problem found)
+    ├── PlaybookError            a playbook failed to load (carries every Problem found)
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
         ├── Unauthorized         401/403 (with a hint about the API key or auth string)
@@ -87,3 +87,40 @@ class OrchestrationRejected(APIError):
         super().__init__(message, **kwargs)
         self.status = status
         self.reason = reason
+
+
+class Problem:
+    """One thing wrong in a playbook, at ``file:line:column`` and a key path."""
+
+    __slots__ = ("column", "file", "line", "message", "path")
+
+    def __init__(self, *, file: str, line: int, column: int, path: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({self!s})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class PlaybookError(RunnerError):
+    """A playbook (or its variables) failed to load; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
