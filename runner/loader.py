@@ -285,7 +285,9 @@ def _resolve_vars(
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             src.problem(
-                ("vars",), f"--var {name}: no such variable in this playbook (variables: {known})"
+                ("vars",),
+                f"--var {name}: no such variable in this playbook (variables: {known})",
+                key=True,
             )
             continue
         values[name] = _parse_override(raw)
@@ -724,7 +726,7 @@ def load_text(
     """Like :func:`load_playbook`, from a string."""
     src = _Source(name)
     data = _parse_yaml(text, src)
-    if data is not None and not isinstance(data, dict):
+    if not src.problems and not isinstance(data, dict):
         src.problem((), f"a playbook is a mapping (version, steps, ...), got {describe(data)}")
     if src.problems or data is None:
         raise PlaybookError(src.problems)

@@ -76,3 +76,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(
                 f"prefect server ({server.venv.name}) healthy after {server.startup_seconds:.1f}s"
             )
+
+
+def _hypothesis_profiles() -> None:
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("default", max_examples=300, deadline=None)
+    settings.register_profile("full", max_examples=10_000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+_hypothesis_profiles()
