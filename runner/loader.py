@@ -6,6 +6,7 @@ was expected. Nothing here touches the network.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -33,12 +34,14 @@ from runner.playbook import (
     Retry,
     RetryRuns,
     Select,
+    SetState,
     StateSelect,
     Step,
     Tag,
     TagSelect,
     Window,
 )
+from runner.states import StateType
 from runner.timeexpr import TimeExpr, parse_duration, parse_time
 
 KeyPath = tuple[str | int, ...]
@@ -551,9 +554,9 @@ def _select(raw: dict[str, Any], path: KeyPath, src: _Source) -> Select:
         )
     return Select(
         state=StateSelect(
-            type=_names(state.get("type")),
+            type=tuple(StateType(t) for t in _names(state.get("type"))),
             name=_names(state.get("name")),
-            not_type=_names(state.get("not_type")),
+            not_type=tuple(StateType(t) for t in _names(state.get("not_type"))),
             not_name=_names(state.get("not_name")),
         )
         if state
@@ -616,7 +619,14 @@ def _action(raw: Any, path: KeyPath, src: _Source) -> Action | None:
         if both:
             src.problem(apath, f"tags both added and removed: {', '.join(both)}")
         return Tag(add=add, remove=remove)
-    return ACTION_TYPES[name](**params)  # type: ignore[return-value]
+    if name == "set_state":
+        return SetState(
+            type=StateType(params["type"]),
+            name=params.get("name"),
+            message=params.get("message"),
+            force=params.get("force", False),
+        )
+    return ACTION_TYPES[name](**params)
 
 
 def _clean(faulty: set[KeyPath], prefix: KeyPath) -> bool:
@@ -710,9 +720,7 @@ def load_playbook(
     playbook = load_text(
         text, name=name, variables=variables, env=env, default_name=Path(name).stem
     )
-    playbook._path = name
-    playbook._digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    return playbook
+    return dataclasses.replace(playbook, digest="sha256:" + hashlib.sha256(raw).hexdigest())
 
 
 def load_text(
@@ -744,6 +752,4 @@ def load_text(
     if playbook is None or src.problems:
         raise PlaybookError(src.problems)
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    playbook._path = name
-    playbook._digest = digest
-    return playbook
+    return dataclasses.replace(playbook, path=name, digest=digest)

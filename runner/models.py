@@ -12,25 +12,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+from runner.states import TERMINAL_STATE_TYPES, StateType
 
-
-class StateType(str, enum.Enum):
-    """Prefect's state types."""
-
-    SCHEDULED = "SCHEDULED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    CRASHED = "CRASHED"
-    PAUSED = "PAUSED"
-    CANCELLING = "CANCELLING"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.value in TERMINAL_STATE_TYPES
+__all__ = ["TERMINAL_STATE_TYPES", "StateType"]
 
 
 class SetStateStatus(str, enum.Enum):

@@ -6,13 +6,12 @@ passed; a test keeps these models and ``schemas/playbook.schema.json`` in step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ClassVar, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-
-from runner.models import StateType
+from runner.states import StateType
 from runner.timeexpr import TimeExpr
 
 Names = tuple[str, ...]
@@ -23,47 +22,54 @@ Expectation = Literal["any", "non_empty"]
 DEFAULT_MESSAGE = "runner: {playbook} / {step}"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+#: Marks the fields that describe where a playbook came from rather than what it says.
+SOURCE = {"source": True}
 
 
-class Retry(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
     max_attempts: int = 8
     backoff: timedelta = timedelta(seconds=0.25)
     max_backoff: timedelta = timedelta(seconds=20)
 
 
-class Defaults(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Defaults:
     concurrency: int = 8
     rate_limit: float | None = None
-    retry: Retry = Field(default_factory=Retry)
+    retry: Retry = field(default_factory=Retry)
     message: str = DEFAULT_MESSAGE
 
 
-class Guards(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Guards:
     max_affected: int | None = None
     allow_active: bool = False
     expect: Expectation = "any"
 
 
-class Window(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
     before: TimeExpr | None = None
     after: TimeExpr | None = None
 
 
-class StateSelect(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateSelect:
     type: tuple[StateType, ...] = ()
     name: Names = ()
     not_type: tuple[StateType, ...] = ()
     not_name: Names = ()
 
 
-class TagSelect(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagSelect:
     all: Names = ()
     any: Names = ()
 
 
-class Select(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Select:
     state: StateSelect | None = None
     flows: Names = ()
     deployments: Names = ()
@@ -82,18 +88,21 @@ class Select(_Frozen):
     limit: int | None = None
 
 
-class Delete(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
     kind: ClassVar[str] = "delete"
     destructive: ClassVar[bool] = True
 
 
-class Cancel(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
     kind: ClassVar[str] = "cancel"
     destructive: ClassVar[bool] = True
     message: str | None = None
 
 
-class SetState(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetState:
     kind: ClassVar[str] = "set_state"
     destructive: ClassVar[bool] = True
     type: StateType
@@ -102,7 +111,8 @@ class SetState(_Frozen):
     force: bool = False
 
 
-class Reschedule(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reschedule:
     kind: ClassVar[str] = "reschedule"
     destructive: ClassVar[bool] = False
     delay: timedelta | None = None
@@ -115,19 +125,22 @@ class Reschedule(_Frozen):
         return self.strategy == "recreate"
 
 
-class RetryRuns(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRuns:
     kind: ClassVar[str] = "retry"
     destructive: ClassVar[bool] = False
     delay: timedelta | None = None
     message: str | None = None
 
 
-class Resume(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
     kind: ClassVar[str] = "resume"
     destructive: ClassVar[bool] = False
 
 
-class Tag(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tag:
     kind: ClassVar[str] = "tag"
     destructive: ClassVar[bool] = False
     add: Names = ()
@@ -135,7 +148,7 @@ class Tag(_Frozen):
 
 
 Action = Union[Delete, Cancel, SetState, Reschedule, RetryRuns, Resume, Tag]  # noqa: UP007
-ACTION_TYPES: dict[str, type[_Frozen]] = {
+ACTION_TYPES: dict[str, type[Action]] = {
     "delete": Delete,
     "cancel": Cancel,
     "set_state": SetState,
@@ -146,7 +159,8 @@ ACTION_TYPES: dict[str, type[_Frozen]] = {
 }
 
 
-class Step(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
     name: str
     select: Select
     action: Action
@@ -156,28 +170,21 @@ class Step(_Frozen):
     guards: Guards | None = None
 
 
-class Playbook(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Playbook:
     version: Literal[1] = 1
     name: str
     description: str | None = None
-    vars: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    defaults: Defaults = Field(default_factory=Defaults)
-    guards: Guards = Field(default_factory=Guards)
+    vars: dict[str, str | int | float | bool] = field(default_factory=dict)
+    defaults: Defaults = field(default_factory=Defaults)
+    guards: Guards = field(default_factory=Guards)
     steps: tuple[Step, ...]
 
     # Where it came from: not part of the playbook language, so not in the schema.
-    _path: str = PrivateAttr(default="<string>")
-    _digest: str = PrivateAttr(default="")
-
-    @property
-    def path(self) -> str:
-        """The file the playbook was read from, as given."""
-        return self._path
-
-    @property
-    def digest(self) -> str:
-        """``sha256:`` of the file's bytes, so a saved plan can name exactly what it came from."""
-        return self._digest
+    #: The file the playbook was read from, as given.
+    path: str = field(default="<string>", compare=False, metadata=SOURCE)
+    #: ``sha256:`` of the file's bytes: a saved plan names exactly what it came from.
+    digest: str = field(default="", compare=False, metadata=SOURCE)
 
     def message_for(self, step: Step, override: str | None = None) -> str:
         """The state message for a change made by ``step``."""

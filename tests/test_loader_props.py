@@ -82,20 +82,21 @@ values = st.recursive(
 )
 
 
+def _containers(node: Any) -> list[Any]:
+    if not isinstance(node, (dict, list)):
+        return []
+    found = [node]
+    for child in node.values() if isinstance(node, dict) else node:
+        found += _containers(child)
+    return found
+
+
 @st.composite
 def mutated_playbooks(draw: st.DrawFn) -> Any:
     data = copy.deepcopy(draw(st.sampled_from(EXAMPLES)))
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        containers: list[Any] = []
-
-        def collect(node: Any) -> None:
-            if isinstance(node, (dict, list)):
-                containers.append(node)
-                for child in node.values() if isinstance(node, dict) else node:
-                    collect(child)
-
-        collect(data)
-        target = draw(st.sampled_from(containers))
+        containers = _containers(data)
+        target: Any = draw(st.sampled_from(containers))
         if isinstance(target, dict) and target:
             key = draw(st.sampled_from(sorted(target, key=str)))
             op = draw(st.sampled_from(["replace", "delete", "add", "rename"]))
@@ -108,7 +109,7 @@ def mutated_playbooks(draw: st.DrawFn) -> Any:
             else:
                 target[key + draw(st.text(min_size=1, max_size=3))] = target.pop(key)
         elif isinstance(target, list):
-            if target and draw(st.booleans()):
+            if target and draw(st.sampled_from([True, False])):
                 target[draw(st.integers(0, len(target) - 1))] = draw(values)
             else:
                 target.append(draw(values))
