@@ -120,6 +120,131 @@ def schema(show_path: bool) -> None:
         click.echo(ref.read_text("utf-8"), nl=False)
 
 
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    show_default=True,
+    help="markdown: for a PR comment or $GITHUB_STEP_SUMMARY; json: the versioned plan document.",
+)
+full_option = click.option("--full", is_flag=True, help="List every run, not the first 25 a step.")
+
+
+def _colour() -> bool:
+    import os
+
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _run_command(call: Callable[[], int]) -> None:
+    """Run a command; map runner's errors to exit code 1 with a one-line message."""
+    from runner.errors import PlaybookError, RunnerError
+
+    try:
+        code = call()
+    except PlaybookError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_ERROR)
+    except RunnerError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("playbook", type=click.Path(dir_okay=False))
+@var_option
+@connection_options
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False), help="Save the plan here.")
+@format_option
+@full_option
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 2 when there are changes to make (0: none, 1: error), for CI gates.",
+)
+def plan(
+    playbook: str,
+    variables: tuple[str, ...],
+    api_url: str | None,
+    output: str | None,
+    fmt: str,
+    full: bool,
+    detailed_exitcode: bool,
+) -> None:
+    """Show what PLAYBOOK would change, and optionally save the plan. Sends no write."""
+    from runner.commands import plan as command
+
+    _run_command(
+        lambda: command.run(
+            playbook,
+            variables=parse_vars(variables),
+            settings=_settings(api_url),
+            output=output,
+            fmt=fmt,
+            full=full,
+            detailed_exitcode=detailed_exitcode,
+            colour=_colour() and fmt == "text",
+            out=sys.stdout,
+        )
+    )
+
+
+@cli.command()
+@click.argument("target", type=click.Path(dir_okay=False))
+@var_option
+@connection_options
+@click.option("--dry-run", is_flag=True, help="Plan and show the diff; send nothing.")
+@format_option
+@full_option
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="With --dry-run: exit 2 when there are changes."
+)
+def apply(
+    target: str,
+    variables: tuple[str, ...],
+    api_url: str | None,
+    dry_run: bool,
+    fmt: str,
+    full: bool,
+    detailed_exitcode: bool,
+) -> None:
+    """Apply a playbook (or a saved plan.json). With --dry-run, only show the diff."""
+    from runner.commands import plan as command
+
+    if not dry_run:
+        _fail("apply without --dry-run arrives with the executor; use --dry-run")
+    _run_command(
+        lambda: command.run(
+            target,
+            variables=parse_vars(variables),
+            settings=_settings(api_url),
+            output=None,
+            fmt=fmt,
+            full=full,
+            detailed_exitcode=detailed_exitcode,
+            colour=_colour() and fmt == "text",
+            out=sys.stdout,
+        )
+    )
+
+
+@cli.command()
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@format_option
+@full_option
+def show(plan_file: str, fmt: str, full: bool) -> None:
+    """Render a saved plan."""
+    from runner.commands import show as command
+
+    _run_command(
+        lambda: command.run(
+            plan_file, fmt=fmt, full=full, colour=_colour() and fmt == "text", out=sys.stdout
+        )
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,58 @@
+"""``runner plan PLAYBOOK`` (and ``runner apply PLAYBOOK --dry-run``): the diff, nothing sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TextIO
+
+import anyio
+
+from runner.client import PrefectClient
+from runner.loader import load_playbook
+from runner.plan import Plan, write_plan
+from runner.planning import plan_playbook
+from runner.render import render
+from runner.settings import ConnectionSettings
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def exit_code(plan: Plan, *, detailed: bool) -> int:
+    """1 when a guard refuses the plan; 2 for pending changes with ``--detailed-exitcode``."""
+    if plan.violations:
+        return EXIT_ERROR
+    if detailed and plan.has_changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def make(path: str, *, variables: Mapping[str, str], settings: ConnectionSettings) -> Plan:
+    playbook = load_playbook(path, variables=variables)
+
+    async def go() -> Plan:
+        # bulk=False: planning needs no bulk routes, so not even their (refused) probe is sent.
+        async with PrefectClient(settings, bulk=False) as client:
+            return await plan_playbook(playbook, client)
+
+    return anyio.run(go)
+
+
+def run(
+    path: str,
+    *,
+    variables: Mapping[str, str],
+    settings: ConnectionSettings,
+    output: str | None,
+    fmt: str,
+    full: bool,
+    detailed_exitcode: bool,
+    colour: bool,
+    out: TextIO,
+) -> int:
+    plan = make(path, variables=variables, settings=settings)
+    if output:
+        write_plan(plan, output)
+    out.write(render(plan, fmt, full=full, colour=colour))
+    if output and fmt == "text":
+        out.write(f"Plan saved to {output}: apply exactly this with `runner apply {output}`.\n")
+    return exit_code(plan, detailed=detailed_exitcode)

@@ -1,0 +1,129 @@
+"""Observe: read, for every step, the runs its selection matches, before anything changes.
+
+This is the I/O half of planning; :mod:`runner.planner` is the pure half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from runner.client import PrefectClient
+from runner.errors import NotFound, RunnerError
+from runner.models import FlowRun
+from runner.plan import RunView
+from runner.playbook import Playbook, Reschedule
+from runner.selection import Capabilities, build_query
+
+
+class SelectionError(RunnerError):
+    """A selection names something the server does not have (a deployment, say)."""
+
+
+@dataclass(frozen=True)
+class StepObservation:
+    #: Every run the step's selection matched, by run id (before claims and limit).
+    runs: tuple[RunView, ...]
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: datetime
+    server_url: str
+    server_version: str | None
+    steps: tuple[StepObservation, ...]
+    notes: tuple[str, ...] = ()
+
+
+async def _resolve_deployments(client: PrefectClient, playbook: Playbook) -> dict[str, UUID]:
+    names = sorted({n for step in playbook.steps for n in step.select.deployments})
+    found: dict[str, UUID] = {}
+    missing: list[str] = []
+    for name in names:
+        try:
+            found[name] = (await client.read_deployment_by_name(name)).id
+        except NotFound:
+            missing.append(name)
+    if missing:
+        uses = []
+        for i, step in enumerate(playbook.steps):
+            named = [repr(n) for n in step.select.deployments if n in missing]
+            if named:
+                uses.append(f"steps[{i}] ({step.name!r}) selects {', '.join(named)}")
+        where = "; ".join(uses)
+        raise SelectionError(
+            f"no such deployment on {client.settings.display_url}:"
+            f" {', '.join(repr(n) for n in missing)} ({where})"
+        )
+    return found
+
+
+def _view(
+    run: FlowRun, flows: dict[UUID, str], deployments: dict[UUID, str], keep_parameters: bool
+) -> RunView:
+    flow = flows.get(run.flow_id, str(run.flow_id))
+    return RunView(
+        id=run.id,
+        name=run.name,
+        flow=flow,
+        deployment=deployments.get(run.deployment_id) if run.deployment_id else None,
+        deployment_id=run.deployment_id,
+        state_type=run.state.type.value if run.state else None,
+        state_name=run.state.name if run.state else None,
+        expected_start=run.expected_start_time,
+        next_scheduled_start=run.next_scheduled_start_time,
+        start=run.start_time,
+        end=run.end_time,
+        tags=run.tags,
+        work_queue=run.work_queue_name,
+        parent_task_run_id=run.parent_task_run_id,
+        parameters=dict(run.parameters) if keep_parameters else None,
+    )
+
+
+async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -> Observation:
+    """Read every step's candidate runs (paged to the end, by run id: a stable order)."""
+    info = await client.server_info()
+    capabilities = Capabilities.for_version(info.version)
+    deployment_ids = await _resolve_deployments(client, playbook)
+    raw_steps: list[list[FlowRun]] = []
+    flow_ids: set[UUID] = set()
+    dep_ids: set[UUID] = set()
+    notes: list[str] = []
+    for step in playbook.steps:
+        query, local = build_query(
+            step.select,
+            now=now,
+            deployment_ids=[deployment_ids[n] for n in step.select.deployments],
+            capabilities=capabilities,
+        )
+        if local:
+            notes.append(
+                f"step {step.name!r}: the server (Prefect {info.version}) cannot filter on"
+                " everything this step selects; runner filtered the rest itself"
+            )
+        runs: list[FlowRun] = []
+        async for page in client.iter_flow_runs(query):
+            runs += page
+        flow_ids.update(r.flow_id for r in runs)
+        dep_ids.update(r.deployment_id for r in runs if r.deployment_id)
+        raw_steps.append(runs)
+    flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
+    deployments = {
+        d.id: f"{flows.get(d.flow_id, d.flow_id)}/{d.name}"
+        for d in await client.read_deployments(sorted(dep_ids))
+    }
+    steps: list[StepObservation] = []
+    for step, runs in zip(playbook.steps, raw_steps, strict=True):
+        keep = isinstance(step.action, Reschedule) and step.action.recreates
+        _, local = build_query(step.select, now=now, capabilities=capabilities)
+        views = [_view(r, flows, deployments, keep) for r in runs]
+        steps.append(StepObservation(runs=tuple(v for v in views if all(p(v) for p in local))))
+    return Observation(
+        now=now,
+        server_url=client.settings.display_url,
+        server_version=info.version,
+        steps=tuple(steps),
+        notes=tuple(notes),
+    )

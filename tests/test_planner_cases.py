@@ -1,0 +1,97 @@
+"""The planner, data-driven: each file in planner_cases/ holds a playbook, the runs the server
+had (and which steps' selections matched each), and the plan expected, row by row."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runner.loader import load_text
+from runner.observe import Observation, StepObservation
+from runner.plan import RunView
+from runner.planner import describe_after, make_plan
+from tests.seed import STATES
+
+CASES = Path(__file__).parent / "planner_cases"
+NAMESPACE = uuid.UUID("6f1c1c8e-7d4c-4c1e-9d6e-2f4a3b5c6d7e")
+
+
+def run_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"run:{name}")
+
+
+def deployment_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"deployment:{name}")
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return (
+        value
+        if isinstance(value, datetime)
+        else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    )
+
+
+def view(raw: dict[str, Any]) -> RunView:
+    state_type, state_name = STATES[raw["state"]]
+    return RunView(
+        id=run_id(raw["name"]),
+        name=raw["name"],
+        flow=raw.get("flow", "flow"),
+        deployment=raw.get("deployment"),
+        deployment_id=deployment_id(raw["deployment"]) if raw.get("deployment") else None,
+        state_type=state_type,
+        state_name=state_name,
+        expected_start=_dt(raw.get("expected_start")),
+        next_scheduled_start=_dt(raw.get("next_scheduled_start")),
+        start=_dt(raw.get("start")),
+        end=_dt(raw.get("end")),
+        tags=tuple(raw.get("tags", ())),
+    )
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in CASES.glob("*.yaml")))
+def test_planner_case(case: str) -> None:
+    data = yaml.safe_load((CASES / f"{case}.yaml").read_text())
+    playbook = load_text(yaml.safe_dump(data["playbook"]), name=f"{case}.yaml", env={})
+    runs = [view(r) for r in data["runs"]]
+    matches = {r["name"]: r["match"] for r in data["runs"]}
+    steps = tuple(
+        StepObservation(runs=tuple(r for r in runs if i in matches[r.name]))
+        for i in range(len(playbook.steps))
+    )
+    now = _dt(data["now"])
+    assert now is not None
+    observation = Observation(
+        now=now, server_url="http://server/api", server_version="3.8.8", steps=steps
+    )
+    plan = make_plan(playbook, observation, plan_id="PLAN")
+
+    got = [[[c.run.name, c.op, describe_after(c)] for c in step.changes] for step in plan.steps]
+    assert got == data["expected"]
+    assert list(plan.violations) == data["violations"]
+    by_name = {c.run.name: c for c in plan.changes}
+    for name, message in data.get("messages", {}).items():
+        state = by_name[name].state
+        assert state is not None and state.message == message
+    for name, key in data.get("keys", {}).items():
+        dep = by_name[name].run.deployment
+        expected_key = key.replace(f"DEPLOYMENT({dep})", str(deployment_id(dep or ""))).replace(
+            f"RUN({name})", str(run_id(name))
+        )
+        assert by_name[name].idempotency_key == expected_key
+    # The plan survives its own JSON form.
+    from runner.plan import plan_from_json, plan_to_json
+
+    assert plan_from_json(plan_to_json(plan)) == plan
+
+
+def test_there_are_cases() -> None:
+    assert len(list(CASES.glob("*.yaml"))) >= 8
