@@ -5,6 +5,7 @@ This is the I/O half of planning; :mod:`runner.planner` is the pure half.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -87,7 +88,8 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     info = await client.server_info()
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await _resolve_deployments(client, playbook)
-    raw_steps: list[list[FlowRun]] = []
+    # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
+    raw_steps: list[list[RunView]] = []
     flow_ids: set[UUID] = set()
     dep_ids: set[UUID] = set()
     notes: list[str] = []
@@ -103,27 +105,40 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                 f"step {step.name!r}: the server (Prefect {info.version}) cannot filter on"
                 " everything this step selects; runner filtered the rest itself"
             )
-        runs: list[FlowRun] = []
+        keep = isinstance(step.action, Reschedule) and step.action.recreates
+        views: list[RunView] = []
         async for page in client.iter_flow_runs(query):
-            runs += page
-        flow_ids.update(r.flow_id for r in runs)
-        dep_ids.update(r.deployment_id for r in runs if r.deployment_id)
-        raw_steps.append(runs)
+            for run in page:
+                flow_ids.add(run.flow_id)
+                if run.deployment_id:
+                    dep_ids.add(run.deployment_id)
+                view = _view(run, {}, {}, keep)
+                if all(predicate(view) for predicate in local):
+                    views.append(view)
+        raw_steps.append(views)
     flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
     deployments = {
         d.id: f"{flows.get(d.flow_id, d.flow_id)}/{d.name}"
         for d in await client.read_deployments(sorted(dep_ids))
     }
-    steps: list[StepObservation] = []
-    for step, runs in zip(playbook.steps, raw_steps, strict=True):
-        keep = isinstance(step.action, Reschedule) and step.action.recreates
-        _, local = build_query(step.select, now=now, capabilities=capabilities)
-        views = [_view(r, flows, deployments, keep) for r in runs]
-        steps.append(StepObservation(runs=tuple(v for v in views if all(p(v) for p in local))))
+    steps = tuple(
+        StepObservation(runs=tuple(_named(v, flows, deployments) for v in views))
+        for views in raw_steps
+    )
     return Observation(
         now=now,
         server_url=client.settings.display_url,
         server_version=info.version,
-        steps=tuple(steps),
+        steps=steps,
         notes=tuple(notes),
     )
+
+
+def _named(
+    view: RunView,
+    flows: dict[UUID, str],
+    deployments: dict[UUID, str],
+) -> RunView:
+    flow_name = flows.get(UUID(view.flow), view.flow)
+    deployment = deployments.get(view.deployment_id) if view.deployment_id else None
+    return dataclasses.replace(view, flow=flow_name, deployment=deployment)
