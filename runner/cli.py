@@ -192,42 +192,139 @@ def plan(
 
 
 @cli.command()
-@click.argument("target", type=click.Path(dir_okay=False))
+@click.argument("target", required=False, type=click.Path(dir_okay=False))
 @var_option
 @connection_options
 @click.option("--dry-run", is_flag=True, help="Plan and show the diff; send nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Apply without asking (needed off a terminal).")
+@click.option("--rate", type=float, help="At most this many requests per second.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="At most this many in flight.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "bulk", "per-run"]),
+    default="auto",
+    show_default=True,
+    help="Bulk routes or one request per run (auto picks per action).",
+)
+@click.option("--max-failures", type=click.IntRange(0), help="Stop after more failures than this.")
+@click.option(
+    "--max-fail-ratio", type=click.FloatRange(0, 1), help="Stop when this share of changes failed."
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(exists=True),
+    help="Resume the apply whose checkpoint (or its folder) this is.",
+)
+@click.option("--fresh", is_flag=True, help="Plan anew even if an earlier apply did not finish.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=".runner",
+    show_default=True,
+    help="Where plans and checkpoints of applies are kept.",
+)
+@click.option(
+    "--max-plan-age",
+    default="1h",
+    show_default=True,
+    help="Refuse a saved plan older than this (a duration, or 'none').",
+)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome per run here.")
 @format_option
 @full_option
 @click.option(
     "--detailed-exitcode", is_flag=True, help="With --dry-run: exit 2 when there are changes."
 )
 def apply(
-    target: str,
+    target: str | None,
     variables: tuple[str, ...],
     api_url: str | None,
     dry_run: bool,
+    yes: bool,
+    rate: float | None,
+    concurrency: int | None,
+    strategy: str,
+    max_failures: int | None,
+    max_fail_ratio: float | None,
+    resume: str | None,
+    fresh: bool,
+    state_dir: str,
+    max_plan_age: str,
+    report: str | None,
     fmt: str,
     full: bool,
     detailed_exitcode: bool,
 ) -> None:
-    """Apply a playbook (or a saved plan.json). With --dry-run, only show the diff."""
-    from runner.commands import plan as command
+    """Apply a playbook or a saved plan.json: plan, show the diff, confirm, apply.
 
-    if not dry_run:
-        _fail("apply without --dry-run arrives with the executor; use --dry-run")
-    _run_command(
-        lambda: command.run(
-            target,
-            variables=parse_vars(variables),
-            settings=_settings(api_url),
-            output=None,
-            fmt=fmt,
-            full=full,
-            detailed_exitcode=detailed_exitcode,
-            colour=_colour() and fmt == "text",
-            out=sys.stdout,
+    Interrupted or failed applies resume: run the same command again, or
+    `runner apply --resume .runner/<plan-id>`.
+    """
+    from pathlib import Path
+
+    if target is None and resume is None:
+        raise click.UsageError("give a playbook or plan.json, or --resume CHECKPOINT")
+    if dry_run:
+        if target is None:
+            raise click.UsageError("--dry-run needs a playbook")
+        from runner.commands import plan as plan_command
+
+        _run_command(
+            lambda: plan_command.run(
+                target,
+                variables=parse_vars(variables),
+                settings=_settings(api_url),
+                output=None,
+                fmt=fmt,
+                full=full,
+                detailed_exitcode=detailed_exitcode,
+                colour=_colour() and fmt == "text",
+                out=sys.stdout,
+            )
         )
+        return
+    from runner.commands import apply as command
+    from runner.executor import ApplyOptions
+    from runner.timeexpr import parse_duration
+
+    if max_plan_age.lower() == "none":
+        age: float | None = None
+    else:
+        try:
+            age = parse_duration(max_plan_age).total_seconds()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
+    request = command.ApplyRequest(
+        target=target or "",
+        variables=parse_vars(variables),
+        settings=_settings(api_url),
+        options=ApplyOptions(
+            rate_limit=rate,
+            concurrency=concurrency,
+            strategy=strategy,  # type: ignore[arg-type]
+            max_failures=max_failures,
+            max_fail_ratio=max_fail_ratio,
+        ),
+        yes=yes,
+        state_dir=Path(state_dir),
+        resume=resume,
+        fresh=fresh,
+        max_plan_age=age,
+        report=report,
+        interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+        colour=_colour(),
     )
+    _run_command(lambda: command.run(request, out=sys.stdout, err=sys.stderr))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+def status(checkpoint: str) -> None:
+    """Done / drifted / failed / pending counts of an apply's checkpoint (or its folder)."""
+    from runner.commands import apply as command
+
+    _run_command(lambda: command.status(checkpoint, out=sys.stdout))
 
 
 @cli.command()

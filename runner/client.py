@@ -156,8 +156,12 @@ class PrefectClient:
         bulk: bool | None = None,
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_backoff: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
+        #: Called with the status (None: a dropped connection) each time the server says
+        #: "not now"; the executor slows down on it.
+        self.on_backoff = on_backoff
         self.retry_policy = retry or RetryPolicy()
         self.stats = RequestStats()
         self._limiter = RateLimiter(rate_limit) if rate_limit else None
@@ -209,6 +213,10 @@ class PrefectClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def set_rate_limit(self, rate: float | None) -> None:
+        """Change the request-rate cap (requests per second; None: no cap)."""
+        self._limiter = RateLimiter(rate) if rate else None
+
     # -- sending ---------------------------------------------------------------------------
 
     def _url_for(self, path: str) -> str:
@@ -256,6 +264,8 @@ class PrefectClient:
             )
         except httpx.TransportError:
             self.stats.transport_errors += 1
+            if self.on_backoff is not None:
+                self.on_backoff(None)
             raise
         self.stats.by_status[response.status_code] = (
             self.stats.by_status.get(response.status_code, 0) + 1
@@ -267,6 +277,8 @@ class PrefectClient:
             self._csrf_enabled = None
             return await self._send_once(method, path, json=json, params=params)
         if response.status_code in self.retry_policy.statuses:
+            if self.on_backoff is not None:
+                self.on_backoff(response.status_code)
             raise RetryableStatus(response)
         return response
 
@@ -683,6 +695,14 @@ class PrefectClient:
             "POST", f"deployments/{deployment_id}/create_flow_run", json=body
         )
         return self._parse(FlowRun, response)
+
+    async def resume_flow_run(self, flow_run_id: UUID) -> OrchestrationResult:
+        """Resume a paused run (``POST /flow_runs/{id}/resume``)."""
+        response = await self._request("POST", f"flow_runs/{flow_run_id}/resume", json={})
+        data = response.json()
+        if "status" not in data:  # some servers answer with the new state alone
+            data = {"status": "ACCEPT", "state": data.get("state"), "details": {}}
+        return OrchestrationResult.model_validate(data)
 
     async def update_flow_run_tags(self, flow_run_id: UUID, tags: Iterable[str]) -> None:
         """Replace a run's tags (idempotent: sending it twice leaves the same tags)."""

@@ -137,10 +137,10 @@ def _make_retry(now: datetime) -> Callable[[int, Step, RunView, str, str], Chang
                 index, run, f"{_state_label(run)}, not Failed or Crashed: nothing to retry"
             )
         when = now + (action.delay or timedelta(0))
-        # Prefect's own "retry" (UI and API) proposes AwaitingRetry, forced past the
-        # terminal-state rule; only terminal runs get here, so nothing running is forced.
+        # AwaitingRetry, as Prefect's own retry proposes; not forced: the server accepts it
+        # from Failed and Crashed (3.8 and 2.20), and its rules stay in charge.
         state = TargetState(
-            type="SCHEDULED", name="AwaitingRetry", message=message, scheduled_time=when, force=True
+            type="SCHEDULED", name="AwaitingRetry", message=message, scheduled_time=when
         )
         return Change(step=index, run=run, op="set_state", state=state)
 

@@ -1,0 +1,262 @@
+"""``runner apply PLAYBOOK|plan.json``: plan (or read a saved plan), show, confirm, apply.
+
+Stages, each a boundary: load -> plan -> show the diff -> stop if --dry-run -> confirm ->
+apply with the journal -> report. Each apply keeps its plan and checkpoint in
+``<state-dir>/<plan-id>/``; re-running an unfinished apply of the same playbook resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from runner.client import PrefectClient
+from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
+from runner.journal import Journal, read_journal
+from runner.loader import load_playbook
+from runner.plan import Plan, check_applicable, read_plan, write_plan
+from runner.planning import plan_playbook
+from runner.render import render, summary_line
+from runner.retry import RetryPolicy
+from runner.settings import ConnectionSettings
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+DESTRUCTIVE = frozenset({"delete", "cancel", "set_state", "reschedule"})
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    target: str
+    variables: Mapping[str, str]
+    settings: ConnectionSettings
+    options: ApplyOptions
+    yes: bool
+    state_dir: Path
+    resume: str | None
+    fresh: bool
+    max_plan_age: float | None
+    report: str | None
+    interactive: bool
+    colour: bool
+
+
+def _workdir(state_dir: Path, plan: Plan) -> Path:
+    return state_dir / plan.id
+
+
+def _find_unfinished(state_dir: Path, plan: Plan) -> Path | None:
+    """An earlier apply of the same playbook, variables and server that did not finish."""
+    if not state_dir.is_dir():
+        return None
+    for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            old = read_plan(candidate)
+        except Exception:
+            continue
+        if (
+            old.playbook_digest != plan.playbook_digest
+            or old.server_url != plan.server_url
+            or old.variables != plan.variables
+        ):
+            continue
+        journal = candidate.with_name("checkpoint.jsonl")
+        if not journal.exists():
+            continue
+        state = read_journal(journal, plan_id=old.id)
+        if any(state.status(c.key) not in ("done", "drifted") for c in old.pending):
+            return candidate.parent
+    return None
+
+
+def _confirm(plan: Plan, request: ApplyRequest, out: TextIO) -> bool:
+    if request.yes:
+        return True
+    destructive = any(s.action in DESTRUCTIVE and s.pending for s in plan.steps)
+    if not request.interactive:
+        if destructive:
+            print(
+                "runner: not a terminal: pass --yes to apply changes that delete, cancel or"
+                " change the state of runs",
+                file=sys.stderr,
+            )
+            return False
+        return True
+    out.write(f"Apply {len(plan.pending)} changes to {plan.server_url}? [y/N] ")
+    out.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+def _report(result: ApplyResult, plan: Plan, path: str) -> None:
+    document = {
+        "plan_id": plan.id,
+        "playbook": plan.playbook_name,
+        "server": plan.server_url,
+        "stopped": result.stopped,
+        "seconds": round(result.seconds, 3),
+        "requests": result.requests,
+        "counts": {s: result.count(s) for s in ("done", "drifted", "failed", "pending", "created")},
+        "runs": [
+            {
+                "key": o.change.key,
+                "step": o.change.step,
+                "run_id": str(o.change.run.id),
+                "run_name": o.change.run.name,
+                "op": o.change.op,
+                "status": o.status,
+                "detail": o.detail,
+                "new_run_id": o.new_run_id,
+            }
+            for o in result.outcomes.values()
+        ],
+    }
+    Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def run(request: ApplyRequest, *, out: TextIO, err: TextIO) -> int:
+    return anyio.run(_run, request, out, err)
+
+
+async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
+    policy = RetryPolicy()
+    async with PrefectClient(request.settings, retry=policy) as client:
+        now = datetime.now(timezone.utc)
+        workdir: Path | None = None
+        if request.resume:
+            workdir = Path(request.resume)
+            if workdir.is_file():
+                workdir = workdir.parent
+            plan = read_plan(workdir / "plan.json")
+            check_applicable(
+                plan, server_url=client.settings.display_url, now=now, max_age_seconds=None
+            )
+            out.write(f"Resuming plan {plan.id} from {workdir}\n")
+        elif request.target.endswith(".json"):
+            plan = read_plan(request.target)
+            check_applicable(
+                plan,
+                server_url=client.settings.display_url,
+                now=now,
+                max_age_seconds=request.max_plan_age,
+            )
+        else:
+            playbook = load_playbook(request.target, variables=request.variables)
+            plan = await plan_playbook(playbook, client, now=now)
+            if not request.fresh:
+                unfinished = _find_unfinished(request.state_dir, plan)
+                if unfinished is not None:
+                    workdir = unfinished
+                    plan = read_plan(unfinished / "plan.json")
+                    out.write(
+                        f"Resuming unfinished plan {plan.id} from {unfinished} (made"
+                        f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
+                    )
+        out.write(render(plan, "text", colour=request.colour))
+        if plan.violations:
+            return EXIT_ERROR
+        workdir = workdir or _workdir(request.state_dir, plan)
+        journal_path = workdir / "checkpoint.jsonl"
+        previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
+        left = [
+            c
+            for c in plan.pending
+            if not previous or previous.status(c.key) not in ("done", "drifted")
+        ]
+        if not left:
+            out.write("Nothing to do.\n")
+            return EXIT_OK
+        if not _confirm(plan, request, out):
+            return EXIT_ERROR
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / "plan.json").exists():
+            write_plan(plan, workdir / "plan.json")
+        checksum = json.loads((workdir / "plan.json").read_text())["checksum"]
+        stop = anyio.Event()
+        last_line = [0.0]
+
+        def progress(p: Progress) -> None:
+            if p.started + last_line[0] + 5 <= time.monotonic():
+                last_line[0] += 5
+                err.write(p.line() + "\n")
+                err.flush()
+
+        with Journal(journal_path, plan_id=plan.id, plan_checksum=checksum) as journal:
+            executor = Executor(
+                client,
+                plan,
+                journal,
+                previous=previous,
+                options=request.options,
+                stop=stop,
+                on_progress=progress,
+            )
+            async with anyio.create_task_group() as group:
+
+                async def watch_signals() -> None:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            err.write(
+                                f"\nrunner: {signal.Signals(signum).name}: finishing requests in"
+                                " flight, then stopping\n"
+                            )
+                            stop.set()
+                            return
+
+                group.start_soon(watch_signals)
+                result = await executor.run()
+                group.cancel_scope.cancel()
+        if request.report:
+            _report(result, plan, request.report)
+        return _summarise(result, plan, journal_path, out, err)
+
+
+def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err: TextIO) -> int:
+    done, drifted, failed = result.count("done"), result.count("drifted"), result.count("failed")
+    pending = result.count("pending") + result.count("created")
+    out.write(
+        f"Applied: {done} done, {drifted} drifted (left alone), {failed} failed, {pending} pending"
+        f" in {result.seconds:.1f}s, {result.requests} requests"
+        f" ({', '.join(f'step {i + 1}: {s}' for i, s in result.strategies.items())}).\n"
+    )
+    for outcome in [*result.outcomes.values()]:
+        if outcome.status in ("drifted", "failed"):
+            run = outcome.change.run
+            out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
+    if result.stopped or failed or pending:
+        err.write(
+            f"runner: {result.stopped or 'not everything was applied'}; resume with:"
+            f" runner apply --resume {journal}\n"
+        )
+    if result.stopped == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.complete else EXIT_ERROR
+
+
+def status(path: str, *, out: TextIO) -> int:
+    """``runner status CHECKPOINT``: done / drifted / failed / pending counts."""
+    target = Path(path)
+    workdir = target.parent if target.is_file() else target
+    plan = read_plan(workdir / "plan.json")
+    journal = workdir / "checkpoint.jsonl"
+    state = read_journal(journal, plan_id=plan.id) if journal.exists() else None
+    counts = {"done": 0, "drifted": 0, "failed": 0, "pending": 0}
+    for change in plan.pending:
+        status = state.status(change.key) if state else None
+        counts[status if status in ("done", "drifted", "failed") else "pending"] += 1
+    out.write(
+        f"plan {plan.id} ({plan.playbook_name}) against {plan.server_url}: {summary_line(plan)}\n"
+        f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
+        f" pending {counts['pending']}\n"
+    )
+    if state and state.torn_lines:
+        out.write(f"({state.torn_lines} torn line(s) in the checkpoint were skipped)\n")
+    return EXIT_OK if counts["failed"] == 0 and counts["pending"] == 0 else EXIT_ERROR

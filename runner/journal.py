@@ -1,0 +1,226 @@
+"""The checkpoint journal: the only place that writes checkpoints.
+
+One JSON line per finished change (append-only, flushed and fsynced in small batches), after a
+header line naming the plan. A line cut off by a crash is ignored when the journal is read
+back; whatever it recorded is done again, which every change tolerates (transition ids,
+idempotency keys, 404 on delete). A lock file keeps two applies of one plan apart.
+
+Record statuses:
+
+- ``done``: the change is made (``detail`` says how: "Cancelled", "already gone", ...)
+- ``created``: the first half of a recreate; ``new_run_id`` is the new run, the old one
+  still has to be deleted
+- ``drifted``: the run changed since the plan; left alone
+- ``failed``: the change failed after its retries (``detail`` has the reason); retried on resume
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from runner.errors import RunnerError
+
+JOURNAL_FORMAT = "runner-checkpoint"
+JOURNAL_VERSION = 1
+
+Status = Literal["done", "created", "drifted", "failed"]
+
+
+class CheckpointError(RunnerError):
+    """A checkpoint cannot be used: another plan's, a newer format, locked by another apply."""
+
+
+@dataclass
+class Entry:
+    key: str
+    status: Status
+    detail: str | None = None
+    new_run_id: str | None = None
+
+
+@dataclass
+class JournalState:
+    """What a journal says so far: the last record of each change."""
+
+    plan_id: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    torn_lines: int = 0
+
+    def status(self, key: str) -> Status | None:
+        entry = self.entries.get(key)
+        return entry.status if entry else None
+
+
+def read_journal(path: Path, *, plan_id: str | None = None) -> JournalState:
+    """Read a journal; a torn last line is skipped. Refuses another plan's journal."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, IndexError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: not a runner checkpoint (no header line)") from None
+    if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
+        raise CheckpointError(f"{path}: not a runner checkpoint")
+    if header.get("version") != JOURNAL_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {header.get('version')!r};"
+            f" this runner reads version {JOURNAL_VERSION}"
+        )
+    if plan_id is not None and header.get("plan_id") != plan_id:
+        raise CheckpointError(
+            f"{path}: this checkpoint belongs to plan {header.get('plan_id')}, not {plan_id}"
+        )
+    state = JournalState(plan_id=str(header.get("plan_id")))
+    for raw in lines[1:]:
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            entry = Entry(
+                key=record["key"],
+                status=record["status"],
+                detail=record.get("detail"),
+                new_run_id=record.get("new_run_id"),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            state.torn_lines += 1
+            continue
+        previous = state.entries.get(entry.key)
+        if previous is not None and entry.new_run_id is None:
+            entry.new_run_id = previous.new_run_id
+        state.entries[entry.key] = entry
+    return state
+
+
+class Journal:
+    """Appends records for one plan; use as a context manager (takes the lock)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        plan_id: str,
+        plan_checksum: str,
+        batch: int = 25,
+        interval: float = 0.5,
+    ) -> None:
+        self.path = path
+        self.plan_id = plan_id
+        self.plan_checksum = plan_checksum
+        self.batch = batch
+        self.interval = interval
+        self._handle: TextIO | None = None
+        self._lock: TextIO | None = None
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def __enter__(self) -> Journal:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            self._lock = None
+            raise CheckpointError(
+                f"another apply of plan {self.plan_id} is running ({holder}); wait for it,"
+                " or stop it first"
+            ) from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()}")
+        self._lock.flush()
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if not fresh:
+            read_journal(self.path, plan_id=self.plan_id)  # refuses another plan's journal
+            self._repair_torn_tail()
+        self._handle = open(self.path, "a", encoding="utf-8")
+        if fresh:
+            self._write(
+                {
+                    "format": JOURNAL_FORMAT,
+                    "version": JOURNAL_VERSION,
+                    "plan_id": self.plan_id,
+                    "plan_checksum": self.plan_checksum,
+                    "created_at": datetime.now(timezone.utc).isoformat(),
+                }
+            )
+            self.sync()
+        return self
+
+    def _repair_torn_tail(self) -> None:
+        # A crash can leave a last line without its newline: end it, so the next record
+        # starts on a line of its own (the torn line is then skipped when read).
+        with open(self.path, "rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self.sync()
+            self._handle.close()
+            self._handle = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._handle is not None, "the journal is not open"
+        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._unsynced += 1
+
+    def record(
+        self,
+        key: str,
+        status: Status,
+        *,
+        detail: str | None = None,
+        new_run_id: str | None = None,
+        sync: bool = False,
+    ) -> None:
+        """Append one outcome; synced to disk every ``batch`` records or ``interval`` seconds,
+        and at once when ``sync`` (the first half of a two-phase change)."""
+        record: dict[str, Any] = {"key": key, "status": status}
+        if detail is not None:
+            record["detail"] = detail
+        if new_run_id is not None:
+            record["new_run_id"] = new_run_id
+        self._write(record)
+        if (
+            sync
+            or self._unsynced >= self.batch
+            or time.monotonic() - self._last_sync >= self.interval
+        ):
+            self.sync()
+
+    def sync(self) -> None:
+        if self._handle is None or self._unsynced == 0:
+            return
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
