@@ -228,6 +228,8 @@ class PrefectClient:
         if self._csrf_token is None or time.time() > self._csrf_expires - 30:
             response = await self._http.get("csrf-token", params={"client": self._csrf_client})
             self.stats.requests += 1
+            if response.status_code in self.retry_policy.statuses:
+                raise RetryableStatus(response)  # inside the caller's retry loop
             if response.status_code == 422 and "disabled" in response.text.lower():
                 self._csrf_enabled = False
                 return {}

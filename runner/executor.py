@@ -29,13 +29,15 @@ from uuid import UUID
 import anyio
 
 from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedState
-from runner.errors import APIError
+from runner.errors import APIError, ServerError, Unreachable
 from runner.filters import FlowRunFilter, FlowRunQuery, NamesAnyNotAny, StateFilter, by_ids
 from runner.journal import Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 
 Strategy = Literal["auto", "bulk", "per-run"]
+#: Rounds of going back to changes the server was too busy for, before they count as failed.
+DEFERRED_ROUNDS = 3
 _NAMESPACE = uuid.UUID("0b6f3a52-8d51-4b8e-a3c9-5f3f0f6b7c11")
 
 
@@ -90,6 +92,7 @@ class ApplyResult:
     outcomes: dict[str, Outcome]
     stopped: str | None
     requests: int
+    retries: int
     seconds: float
     strategies: dict[int, str]
 
@@ -213,6 +216,7 @@ class Executor:
         self.stopped: str | None = None
         self._limit = AdaptiveLimit(4, 8)
         self._queued = 0
+        self._deferred: list[tuple[Sequence[Change], BaseException]] = []
         client.on_backoff = lambda status: self._limit.busy()
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -265,6 +269,10 @@ class Executor:
             if self.stop.is_set():
                 return  # stopped while it waited: it stays pending for the resume
             await work()
+        except (ServerError, Unreachable) as exc:
+            # Busy or unreachable past the retries: not a verdict on the change. Try again
+            # after the pass, slower; only then does it count as failed.
+            self._deferred.append((changes, exc))
         except APIError as exc:
             self._fail_all(changes, exc)
         except Exception as exc:  # a bug must not lose the journal: record and go on
@@ -429,6 +437,33 @@ class Executor:
         rate = self.options.rate_limit or step.rate_limit
         return "bulk" if rate is not None and rate < 25 else "per-run"
 
+    async def _op(self, step: StepPlan, op: str, changes: Sequence[Change], strategy: str) -> None:
+        if op == "delete":
+            if strategy == "bulk":
+                await self._batches(changes, self._delete_bulk)
+            else:
+                await self._per_run(changes, self._delete_one)
+        elif op == "set_state":
+            if strategy == "bulk":
+                await self._batches(changes, self._set_state_bulk)
+            else:
+                await self._per_run(changes, self._set_state_one)
+        elif op == "recreate":
+            half_done = [c for c in changes if self.outcomes[c.key].status == "created"]
+            fresh = [c for c in changes if self.outcomes[c.key].status != "created"]
+            async with anyio.create_task_group() as group:
+                for change in half_done:
+                    created = self.outcomes[change.key].new_run_id
+                    await self._wait_for_slot()
+                    group.start_soon(
+                        self._guarded, [change], lambda c=change, n=created: self._recreate(c, n)
+                    )
+            await self._per_run(fresh, lambda c: self._recreate(c, None))
+        elif op == "resume":
+            await self._per_run(changes, self._resume)
+        else:
+            await self._per_run(changes, self._tag)
+
     async def _step(self, step: StepPlan, bulk: bool) -> str:
         concurrency = self.options.concurrency or step.concurrency
         self._limit = AdaptiveLimit(min(concurrency, 4), concurrency)
@@ -441,38 +476,23 @@ class Executor:
                 continue
             strategy = self._strategy(step, op, bulk)
             used.add(strategy)
-            if op == "delete":
-                if strategy == "bulk":
-                    await self._batches(changes, self._delete_bulk)
-                else:
-                    await self._per_run(changes, self._delete_one)
-            elif op == "set_state":
-                if strategy == "bulk":
-                    await self._batches(changes, self._set_state_bulk)
-                else:
-                    await self._per_run(changes, self._set_state_one)
-            elif op == "recreate":
-                half_done = [c for c in changes if self.outcomes[c.key].status == "created"]
-                fresh = [c for c in changes if self.outcomes[c.key].status != "created"]
-                async with anyio.create_task_group() as group:
-                    for change in half_done:
-                        created = self.outcomes[change.key].new_run_id
-                        await self._wait_for_slot()
-                        group.start_soon(
-                            self._guarded,
-                            [change],
-                            lambda c=change, n=created: self._recreate(c, n),
-                        )
-                await self._per_run(fresh, lambda c: self._recreate(c, None))
-            elif op == "resume":
-                await self._per_run(changes, self._resume)
-            else:
-                await self._per_run(changes, self._tag)
+            self._deferred = []
+            await self._op(step, op, changes, strategy)
+            for round_ in range(DEFERRED_ROUNDS):
+                if not self._deferred or self.stop.is_set():
+                    break
+                again = [c for batch, _ in self._deferred for c in batch]
+                self._deferred = []
+                await anyio.sleep(2.0 * (round_ + 1))
+                self._limit = AdaptiveLimit(1, max(1, concurrency // 2))
+                await self._op(step, op, again, strategy)
+            for batch, exc in self._deferred:
+                self._fail_all(batch, exc)
+            self._deferred = []
         return "+".join(sorted(used)) or "none"
 
     async def run(self) -> ApplyResult:
         started = time.monotonic()
-        sent_before = self.client.stats.requests
         for change in self.plan.pending:
             entry = self.previous.entries.get(change.key) if self.previous else None
             if entry is not None and entry.status in ("done", "drifted"):
@@ -489,6 +509,7 @@ class Executor:
         self.progress = Progress(total=remaining)
         strategies: dict[int, str] = {}
         bulk = await self.client.supports_bulk() if remaining else False
+        sent_before, retried_before = self.client.stats.requests, self.client.stats.retries
         for step in self.plan.steps:
             if self.stop.is_set():
                 break
@@ -501,6 +522,7 @@ class Executor:
             outcomes=self.outcomes,
             stopped=self.stopped,
             requests=self.client.stats.requests - sent_before,
+            retries=self.client.stats.retries - retried_before,
             seconds=time.monotonic() - started,
             strategies=strategies,
         )

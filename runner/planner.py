@@ -136,6 +136,9 @@ def _make_retry(now: datetime) -> Callable[[int, Step, RunView, str, str], Chang
             return _noop(
                 index, run, f"{_state_label(run)}, not Failed or Crashed: nothing to retry"
             )
+        if run.deployment_id is None:
+            # The server aborts it: "Cannot reschedule a run without an associated deployment."
+            return _noop(index, run, "not a deployment run: Prefect retries only deployment runs")
         when = now + (action.delay or timedelta(0))
         # AwaitingRetry, as Prefect's own retry proposes; not forced: the server accepts it
         # from Failed and Crashed (3.8 and 2.20), and its rules stay in charge.
