@@ -209,7 +209,8 @@ async def test_drifted_runs_are_left_alone(
         f"flow_runs/{late[0]['id']}/set_state",
         json={"state": {"type": "RUNNING", "name": "Running"}, "force": True},
     )
-    for strategy in ["per-run"] if is_prefect2 else ["bulk", "per-run"]:
+    strategies: list[Any] = ["per-run"] if is_prefect2 else ["bulk", "per-run"]
+    for strategy in strategies:
         journal = tmp_path / f"j-{strategy}"
         result = await execute(settings, plan, journal, options=ApplyOptions(strategy=strategy))
         outcome = {o.change.run.id: o for o in result.outcomes.values()}
