@@ -1,0 +1,229 @@
+"""`runner apply` as operators run it: a process that can be killed, interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.seed import Seeder, unique
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.prefect2
+
+
+def env_for(api_url: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": api_url, "NO_COLOR": "1"}
+
+
+def runner(*args: str, api_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env_for(api_url),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
+
+
+def start(*args: str, api_url: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(api_url),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def journal_lines(cwd: Path) -> int:
+    files = list((cwd / ".runner").glob("*/checkpoint.jsonl"))
+    return sum(len(f.read_bytes().splitlines()) for f in files)
+
+
+def wait_for_records(
+    cwd: Path, count: int, process: subprocess.Popen[str], timeout: float = 120
+) -> None:
+    """Poll (bounded) until the journal holds ``count`` records, or the process ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal_lines(cwd) >= count + 1 or process.poll() is not None:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {count} journal records within {timeout}s")
+
+
+def write_playbook(tmp: Path, flow: dict[str, Any], action: str, select: str = "") -> Path:
+    path = tmp / "playbook.yaml"
+    path.write_text(
+        f"version: 1\nname: t\nsteps:\n  - name: act\n    select: {{flows: {flow['name']}{select}}}\n"
+        f"    action: {action}\n"
+    )
+    return path
+
+
+def test_off_a_terminal_destructive_applies_need_yes(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    path = write_playbook(tmp_path, flow, "delete")
+    result = runner("apply", str(path), api_url=api_url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "runner: not a terminal: pass --yes to apply changes that delete, cancel or change the"
+        " state of runs\n"
+    )
+    assert len(seeder.runs_of_flow(flow)) == 2
+
+
+def test_apply_report_status_and_nothing_left(api_url: str, seeder: Seeder, tmp_path: Path) -> None:
+    flow = seeder.flow()
+    seeder.runs(5, flow, "Running")
+    path = write_playbook(tmp_path, flow, "cancel")
+    result = runner(
+        "apply", str(path), "--yes", "--report", "report.json", api_url=api_url, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Applied: 5 done, 0 drifted (left alone), 0 failed, 0 pending" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["counts"]["done"] == 5
+    assert {r["detail"] for r in report["runs"]} == {"Cancelling"}
+    (workdir,) = (tmp_path / ".runner").iterdir()
+    status = runner("status", str(workdir / "checkpoint.jsonl"), api_url=api_url, cwd=tmp_path)
+    assert status.returncode == 0
+    assert "done 5, drifted 0, failed 0, pending 0" in status.stdout
+    again = runner("apply", str(path), "--yes", api_url=api_url, cwd=tmp_path)
+    assert again.returncode == 0
+    assert "Nothing to do." in again.stdout
+
+
+def test_saved_plan_skips_runs_that_drifted(api_url: str, seeder: Seeder, tmp_path: Path) -> None:
+    flow = seeder.flow()
+    runs = seeder.runs(4, flow, "Completed")
+    path = write_playbook(tmp_path, flow, "delete")
+    planned = runner("plan", str(path), "-o", "plan.json", api_url=api_url, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    seeder._call(
+        "POST",
+        f"flow_runs/{runs[0]['id']}/set_state",
+        json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True},
+    )
+    result = runner("apply", "plan.json", "--yes", api_url=api_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Applied: 3 done, 1 drifted (left alone), 0 failed, 0 pending" in result.stdout
+    assert (
+        f"drifted: {runs[0]['name']} ({runs[0]['id']}): now AwaitingRetry, planned from Completed"
+        in result.stdout
+    )
+    assert [r["id"] for r in seeder.runs_of_flow(flow)] == [runs[0]["id"]]
+    other = runner("apply", "plan.json", "--yes", api_url="http://127.0.0.1:9/api", cwd=tmp_path)
+    assert other.returncode == 1
+    assert other.stderr.startswith(
+        f"runner: the plan was made against {api_url}, not http://127.0.0.1:9/api"
+    )
+
+
+@pytest.mark.parametrize("kill_after", [1, 15, 40])
+def test_sigkill_then_resume_recreates_each_run_exactly_once(
+    api_url: str, seeder: Seeder, tmp_path: Path, kill_after: int
+) -> None:
+    flow = seeder.flow(unique("killed"))
+    dep = seeder.deployment(flow)
+    late = seeder.late_runs(60, flow, deployment=dep, spread=timedelta(seconds=10))
+    path = write_playbook(tmp_path, flow, "{reschedule: {delay: 6h, strategy: recreate}}")
+    process = start(
+        "apply", str(path), "--yes", "--concurrency", "4", api_url=api_url, cwd=tmp_path
+    )
+    wait_for_records(tmp_path, kill_after, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    resumed = runner("apply", str(path), "--yes", api_url=api_url, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert process.returncode == -signal.SIGKILL, "the apply ended before it was killed"
+    assert "Resuming unfinished plan" in resumed.stdout
+    left = seeder.runs_of_flow(flow)
+    assert len(left) == 60, "a run was lost or duplicated"
+    assert not {r["id"] for r in late} & {r["id"] for r in left}
+    assert {r["state_name"] for r in left} == {"Scheduled"}
+    keys = [r["idempotency_key"] for r in left]
+    assert len(set(keys)) == 60 and all(k and k.startswith("runner:") for k in keys)
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    runs = seeder.runs(150, flow, "Running")
+    path = write_playbook(tmp_path, flow, "cancel")
+    process = start(
+        "apply",
+        str(path),
+        "--yes",
+        "--strategy",
+        "per-run",
+        "--concurrency",
+        "2",
+        api_url=api_url,
+        cwd=tmp_path,
+    )
+    wait_for_records(tmp_path, 10, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the apply finished before the signal arrived")
+    assert process.returncode == 130, err
+    assert "SIGINT: finishing requests in flight, then stopping" in err
+    assert "resume with: runner apply --resume .runner/" in err
+    resume_path = err.split("resume with: runner apply --resume ")[1].split()[0]
+    resumed = runner("apply", "--resume", resume_path, "--yes", api_url=api_url, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    states = {r["id"]: r["state_name"] for r in seeder.runs_of_flow(flow)}
+    assert set(states.values()) == {"Cancelling"}
+    for run in runs[:20]:
+        history = seeder._call("GET", "flow_run_states/", params={"flow_run_id": run["id"]})
+        assert [s["name"] for s in history] == ["Running", "Cancelling"]
+
+
+def test_second_apply_of_the_same_plan_is_refused_while_the_first_runs(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(150, flow, "Running")
+    path = write_playbook(tmp_path, flow, "cancel")
+    process = start(
+        "apply",
+        str(path),
+        "--yes",
+        "--strategy",
+        "per-run",
+        "--concurrency",
+        "1",
+        api_url=api_url,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_records(tmp_path, 3, process)
+        (workdir,) = (tmp_path / ".runner").iterdir()
+        second = runner("apply", "--resume", str(workdir), "--yes", api_url=api_url, cwd=tmp_path)
+        if process.poll() is None:
+            assert second.returncode == 1
+            assert (
+                f"runner: another apply of plan {workdir.name} is running (pid {process.pid})"
+                in second.stderr
+            )
+    finally:
+        process.wait(timeout=300)
+    assert process.returncode == 0
