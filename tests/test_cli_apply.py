@@ -181,7 +181,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(
     )
     wait_for_records(tmp_path, 10, process)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    _out, err = process.communicate(timeout=120)
     if process.returncode == 0:
         pytest.skip("the apply finished before the signal arrived")
     assert process.returncode == 130, err
