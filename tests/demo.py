@@ -1,4 +1,8 @@
-"""The demo behind `bash scripts/demo`: a real Prefect server, seeded, and runner against it."""
+"""The demo behind `bash scripts/demo`: a real Prefect server, seeded as in Prefect's own
+"reschedule late runs" recipe, the playbook's dry run, the apply, and the result read back.
+
+`bash scripts/demo --keep` leaves the server (with its UI) running afterwards.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +10,80 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from tests.prefect_server import start_server
 from tests.seed import Seeder
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAYBOOK = "playbooks/reschedule-late.yaml"
 
 
-def show(*args: str, env: dict[str, str]) -> None:
+def show(*args: str, env: dict[str, str]) -> int:
     print(f"\n$ runner {' '.join(args)}", flush=True)
-    subprocess.run([str(Path(sys.executable).parent / "runner"), *args], env=env, cwd=ROOT)
+    runner = str(Path(sys.executable).parent / "runner")
+    return subprocess.run([runner, *args], env=env, cwd=ROOT).returncode
 
 
 def main() -> None:
     keep = "--keep" in sys.argv
-    print("Starting a local Prefect server (first run installs it: about a minute)...", flush=True)
-    server = start_server()
+    print(
+        "Starting a local Prefect server (the first run installs it: about a minute)...", flush=True
+    )
+    ui = {"PREFECT_UI_ENABLED": "true", "PREFECT_SERVER_UI_ENABLED": "true"} if keep else {}
+    server = start_server(extra_env=ui)
+    state_dir = tempfile.mkdtemp(prefix="runner-demo-")
     try:
         print(f"Prefect server up at {server.api_url} in {server.startup_seconds:.1f}s")
         seeder = Seeder(server.api_url)
         flow = seeder.flow("healthcheck")
         pool = seeder.work_pool("demo-pool")
         deployment = seeder.deployment(flow, "healthcheck-storage-test", work_pool=pool["name"])
-        late = seeder.late_runs(12, flow, deployment=deployment)
-        other = seeder.deployment(seeder.flow("etl"), "nightly", work_pool=pool["name"])
-        for state in ("Running", "Scheduled", "Completed", "Failed"):
-            seeder.run({"id": other["flow_id"]}, state, deployment=other)
-        print(f"Seeded {len(late)} late runs of healthcheck/healthcheck-storage-test, plus others.")
-        env = {**os.environ, "PREFECT_API_URL": server.api_url}
-        show("doctor", env=env)
-        show(
-            "validate",
-            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "playbooks").glob("*.yaml")),
-            env=env,
+        late = seeder.late_runs(12, flow, deployment=deployment, spread=timedelta(minutes=7))
+        seeder.run(flow, "Running", deployment=deployment)
+        seeder.run(flow, "Scheduled", deployment=deployment)
+        etl = seeder.flow("etl")
+        nightly = seeder.deployment(etl, "nightly", work_pool=pool["name"])
+        for state in ("Late", "Running", "Scheduled", "Completed", "Failed"):
+            seeder.run(etl, state, deployment=nightly)
+        etl_before = {(r["id"], r["state_name"]) for r in seeder.runs_of_flow(etl)}
+        print(
+            f"Seeded {len(late)} late runs of healthcheck/healthcheck-storage-test, one running"
+            " and one scheduled run of it, and runs of etl/nightly in every state."
         )
+        env = {**os.environ, "PREFECT_API_URL": server.api_url, "NO_COLOR": "1"}
+        show("apply", PLAYBOOK, "--dry-run", env=env)
+        code = show("apply", PLAYBOOK, "--yes", "--state-dir", state_dir, env=env)
+        if code != 0:
+            raise SystemExit(f"the apply exited {code}")
+        print("\nRead back from the server: runs of healthcheck/healthcheck-storage-test")
+        runs = sorted(
+            (r for r in seeder.runs_of_flow(flow)),
+            key=lambda r: r["next_scheduled_start_time"] or r["expected_start_time"],
+        )
+        for r in runs:
+            when = r["next_scheduled_start_time"] or r["expected_start_time"]
+            message = (r.get("state") or {}).get("message") or ""
+            print(f"  {r['name']:<24} {r['state_name']:<10} next start {when[:19]}Z  {message}")
+        gone = {r["id"] for r in late} - {r["id"] for r in runs}
+        etl_after = {(r["id"], r["state_name"]) for r in seeder.runs_of_flow(etl)}
+        untouched = "untouched" if etl_after == etl_before else "CHANGED"
+        print(
+            f"  ({len(gone)} late runs deleted; the {len(etl_before)} etl/nightly runs {untouched})"
+        )
+        if etl_after != etl_before:
+            raise SystemExit("runs outside the playbook's selection changed")
+        show("apply", PLAYBOOK, "--yes", "--state-dir", state_dir, env=env)
         if keep:
-            print(f"\nThe server keeps running: PREFECT_API_URL={server.api_url}. Ctrl-C stops it.")
+            ui_url = server.api_url.removesuffix("/api")
+            print(
+                f"\nThe server keeps running. Open the Prefect UI at {ui_url} to see the"
+                " rescheduled runs and their state messages;"
+                f" PREFECT_API_URL={server.api_url} points runner (or prefect) at it."
+                " Ctrl-C stops it."
+            )
             try:
                 assert server.process is not None
                 server.process.wait()
@@ -51,6 +92,7 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(server.home, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
         print("Server stopped.")
 
 
