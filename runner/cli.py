@@ -342,8 +342,42 @@ def show(plan_file: str, fmt: str, full: bool) -> None:
     )
 
 
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  eval "$(runner completion bash)"     (e.g. in ~/.bashrc)
+    zsh:   eval "$(runner completion zsh)"      (e.g. in ~/.zshrc)
+    fish:  runner completion fish > ~/.config/fish/completions/runner.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # every click.Choice value has a class
+    click.echo(completer(cli, {}, "runner", "_RUNNER_COMPLETE").source())
+
+
+def _configure_logging() -> None:
+    """``RUNNER_LOG=debug|info|warning``: log requests (method, URL, status) to stderr.
+
+    Never headers or bodies, so never a key or an auth string."""
+    import logging
+    import os
+
+    level = os.environ.get("RUNNER_LOG", "").upper()
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        logging.basicConfig(
+            level=getattr(logging, level),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
+    _configure_logging()
     try:
         cli.main(prog_name="runner")
     except KeyboardInterrupt:

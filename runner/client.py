@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json as json_module
 import logging
 import re
 import time
@@ -48,7 +49,7 @@ from runner.models import (
     StateType,
 )
 from runner.ratelimit import RateLimiter
-from runner.retry import RetryableStatus, RetryPolicy, retrying
+from runner.retry import MalformedAnswer, RetryableStatus, RetryPolicy, retrying
 from runner.settings import ConnectionSettings, resolve_settings
 
 log = logging.getLogger("runner.client")
@@ -76,6 +77,7 @@ class RequestStats:
     retries: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     transport_errors: int = 0
+    malformed: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,14 @@ class PrefectClient:
                 return {}
             if response.status_code != 200:
                 self._raise_for_status("GET", "csrf-token", response)
-            data = response.json()
+            try:
+                data = response.json()
+                token, expiration = str(data["token"]), data.get("expiration")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.stats.malformed += 1
+                raise MalformedAnswer(response) from None  # inside the caller's retry loop
             self._csrf_enabled = True
-            self._csrf_token = str(data["token"])
-            expiration = data.get("expiration")
+            self._csrf_token = token
             try:
                 self._csrf_expires = (
                     datetime.fromisoformat(str(expiration).replace("Z", "+00:00")).timestamp()
@@ -282,6 +288,16 @@ class PrefectClient:
             if self.on_backoff is not None:
                 self.on_backoff(response.status_code)
             raise RetryableStatus(response)
+        if (
+            200 <= response.status_code < 300
+            and response.content
+            and "json" in response.headers.get("content-type", "json")
+        ):
+            try:
+                json_module.loads(response.content)
+            except ValueError:
+                self.stats.malformed += 1
+                raise MalformedAnswer(response) from None
         return response
 
     async def _request(
@@ -319,6 +335,13 @@ class PrefectClient:
                 method=method,
                 url=self._url_for(path),
                 status_code=status,
+            ) from None
+        except MalformedAnswer as exc:
+            raise ServerError(
+                f"{exc} after {self.retry_policy.max_attempts} attempts",
+                method=method,
+                url=self._url_for(path),
+                status_code=exc.response.status_code,
             ) from None
         except httpx.TransportError as exc:
             raise Unreachable(

@@ -18,6 +18,7 @@ connection, and grows by one after as many successes as the current limit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -29,7 +30,7 @@ from uuid import UUID
 import anyio
 
 from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedState
-from runner.errors import APIError, ServerError, Unreachable
+from runner.errors import APIError, ServerError, Unauthorized, Unreachable
 from runner.filters import FlowRunFilter, FlowRunQuery, NamesAnyNotAny, StateFilter, by_ids
 from runner.journal import Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, StateType
@@ -206,6 +207,7 @@ class Executor:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.client = client
+        self._base_policy = client.retry_policy
         self.plan = plan
         self.journal = journal
         self.previous = previous
@@ -254,6 +256,26 @@ class Executor:
                 self.stopped = f"stopped after {failed} failures (the failure policy's limit)"
             self.stop.set()
 
+    def _ours(self, change: Change, current: FlowRun) -> bool:
+        """Whether the run's state is this change, made by an earlier attempt whose answer
+        was lost (a dropped connection, a crash before the journal): its transition id is one
+        this plan proposes for the change, per run or in bulk."""
+        details = current.state.state_details if current.state else None
+        tid = details.transition_id if details else None
+        if tid is None or change.state is None:
+            return False
+        return tid in (
+            transition_id(self.plan, change.key),
+            transition_id(self.plan, f"{change.step}:bulk:{change.state}"),
+        )
+
+    def _stop_unauthorized(self, exc: Unauthorized) -> None:
+        """Credentials rejected (expired key, revoked token): every further request would be
+        too. Stop; what was not done stays pending for a resume with working credentials."""
+        if self.stopped is None:
+            self.stopped = f"stopped: {exc}"
+        self.stop.set()
+
     def _fail_all(self, changes: Sequence[Change], exc: BaseException) -> None:
         detail = str(exc) if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
         for change in changes:
@@ -273,6 +295,8 @@ class Executor:
             # Busy or unreachable past the retries: not a verdict on the change. Try again
             # after the pass, slower; only then does it count as failed.
             self._deferred.append((changes, exc))
+        except Unauthorized as exc:
+            self._stop_unauthorized(exc)
         except APIError as exc:
             self._fail_all(changes, exc)
         except Exception as exc:  # a bug must not lose the journal: record and go on
@@ -331,8 +355,11 @@ class Executor:
         current = await self._current(missing) if missing else {}
         for change in changes:
             result = results.get(change.run.id)
-            if result is None:
-                why = _drift(change, current.get(change.run.id)) or "the server left it alone"
+            now = current.get(change.run.id)
+            if result is None and now is not None and self._ours(change, now):
+                self._finish(change, "done", f"{now.state_name} (done earlier)")
+            elif result is None:
+                why = _drift(change, now) or "the server left it alone"
                 self._finish(change, "drifted", why)
             else:
                 status, detail = _judge(result)
@@ -385,13 +412,20 @@ class Executor:
                 chunk = changes[start : start + MAX_PAGE_SIZE]
                 try:
                     current = await self._current(chunk)
+                except Unauthorized as exc:
+                    self._stop_unauthorized(exc)
+                    return
                 except APIError as exc:
                     self._fail_all(chunk, exc)
                     continue
                 for change in chunk:
                     if self.stop.is_set():
                         return
-                    why = _drift(change, current.get(change.run.id))
+                    now = current.get(change.run.id)
+                    if now is not None and self._ours(change, now):
+                        self._finish(change, "done", f"{now.state_name} (done earlier)")
+                        continue
+                    why = _drift(change, now)
                     if why is not None:
                         if change.op == "delete" and change.run.id not in current:
                             self._finish(change, "done", "already gone")
@@ -468,6 +502,12 @@ class Executor:
         concurrency = self.options.concurrency or step.concurrency
         self._limit = AdaptiveLimit(min(concurrency, 4), concurrency)
         self.client.set_rate_limit(self.options.rate_limit or step.rate_limit)
+        self.client.retry_policy = dataclasses.replace(
+            self._base_policy,
+            max_attempts=step.max_attempts,
+            initial_backoff=step.backoff_seconds,
+            max_backoff=step.max_backoff_seconds,
+        )
         todo = [c for c in step.pending if self.outcomes[c.key].status in ("pending", "created")]
         used: set[str] = set()
         for op in ("delete", "set_state", "recreate", "resume", "tag"):
@@ -508,7 +548,15 @@ class Executor:
         remaining = sum(1 for o in self.outcomes.values() if o.status in ("pending", "created"))
         self.progress = Progress(total=remaining)
         strategies: dict[int, str] = {}
-        bulk = await self.client.supports_bulk() if remaining else False
+        try:
+            bulk = await self.client.supports_bulk() if remaining else False
+        except Unauthorized as exc:
+            self._stop_unauthorized(exc)
+            bulk = False
+        except APIError as exc:  # everything stays pending for the resume
+            self.stopped = f"stopped: {exc}"
+            self.stop.set()
+            bulk = False
         sent_before, retried_before = self.client.stats.requests, self.client.stats.retries
         for step in self.plan.steps:
             if self.stop.is_set():
@@ -516,6 +564,7 @@ class Executor:
             if step.pending:
                 strategies[step.index] = await self._step(step, bulk)
         self.journal.sync()
+        self.client.retry_policy = self._base_policy
         if self.stop.is_set() and self.stopped is None:
             self.stopped = "interrupted"
         return ApplyResult(

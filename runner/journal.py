@@ -59,8 +59,11 @@ class JournalState:
         return entry.status if entry else None
 
 
-def read_journal(path: Path, *, plan_id: str | None = None) -> JournalState:
-    """Read a journal; a torn last line is skipped. Refuses another plan's journal."""
+def read_journal(
+    path: Path, *, plan_id: str | None = None, plan_checksum: str | None = None
+) -> JournalState:
+    """Read a journal; a torn line is skipped. Refuses another plan's journal, and one whose
+    plan file was replaced (its checksum differs from the one the journal was started with)."""
     try:
         lines = path.read_bytes().split(b"\n")
     except OSError as exc:
@@ -79,6 +82,11 @@ def read_journal(path: Path, *, plan_id: str | None = None) -> JournalState:
     if plan_id is not None and header.get("plan_id") != plan_id:
         raise CheckpointError(
             f"{path}: this checkpoint belongs to plan {header.get('plan_id')}, not {plan_id}"
+        )
+    if plan_checksum is not None and header.get("plan_checksum") != plan_checksum:
+        raise CheckpointError(
+            f"{path}: this checkpoint was started for another version of plan"
+            f" {header.get('plan_id')} (the plan file changed since): refusing to mix them"
         )
     state = JournalState(plan_id=str(header.get("plan_id")))
     for raw in lines[1:]:
@@ -145,7 +153,8 @@ class Journal:
         self._lock.flush()
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if not fresh:
-            read_journal(self.path, plan_id=self.plan_id)  # refuses another plan's journal
+            # Refuses another plan's journal, or one started for a different plan file.
+            read_journal(self.path, plan_id=self.plan_id, plan_checksum=self.plan_checksum)
             self._repair_torn_tail()
         self._handle = open(self.path, "a", encoding="utf-8")
         if fresh:

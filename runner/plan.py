@@ -96,6 +96,8 @@ class StepPlan:
     concurrency: int
     rate_limit: float | None
     max_attempts: int
+    backoff_seconds: float = 0.25
+    max_backoff_seconds: float = 20.0
 
     @property
     def pending(self) -> tuple[Change, ...]:
@@ -267,6 +269,8 @@ def _body(plan: Plan) -> dict[str, Any]:
                     "concurrency": step.concurrency,
                     "rate_limit": step.rate_limit,
                     "max_attempts": step.max_attempts,
+                    "backoff_seconds": step.backoff_seconds,
+                    "max_backoff_seconds": step.max_backoff_seconds,
                 },
                 "changes": [change_to_json(c) for c in step.changes],
             }
@@ -314,6 +318,8 @@ def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
                 concurrency=s["settings"]["concurrency"],
                 rate_limit=s["settings"]["rate_limit"],
                 max_attempts=s["settings"]["max_attempts"],
+                backoff_seconds=s["settings"].get("backoff_seconds", 0.25),
+                max_backoff_seconds=s["settings"].get("max_backoff_seconds", 20.0),
             )
             for s in data["steps"]
         )

@@ -8,7 +8,7 @@ never applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -104,7 +104,10 @@ def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], 
                 run,
                 f"{_state_label(run)}, not Scheduled: only scheduled runs are rescheduled",
             )
-        when = _reschedule_time(action, run, now)
+        try:
+            when = _reschedule_time(action, run, now)
+        except OverflowError:
+            return _noop(index, run, "the new start time would be outside the years 1-9999")
         if when is None:
             return _noop(index, run, "no expected start time to add the delay to")
         state = TargetState(
@@ -139,7 +142,10 @@ def _make_retry(now: datetime) -> Callable[[int, Step, RunView, str, str], Chang
         if run.deployment_id is None:
             # The server aborts it: "Cannot reschedule a run without an associated deployment."
             return _noop(index, run, "not a deployment run: Prefect retries only deployment runs")
-        when = now + (action.delay or timedelta(0))
+        try:
+            when = now + (action.delay or timedelta(0))
+        except OverflowError:
+            return _noop(index, run, "the retry time would be outside the years 1-9999")
         # AwaitingRetry, as Prefect's own retry proposes; not forced: the server accepts it
         # from Failed and Crashed (3.8 and 2.20), and its rules stay in charge.
         state = TargetState(
@@ -203,8 +209,17 @@ def _step_violations(
     return violations
 
 
-def make_plan(playbook: Playbook, observation: Observation, *, plan_id: str) -> Plan:
-    """The plan for ``playbook`` against what ``observation`` saw. Pure."""
+def make_plan(
+    playbook: Playbook,
+    observation: Observation,
+    *,
+    plan_id: str,
+    exclude: Collection[UUID] = (),
+) -> Plan:
+    """The plan for ``playbook`` against what ``observation`` saw. Pure.
+
+    Runs in ``exclude`` are never selected (the flow run applying the playbook, say).
+    """
     if len(observation.steps) != len(playbook.steps):
         raise ValueError("the observation does not match the playbook's steps")
     now = observation.now
@@ -217,7 +232,7 @@ def make_plan(playbook: Playbook, observation: Observation, *, plan_id: str) -> 
         Resume: _resume,
         Tag: _tag,
     }
-    claimed: set[UUID] = set()
+    claimed: set[UUID] = set(exclude)
     steps: list[StepPlan] = []
     violations: list[str] = []
     for index, (step, seen) in enumerate(zip(playbook.steps, observation.steps, strict=True)):
@@ -244,6 +259,8 @@ def make_plan(playbook: Playbook, observation: Observation, *, plan_id: str) -> 
                 concurrency=step.concurrency or playbook.defaults.concurrency,
                 rate_limit=step.rate_limit or playbook.defaults.rate_limit,
                 max_attempts=retry.max_attempts,
+                backoff_seconds=retry.backoff.total_seconds(),
+                max_backoff_seconds=retry.max_backoff.total_seconds(),
             )
         )
     total = sum(len(s.pending) for s in steps)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timezone
+from uuid import UUID
 
 from runner.client import PrefectClient
 from runner.observe import observe
@@ -17,9 +19,13 @@ def new_plan_id() -> str:
 
 
 async def plan_playbook(
-    playbook: Playbook, client: PrefectClient, *, now: datetime | None = None
+    playbook: Playbook,
+    client: PrefectClient,
+    *,
+    now: datetime | None = None,
+    exclude: Collection[UUID] = (),
 ) -> Plan:
     """Read what the playbook selects and return the plan. Sends no write to the server."""
     moment = now or datetime.now(timezone.utc)
     observation = await observe(client, playbook, now=moment)
-    return make_plan(playbook, observation, plan_id=new_plan_id())
+    return make_plan(playbook, observation, plan_id=new_plan_id(), exclude=exclude)

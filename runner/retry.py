@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import random
 import time
@@ -10,6 +11,8 @@ from datetime import datetime, timezone
 
 import httpx
 import tenacity
+
+from runner.playbook import Retry
 
 #: Answers that mean "not now": the request was not carried out and may be sent again.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -38,6 +41,16 @@ class RetryPolicy:
             raise ValueError("backoff and jitter must not be negative")
 
 
+def policy_for(retry: Retry, base: RetryPolicy | None = None) -> RetryPolicy:
+    """``base`` with a playbook's ``retry`` settings (max_attempts, backoff, max_backoff)."""
+    return dataclasses.replace(
+        base or RetryPolicy(),
+        max_attempts=retry.max_attempts,
+        initial_backoff=retry.backoff.total_seconds(),
+        max_backoff=retry.max_backoff.total_seconds(),
+    )
+
+
 class RetryableStatus(Exception):
     """Raised inside the retry loop for an answer in :attr:`RetryPolicy.statuses`."""
 
@@ -45,6 +58,17 @@ class RetryableStatus(Exception):
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
         self.retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+
+class MalformedAnswer(Exception):
+    """A success status whose body is not the JSON it announces: a garbled or cut-off answer.
+
+    Retried like a dropped connection (every change tolerates being sent again)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code} with a body that is not valid JSON")
+        self.response = response
+        self.retry_after: float | None = None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -68,7 +92,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def is_retryable(exc: BaseException) -> bool:
     """Connection-level failures and "not now" answers are retried; nothing else."""
-    return isinstance(exc, (RetryableStatus, httpx.TransportError))
+    return isinstance(exc, (RetryableStatus, MalformedAnswer, httpx.TransportError))
 
 
 def backoff_seconds(policy: RetryPolicy, failed_attempts: int) -> float:

@@ -76,19 +76,25 @@ def main() -> None:
         if etl_after != etl_before:
             raise SystemExit("runs outside the playbook's selection changed")
         show("apply", PLAYBOOK, "--yes", "--state-dir", state_dir, env=env)
+        ui_url = server.api_url.removesuffix("/api")
         if keep:
-            ui_url = server.api_url.removesuffix("/api")
             print(
-                f"\nThe server keeps running. Open the Prefect UI at {ui_url} to see the"
-                " rescheduled runs and their state messages;"
-                f" PREFECT_API_URL={server.api_url} points runner (or prefect) at it."
-                " Ctrl-C stops it."
+                f"\nThe server keeps running at {ui_url}. Open the Prefect UI there to see the"
+                " rescheduled runs and their state messages (Runs, filtered on"
+                " healthcheck-storage-test); PREFECT_API_URL="
+                f"{server.api_url} points runner or prefect at it. Ctrl-C stops it."
             )
             try:
                 assert server.process is not None
                 server.process.wait()
             except KeyboardInterrupt:
                 pass
+        else:
+            print(
+                f"\nThe server ran at {server.api_url}. To look around in the Prefect UI"
+                " (the rescheduled runs and their state messages), run"
+                " `bash scripts/demo --keep`: it keeps the server, with its UI, running."
+            )
     finally:
         server.stop()
         shutil.rmtree(server.home, ignore_errors=True)

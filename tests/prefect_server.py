@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VERSION = "3.8.8"
 HEALTH_TIMEOUT = 180.0
 
@@ -38,12 +39,28 @@ REQUIREMENTS = {
 }
 
 
+def runner_requirements() -> list[str]:
+    """runner's own runtime dependencies, from pyproject.toml.
+
+    They go into the Prefect venv too, so that ``runner.prefect_flow`` (the ``runner[prefect]``
+    extra) runs there from this checkout (``PYTHONPATH``) without installing runner into it.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return sorted(project["dependencies"])
+
+
 def requirements_for(version: str) -> list[str]:
     if version in REQUIREMENTS:
-        return REQUIREMENTS[version]
-    if version.startswith("3."):
-        return [f"prefect=={version}", "fastapi<0.150"]
-    return [f"prefect=={version}"]
+        prefect = REQUIREMENTS[version]
+    elif version.startswith("3."):
+        prefect = [f"prefect=={version}", "fastapi<0.150"]
+    else:
+        prefect = [f"prefect=={version}"]
+    return [*prefect, *runner_requirements()]
 
 
 def cache_dir() -> Path:

@@ -37,8 +37,8 @@ def unique(prefix: str) -> str:
 class Seeder:
     """Creates objects on a real server. Retries the SQLite server's 'busy' answers."""
 
-    def __init__(self, api_url: str) -> None:
-        self.http = httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=60)
+    def __init__(self, api_url: str, *, auth: tuple[str, str] | None = None) -> None:
+        self.http = httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=60, auth=auth)
 
     def close(self) -> None:
         self.http.close()

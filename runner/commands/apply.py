@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
+from uuid import UUID
 
 import anyio
 
@@ -26,7 +27,7 @@ from runner.loader import load_playbook
 from runner.plan import Plan, check_applicable, read_plan, write_plan
 from runner.planning import plan_playbook
 from runner.render import render, summary_line
-from runner.retry import RetryPolicy
+from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -47,6 +48,18 @@ class ApplyRequest:
     report: str | None
     interactive: bool
     colour: bool
+    exclude: frozenset[UUID] = frozenset()
+    handle_signals: bool = True
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an apply came to: the exit code, the plan (if one was made) and the result."""
+
+    code: int
+    plan: Plan | None = None
+    result: ApplyResult | None = None
 
 
 def _workdir(state_dir: Path, plan: Plan) -> Path:
@@ -96,8 +109,9 @@ def _confirm(plan: Plan, request: ApplyRequest, out: TextIO) -> bool:
     return answer in ("y", "yes")
 
 
-def _report(result: ApplyResult, plan: Plan, path: str) -> None:
-    document = {
+def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
+    """The ``--report`` document: counts and every change's outcome."""
+    return {
         "plan_id": plan.id,
         "playbook": plan.playbook_name,
         "server": plan.server_url,
@@ -119,14 +133,14 @@ def _report(result: ApplyResult, plan: Plan, path: str) -> None:
             for o in result.outcomes.values()
         ],
     }
-    Path(path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def run(request: ApplyRequest, *, out: TextIO, err: TextIO) -> int:
-    return anyio.run(_run, request, out, err)
+    return anyio.run(apply, request, out, err).code
 
 
-async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
+async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
+    """Plan (or read the saved plan), show it, confirm, apply with the journal, report."""
     policy = RetryPolicy()
     async with PrefectClient(request.settings, retry=policy) as client:
         now = datetime.now(timezone.utc)
@@ -150,7 +164,8 @@ async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
             )
         else:
             playbook = load_playbook(request.target, variables=request.variables)
-            plan = await plan_playbook(playbook, client, now=now)
+            client.retry_policy = policy_for(playbook.defaults.retry, policy)
+            plan = await plan_playbook(playbook, client, now=now, exclude=request.exclude)
             if not request.fresh:
                 unfinished = _find_unfinished(request.state_dir, plan)
                 if unfinished is not None:
@@ -162,7 +177,9 @@ async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
                     )
         out.write(render(plan, "text", colour=request.colour))
         if plan.violations:
-            return EXIT_ERROR
+            return Applied(EXIT_ERROR, plan)
+        if request.dry_run:
+            return Applied(EXIT_OK, plan)
         workdir = workdir or _workdir(request.state_dir, plan)
         journal_path = workdir / "checkpoint.jsonl"
         previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
@@ -173,9 +190,9 @@ async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
         ]
         if not left:
             out.write("Nothing to do.\n")
-            return EXIT_OK
+            return Applied(EXIT_OK, plan)
         if not _confirm(plan, request, out):
-            return EXIT_ERROR
+            return Applied(EXIT_ERROR, plan)
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / "plan.json").exists():
             write_plan(plan, workdir / "plan.json")
@@ -199,6 +216,7 @@ async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
                 stop=stop,
                 on_progress=progress,
             )
+            error: Exception | None = None
             async with anyio.create_task_group() as group:
 
                 async def watch_signals() -> None:
@@ -211,12 +229,20 @@ async def _run(request: ApplyRequest, out: TextIO, err: TextIO) -> int:
                             stop.set()
                             return
 
-                group.start_soon(watch_signals)
-                result = await executor.run()
-                group.cancel_scope.cancel()
+                if request.handle_signals:
+                    group.start_soon(watch_signals)
+                try:
+                    result = await executor.run()
+                except Exception as exc:  # re-raised below, not wrapped in an exception group
+                    error = exc
+                finally:
+                    group.cancel_scope.cancel()
+            if error is not None:
+                raise error
         if request.report:
-            _report(result, plan, request.report)
-        return _summarise(result, plan, journal_path, out, err)
+            document = report_document(result, plan)
+            Path(request.report).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        return Applied(_summarise(result, plan, journal_path, out, err), plan, result)
 
 
 def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err: TextIO) -> int:

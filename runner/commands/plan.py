@@ -12,6 +12,7 @@ from runner.loader import load_playbook
 from runner.plan import Plan, write_plan
 from runner.planning import plan_playbook
 from runner.render import render
+from runner.retry import policy_for
 from runner.settings import ConnectionSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -31,7 +32,8 @@ def make(path: str, *, variables: Mapping[str, str], settings: ConnectionSetting
 
     async def go() -> Plan:
         # bulk=False: planning needs no bulk routes, so not even their (refused) probe is sent.
-        async with PrefectClient(settings, bulk=False) as client:
+        retry = policy_for(playbook.defaults.retry)
+        async with PrefectClient(settings, bulk=False, retry=retry) as client:
             return await plan_playbook(playbook, client)
 
     return anyio.run(go)

@@ -1,8 +1,9 @@
 """Seed many flow runs fast by cloning one template run inside the server's SQLite database.
 
 Creating runs through the API runs at ~20-45 runs/s on SQLite (../shared/PREFECT_API.md);
-cloning rows runs at tens of thousands a second. Used only by benchmarks: the tests seed
-through the API. Each clone gets its own run id, state row, name and expected start time.
+cloning rows runs at tens of thousands a second. For the benchmarks and the reliability
+suite's thousands of runs; the feature tests seed through the API. Each clone gets its own
+run id, state row, name and expected start time. The template run is made through the API.
 """
 
 from __future__ import annotations
