@@ -112,15 +112,25 @@ class ApplyResult:
 
 
 class AdaptiveLimit:
-    """How many requests may be in flight: halved on "busy", grown on success (AIMD)."""
+    """How many requests may be in flight, adapted to what the server shows.
+
+    - "Busy" answers (429, 503, dropped connections) halve the limit (at most once a second).
+    - Latency: every ``limit`` completions, the window's mean time per unit of work is compared
+      with the fastest single one seen (the server's service time without queueing). When the
+      mean is over twice that, requests are queueing inside the server rather than running in
+      parallel (a SQLite server serialises writes): the limit drops by one. When it is within
+      1.5x, the server keeps up: the limit grows by one, up to ``maximum``. A server that gains
+      from concurrency (PostgreSQL) keeps its latency flat and gets the full limit.
+    """
 
     def __init__(self, initial: int, maximum: int) -> None:
         self.maximum = max(1, maximum)
         self.limit = max(1, min(initial, self.maximum))
         self.in_flight = 0
-        self._successes = 0
         self._last_cut = 0.0
         self._changed = anyio.Condition()
+        self._fastest = math.inf
+        self._window: list[float] = []
 
     async def acquire(self) -> None:
         async with self._changed:
@@ -128,21 +138,30 @@ class AdaptiveLimit:
                 await self._changed.wait()
             self.in_flight += 1
 
-    async def release(self) -> None:
+    async def release(self, seconds: float | None = None) -> None:
         async with self._changed:
             self.in_flight -= 1
-            self._successes += 1
-            if self._successes >= self.limit and self.limit < self.maximum:
-                self.limit += 1
-                self._successes = 0
+            if seconds is not None and seconds > 0:
+                self._observe(seconds)
             self._changed.notify_all()
+
+    def _observe(self, seconds: float) -> None:
+        self._fastest = min(self._fastest, seconds)
+        self._window.append(seconds)
+        if len(self._window) < max(2, self.limit):
+            return
+        mean = sum(self._window) / len(self._window)
+        self._window = []
+        if mean > 2.0 * self._fastest:
+            self.limit = max(1, self.limit - 1)
+        elif mean < 1.5 * self._fastest and self.limit < self.maximum:
+            self.limit += 1
 
     def busy(self) -> None:
         # At most one cut a second: one burst of 503s is one signal, not ten.
         now = time.monotonic()
         if now - self._last_cut >= 1.0:
             self.limit = max(1, self.limit // 2)
-            self._successes = 0
             self._last_cut = now
 
 
@@ -287,9 +306,11 @@ class Executor:
     ) -> None:
         """Run one unit of work under the concurrency limit; failures are recorded, not raised."""
         await self._limit.acquire()
+        started: float | None = None
         try:
             if self.stop.is_set():
                 return  # stopped while it waited: it stays pending for the resume
+            started = time.monotonic()
             await work()
         except (ServerError, Unreachable) as exc:
             # Busy or unreachable past the retries: not a verdict on the change. Try again
@@ -303,7 +324,9 @@ class Executor:
             self._fail_all(changes, exc)
         finally:
             self._queued -= 1
-            await self._limit.release()
+            await self._limit.release(
+                time.monotonic() - started if started is not None else None
+            )
             if self.on_progress is not None:
                 self.on_progress(self.progress)
 

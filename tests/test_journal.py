@@ -106,3 +106,48 @@ def test_one_apply_at_a_time(tmp_path: Path) -> None:
         pass
     with Journal(path, plan_id="p1", plan_checksum="c1"):  # free again once closed
         pass
+
+
+def test_truncated_tampered_and_newer_plans_are_refused(tmp_path: Path) -> None:
+    import json
+    from datetime import datetime, timezone
+
+    from runner.loader import load_text
+    from runner.observe import Observation, StepObservation
+    from runner.plan import PlanFileError, dumps, read_plan
+    from runner.planner import make_plan
+
+    playbook = load_text(
+        "version: 1\nname: p\nsteps:\n  - name: s\n    select: {}\n    action: delete\n",
+        name="p.yaml",
+        env={},
+    )
+    observation = Observation(
+        now=datetime(2026, 11, 22, tzinfo=timezone.utc),
+        server_url="http://x/api",
+        server_version=None,
+        steps=(StepObservation(runs=()),),
+    )
+    text = dumps(make_plan(playbook, observation, plan_id="abc"))
+    path = tmp_path / "plan.json"
+
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(PlanFileError, match=r"plan.json: not JSON \(line \d+: "):
+        read_plan(path)
+
+    document = json.loads(text)
+    document["steps"][0]["name"] = "something else"
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanFileError) as info:
+        read_plan(path)
+    assert str(info.value) == f"{path}: checksum mismatch: the plan was changed after it was made"
+
+    document = json.loads(text)
+    document["version"] = 2
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanFileError) as info:
+        read_plan(path)
+    assert str(info.value) == f"{path}: plan format version 2; this runner reads version 1"
+
+    path.write_text(text)
+    assert read_plan(path).id == "abc"

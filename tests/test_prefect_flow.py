@@ -128,7 +128,7 @@ def test_flow_applies_a_playbook_from_git_and_publishes_an_artifact(
     assert report["exit_code"] == 0
     assert seeder.read_runs(r["id"] for r in completed) == []
     assert seeder.read_run(kept["id"])["state_name"] == "Failed"  # type: ignore[index]
-    assert seeder.read_run(running["id"])["state_type"] == "CANCELLED"  # type: ignore[index]
+    assert seeder.read_run(running["id"])["state_type"] == "CANCELLING"  # type: ignore[index]
     # The flow run that applied the playbook was Running and matched step 2: not selected.
     [own] = [
         r

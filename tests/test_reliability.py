@@ -34,9 +34,9 @@ from tests.seed_db import clone_runs
 pytestmark = [pytest.mark.server]
 
 FULL = os.environ.get("RUNNER_RELIABILITY") == "full"
-FAULT_RUNS = 1000 if FULL else 150
+FAULT_RUNS = 1000 if FULL else 80
 CRASH_ITERATIONS = 20 if FULL else 3
-CRASH_RUNS = 2000 if FULL else 300
+CRASH_RUNS = 2000 if FULL else 160
 BIN = Path(sys.executable).parent
 SEED = int(os.environ.get("RUNNER_RELIABILITY_SEED", "20261122"))
 
@@ -342,7 +342,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        kill_at = rng.uniform(1.0, 3.0 + size / 100)  # planning takes ~1-3 s, applying longer
+        kill_at = rng.uniform(1.0, 1.5 + size / 100)  # planning takes ~1-2 s, applying longer
         try:
             process.wait(timeout=kill_at)
             killed = False

@@ -1,0 +1,604 @@
+"""runner against the seed recipe and the server's ceiling, side by side, on SQLite and
+PostgreSQL. One command: ``bash scripts/bench`` (``--quick`` for the reduced CI run).
+
+For each backend: one real Prefect server (the test suite's version). For each workload and
+each repeat, every system gets runs seeded fresh (one run through the API, the rest cloned in
+the database) and is run as its own process, measured from outside: wall time, HTTP requests
+(counted in-process by bench/counting.py), client CPU seconds and peak RSS (``os.wait4``).
+Afterwards the server is checked: a change the system reported but the server does not show
+counts as failed. The cell's runs are then removed in the database, so every cell meets the
+same server.
+
+Systems: ``recipe`` (the seed recipe, bench/recipes.py, with the prefect SDK), ``ceiling``
+(bench/ceiling.py at its best concurrency, found by a sweep 1..64 and the bulk route), and
+``runner`` (per-run, bulk, and with a 10 requests/s budget where it applies).
+
+Writes bench/results/harness.json (every cell) and bench/RESULTS.md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.postgres import Postgres, clone_runs_pg, start_postgres  # noqa: E402
+from bench.recipes import SCRIPTS  # noqa: E402
+from tests.prefect_server import DEFAULT_VERSION, PrefectServer, start_server  # noqa: E402
+from tests.seed import Seeder, unique  # noqa: E402
+from tests.seed_db import clone_runs  # noqa: E402
+
+PYTHON = sys.executable
+WORKLOADS = {
+    # name: (seeded state, needs a deployment, runner action, [runner variants])
+    "cancel": ("Late", False, "cancel", ["per-run", "bulk", "rate-10"]),
+    "delete": ("Completed", False, "delete", ["per-run", "bulk"]),
+    "reschedule": ("Late", True, "{reschedule: {delay: 6h}}", ["per-run"]),
+    "recreate": ("Late", True, "{reschedule: {delay: 6h, strategy: recreate}}", ["per-run"]),
+    "plan": ("Completed", False, "delete", ["plan"]),
+}
+SELECTS = {"Late": "{name: Late}", "Completed": "{type: COMPLETED}"}
+SWEEP = [1, 4, 16, 64]
+
+
+@dataclass
+class Cell:
+    backend: str
+    workload: str
+    system: str
+    repeat: int
+    runs: int
+    done: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    ops_per_s: float = 0.0
+    requests: int = 0
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+    exit_code: int = 0
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measured(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run a command; wall time, CPU seconds, peak RSS and the requests it counted."""
+    count_file = cwd / f"count-{time.monotonic_ns()}"
+    out_path, err_path = cwd / "out.txt", cwd / "err.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            env={**env, "BENCH_COUNT_FILE": str(count_file)},
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    requests = int(count_file.read_text()) if count_file.exists() else 0
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "requests": requests,
+        "code": process.returncode,
+        "stdout": out_path.read_text(),
+        "stderr": err_path.read_text(),
+    }
+
+
+class Backend:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pg: Postgres | None = None
+        extra = {}
+        if name == "postgresql":
+            self.pg = start_postgres()
+            extra["PREFECT_API_DATABASE_CONNECTION_URL"] = self.pg.url
+        self.server: PrefectServer = start_server(extra_env=extra)
+        self.seeder = Seeder(self.server.api_url)
+        self.version = str(self.seeder._call("GET", "admin/version"))
+
+    def seed(
+        self, state: str, count: int, deployment: bool
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        flow = self.seeder.flow(unique("bench"))
+        dep = self.seeder.deployment(flow, unique("d")) if deployment else None
+        template = self.seeder.run(flow, state, deployment=dep)
+        if self.pg is not None:
+            clone_runs_pg(self.pg, template["id"], count - 1, name_prefix=unique("r"))
+        else:
+            clone_runs(
+                self.server.home / "prefect.db", template["id"], count - 1, name_prefix=unique("r")
+            )
+        return flow, dep
+
+    def runs(self, flow: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.seeder.runs_of_flow(flow)
+
+    def remove(self, flow: dict[str, Any]) -> None:
+        """Drop a cell's runs in the database: every cell meets a server of the same size."""
+        statements = [
+            "DELETE FROM flow_run_state WHERE flow_run_id IN"
+            " (SELECT id FROM flow_run WHERE flow_id = '{id}')",
+            "DELETE FROM flow_run WHERE flow_id = '{id}'",
+        ]
+        if self.pg is not None:
+            self.pg.psql("; ".join(s.format(id=flow["id"]) for s in statements))
+            return
+        connection = sqlite3.connect(self.server.home / "prefect.db", timeout=60)
+        try:
+            with connection:
+                for statement in statements:
+                    connection.execute(statement.format(id=flow["id"]))
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self.seeder.close()
+        self.server.stop()
+        shutil.rmtree(self.server.home, ignore_errors=True)
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def verify(backend: Backend, workload: str, flow: dict[str, Any], runs: int) -> int:
+    """How many of the ``runs`` planned changes the server shows."""
+    if workload == "plan":
+        return runs
+    found = backend.runs(flow)
+    if workload == "delete":
+        return runs - len(found)
+    if workload == "cancel":
+        return sum(1 for r in found if r["state_type"] == "CANCELLED")
+    return sum(1 for r in found if r["state_name"] == "Scheduled")
+
+
+def run_system(
+    backend: Backend,
+    workload: str,
+    system: str,
+    variant: str,
+    count: int,
+    tmp: Path,
+    *,
+    flow: dict[str, Any] | None = None,
+    dep: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Seed (unless given), run one system on it, verify, clean up."""
+    state, needs_dep, action, _ = WORKLOADS[workload]
+    seeded_here = flow is None
+    if flow is None:
+        flow, dep = backend.seed(state, count, needs_dep)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_API_URL=backend.server.api_url,
+        NO_COLOR="1",
+        PYTHONPATH=str(ROOT),
+        PREFECT_HOME=str(tmp / "prefect-home"),
+    )
+    if system == "recipe":
+        script = tmp / "recipe.py"
+        script.write_text(SCRIPTS[workload])
+        args = {
+            "reschedule": [dep["name"] if dep else "", "21600"],
+            "recreate": [dep["name"] if dep else "", "21600"],
+            "delete": [flow["name"]],
+            "plan": [flow["name"]],
+            "cancel": [],
+        }[workload]
+        python = str(backend.server.venv / "bin" / "python")
+        command = [
+            python,
+            "-c",
+            "import bench.counting, runpy, sys;"
+            " sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+            str(script),
+            *args,
+        ]
+    elif system == "ceiling":
+        runs = (
+            [
+                {
+                    "id": r["id"],
+                    "expected_start": r["expected_start_time"],
+                    "deployment_id": r["deployment_id"],
+                }
+                for r in backend.runs(flow)
+            ]
+            if workload != "plan"
+            else []
+        )
+        (tmp / "runs.json").write_text(json.dumps(runs))
+        concurrency, bulk = variant.split("/") if "/" in variant else (variant, "")
+        command = [
+            PYTHON,
+            str(ROOT / "bench" / "ceiling.py"),
+            workload if workload != "plan" else "plan",
+            str(tmp / "runs.json"),
+            "--concurrency",
+            concurrency,
+            "--flow",
+            flow["name"],
+        ]
+        if bulk:
+            command.append("--bulk")
+    else:
+        playbook = tmp / "playbook.yaml"
+        playbook.write_text(
+            f"version: 1\nname: bench-{workload}\nguards: {{allow_active: true}}\nsteps:\n"
+            f"  - name: {workload}\n    select: {{flows: {flow['name']}, state: {SELECTS[state]}}}\n"
+            f"    action: {action}\n"
+        )
+        runner = [
+            "-c",
+            "import bench.counting, sys; from runner.cli import main;"
+            " sys.argv = ['runner', *sys.argv[1:]]; main()",
+        ]
+        if variant == "plan":
+            command = [PYTHON, *runner, "plan", str(playbook), "--format", "json"]
+        else:
+            command = [
+                PYTHON,
+                *runner,
+                "apply",
+                str(playbook),
+                "--yes",
+                "--state-dir",
+                str(tmp / "state"),
+            ]
+            if variant == "rate-10":
+                command += ["--rate", "10"]
+            else:
+                command += ["--strategy", variant]
+    result = measured(command, env, tmp)
+    result["done"] = verify(backend, workload, flow, count)
+    if seeded_here:
+        backend.remove(flow)
+    return result
+
+
+def cell_from(
+    backend: Backend,
+    workload: str,
+    system: str,
+    repeat: int,
+    count: int,
+    result: dict[str, Any],
+    note: str,
+) -> Cell:
+    done = result["done"] if result["code"] == 0 or workload != "plan" else 0
+    return Cell(
+        backend=backend.name,
+        workload=workload,
+        system=system,
+        repeat=repeat,
+        runs=count,
+        done=done,
+        failed=count - done,
+        wall_s=round(result["wall"], 2),
+        ops_per_s=round(done / result["wall"], 1) if result["wall"] else 0.0,
+        requests=result["requests"],
+        cpu_s=round(result["cpu"], 2),
+        rss_mb=round(result["rss_mb"], 1),
+        exit_code=result["code"],
+        note=note,
+        extra={"stderr_tail": result["stderr"][-300:]} if result["code"] else {},
+    )
+
+
+def sweep(
+    backend: Backend,
+    workload: str,
+    size: int,
+    tmp: Path,
+    plan_seed: tuple[dict[str, Any], None] | None,
+    quick: bool = False,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The ceiling's best configuration for this workload and backend."""
+    variants = [str(c) for c in (SWEEP if not quick else (1, 16))]
+    if workload in ("cancel", "delete") and backend.version >= "3.6.16":
+        variants += ["1/bulk", "4/bulk"] if not quick else ["4/bulk"]
+    if workload == "plan":
+        variants = ["1", "4", "16"] if not quick else ["4"]
+    tried = []
+    for variant in variants:
+        flow = plan_seed[0] if plan_seed else None
+        result = run_system(backend, workload, "ceiling", variant, size, tmp, flow=flow)
+        rate = result["done"] / result["wall"] if result["wall"] else 0.0
+        tried.append(
+            {"variant": variant, "ops_per_s": round(rate, 1), "failed": size - result["done"]}
+        )
+        print(f"  sweep {backend.name} {workload} ceiling {variant}: {rate:.1f}/s", flush=True)
+    best = max(
+        (t for t in tried if t["failed"] == 0), key=lambda t: t["ops_per_s"], default=tried[0]
+    )
+    return best["variant"], tried
+
+
+def summarise(cells: list[Cell]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.backend, cell.workload, cell.system), []).append(cell)
+    summary = {}
+    for key, group in groups.items():
+        rates = [c.ops_per_s for c in group]
+        summary[key] = {
+            "n": len(group),
+            "runs": group[0].runs,
+            "wall_s": statistics.median(c.wall_s for c in group),
+            "ops_per_s": statistics.median(rates),
+            "spread": (min(rates), max(rates)),
+            "requests": int(statistics.median(c.requests for c in group)),
+            "cpu_s": statistics.median(c.cpu_s for c in group),
+            "rss_mb": max(c.rss_mb for c in group),
+            "failed": sum(c.failed for c in group),
+            "note": group[0].note,
+        }
+    return summary
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(
+            ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+        )
+        mem_gb = int(mem.split()[1]) / 1024 / 1024
+    except (OSError, StopIteration):
+        mem_gb = 0
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB RAM, {platform.system()}"
+        f" {platform.release()}, Python {platform.python_version()} (client)"
+    )
+
+
+def write_results(
+    path: Path, cells: list[Cell], sweeps: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    summary = summarise(cells)
+    lines = [
+        "# Benchmark results",
+        "",
+        f"One run of `{meta['command']}`, {meta['started']} to {meta['finished']} (UTC).",
+        "",
+        f"- Machine: {meta['machine']}",
+        f"- Server: Prefect {meta['prefect']} (`prefect server start`, local), backends:"
+        f" {', '.join(meta['backends'])}"
+        + "".join(f" ({name} skipped: {why})" for name, why in meta["skipped"].items()),
+        f"- Sizes: {meta['size']} runs per apply workload, {meta['plan_size']} for plan,"
+        f" {meta['scale_size']} for the memory check; {meta['repeats']} repeats per cell"
+        " (median, spread min-max); the ceiling's sweep on cells of"
+        f" {meta['sweep_size']} runs.",
+        "- Every cell: runs seeded fresh, the system run as its own process, the server checked"
+        " afterwards (failed = planned changes the server does not show).",
+        "",
+        "| backend | workload | system | runs | wall s | ops/s (spread) | requests | client CPU s"
+        " | peak RSS MB | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (backend, workload, system), s in sorted(summary.items()):
+        spread = f"{s['ops_per_s']:.1f} ({s['spread'][0]:.1f}-{s['spread'][1]:.1f})"
+        label = system + (f" [{s['note']}]" if s["note"] else "")
+        lines.append(
+            f"| {backend} | {workload} | {label} | {s['runs']} | {s['wall_s']:.1f} | {spread}"
+            f" | {s['requests']} | {s['cpu_s']:.1f} | {s['rss_mb']:.0f} | {s['failed']} |"
+        )
+    lines += [
+        "",
+        "## Ratios and targets",
+        "",
+        "| backend | workload | runner (best) ops/s | / ceiling | / seed recipe | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for backend in meta["backends"]:
+        for workload in WORKLOADS:
+            runner_rows = {
+                k[2]: v
+                for k, v in summary.items()
+                if k[0] == backend and k[1] == workload and k[2].startswith("runner")
+            }
+            if not runner_rows:
+                continue
+            best_name, best = max(runner_rows.items(), key=lambda kv: kv[1]["ops_per_s"])
+            ceiling = summary.get((backend, workload, "ceiling"))
+            recipe = summary.get((backend, workload, "recipe"))
+            to_ceiling = (
+                best["ops_per_s"] / ceiling["ops_per_s"] if ceiling and ceiling["ops_per_s"] else 0
+            )
+            to_recipe = (
+                best["ops_per_s"] / recipe["ops_per_s"] if recipe and recipe["ops_per_s"] else 0
+            )
+            target = ">= 0.9x ceiling" + (", >= 10x recipe" if workload == "delete" else "")
+            met = to_ceiling >= 0.9 and (workload != "delete" or to_recipe >= 10)
+            lines.append(
+                f"| {backend} | {workload} | {best['ops_per_s']:.1f} ({best_name}) |"
+                f" {to_ceiling:.2f}x | {to_recipe:.1f}x | {target}: {'met' if met else 'MISSED'} |"
+            )
+        rate = summary.get((backend, "cancel", "runner-rate-10"))
+        recipe = summary.get((backend, "cancel", "recipe"))
+        if rate and recipe and recipe["ops_per_s"]:
+            ratio = rate["ops_per_s"] / recipe["ops_per_s"]
+            lines.append(
+                f"| {backend} | cancel at 10 req/s | {rate['ops_per_s']:.1f} | - |"
+                f" {ratio:.1f}x | >= 1.5x recipe: {'met' if ratio >= 1.5 else 'MISSED'} |"
+            )
+        per_run = summary.get((backend, "delete", "runner-per-run"))
+        bulk = summary.get((backend, "delete", "runner-bulk"))
+        if per_run and bulk and bulk["requests"]:
+            fewer = per_run["requests"] / bulk["requests"]
+            lines.append(
+                f"| {backend} | delete requests, per-run / bulk | - | - | {fewer:.0f}x fewer |"
+                f" >= 10x fewer: {'met' if fewer >= 10 else 'MISSED'} |"
+            )
+    scale = [c for c in cells if c.workload == "plan-scale"]
+    if scale:
+        lines += ["", "## Memory", ""]
+        for c in scale:
+            lines.append(
+                f"- {c.backend}: `runner plan` over {c.runs:,} runs: peak RSS {c.rss_mb:.0f} MB"
+                f" (target <= 200 MB: {'met' if c.rss_mb <= 200 else 'MISSED'}), {c.wall_s:.0f} s,"
+                f" {c.requests} requests."
+            )
+    lines += ["", "## The ceiling's sweep", ""]
+    for key, (best, tried) in sweeps.items():
+        tried_text = ", ".join(f"{t['variant']}: {t['ops_per_s']}/s" for t in tried)
+        lines.append(f"- {key}: best `{best}` ({tried_text})")
+    lines += ["", "Raw numbers: `bench/results/harness.json`.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--plan-size", type=int, default=20_000)
+    parser.add_argument("--scale-size", type=int, default=100_000)
+    parser.add_argument("--sweep-size", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="CI: small sizes, one repeat")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument(
+        "--require-all", action="store_true", help="fail when a backend cannot be started"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.plan_size, args.scale_size, args.sweep_size = 40, 600, 2000, 20
+        args.repeats = 1
+    started = datetime.now(timezone.utc)
+    cells: list[Cell] = []
+    sweeps: dict[str, Any] = {}
+    versions = set()
+    skipped: dict[str, str] = {}
+    for name in args.backends.split(","):
+        print(f"== {name}", flush=True)
+        try:
+            backend = Backend(name)
+        except Exception as exc:  # e.g. PostgreSQL cannot be installed on this machine
+            if args.require_all:
+                raise
+            skipped[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            print(f"  {name} skipped: {skipped[name]}", flush=True)
+            continue
+        versions.add(backend.version)
+        try:
+            with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp_name:
+                tmp = Path(tmp_name)
+                for workload in args.workloads.split(","):
+                    _, _, _, variants = WORKLOADS[workload]
+                    size = args.plan_size if workload == "plan" else args.size
+                    plan_seed = (
+                        (backend.seed("Completed", size, False)[0], None)
+                        if workload == "plan"
+                        else None
+                    )
+                    best, tried = sweep(
+                        backend,
+                        workload,
+                        size if workload == "plan" else args.sweep_size,
+                        tmp,
+                        plan_seed,
+                        quick=args.quick,
+                    )
+                    sweeps[f"{name} {workload}"] = (best, tried)
+                    systems = [("recipe", "", "")]
+                    systems += [("ceiling", best, f"best of sweep: {best}")]
+                    systems += [(f"runner-{v}", v, "") for v in variants]
+                    for repeat in range(args.repeats):
+                        for system, variant, note in systems:
+                            kind = system.split("-")[0]
+                            flow = plan_seed[0] if plan_seed else None
+                            result = run_system(
+                                backend, workload, kind, variant, size, tmp, flow=flow
+                            )
+                            cell = cell_from(backend, workload, system, repeat, size, result, note)
+                            cells.append(cell)
+                            save(args, cells, sweeps, versions, skipped, started)
+                            print(
+                                f"  {name} {workload} {system} #{repeat}: {cell.ops_per_s}/s,"
+                                f" {cell.requests} requests, {cell.failed} failed,"
+                                f" exit {cell.exit_code}",
+                                flush=True,
+                            )
+                    if plan_seed:
+                        backend.remove(plan_seed[0])
+                if "plan" in args.workloads:
+                    flow, _ = backend.seed("Completed", args.scale_size, False)
+                    result = run_system(
+                        backend, "plan", "runner", "plan", args.scale_size, tmp, flow=flow
+                    )
+                    cells.append(
+                        cell_from(
+                            backend, "plan-scale", "runner-plan", 0, args.scale_size, result, ""
+                        )
+                    )
+                    print(f"  {name} plan-scale: {result['rss_mb']:.0f} MB", flush=True)
+                    backend.remove(flow)
+        finally:
+            backend.close()
+    save(args, cells, sweeps, versions, skipped, started)
+    bad = [c for c in cells if c.exit_code != 0 and c.system.startswith("runner")]
+    if bad:
+        raise SystemExit(f"{len(bad)} runner cells failed: {bad[0]}")
+
+
+def save(
+    args: argparse.Namespace,
+    cells: list[Cell],
+    sweeps: dict[str, Any],
+    versions: set[str],
+    skipped: dict[str, str],
+    started: datetime,
+) -> None:
+    """Write the raw JSON and RESULTS.md (after every cell: an interrupted run keeps what it
+    measured)."""
+    finished = datetime.now(timezone.utc)
+    meta = {
+        "command": " ".join(["bash scripts/bench", *sys.argv[1:]]),
+        "started": started.strftime("%Y-%m-%d %H:%M"),
+        "finished": finished.strftime("%H:%M"),
+        "machine": machine(),
+        "prefect": ", ".join(sorted(versions)) or DEFAULT_VERSION,
+        "backends": [b for b in args.backends.split(",") if b not in skipped],
+        "skipped": skipped,
+        "size": args.size,
+        "plan_size": args.plan_size,
+        "scale_size": args.scale_size,
+        "sweep_size": args.sweep_size,
+        "repeats": args.repeats,
+    }
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    raw = results / ("harness-quick.json" if args.quick else "harness.json")
+    raw.write_text(
+        json.dumps({"meta": meta, "sweeps": sweeps, "cells": [asdict(c) for c in cells]}, indent=1)
+        + "\n"
+    )
+    write_results(Path(args.output), cells, sweeps, meta)
+
+
+if __name__ == "__main__":
+    main()
