@@ -324,9 +324,7 @@ class Executor:
             self._fail_all(changes, exc)
         finally:
             self._queued -= 1
-            await self._limit.release(
-                time.monotonic() - started if started is not None else None
-            )
+            await self._limit.release(time.monotonic() - started if started is not None else None)
             if self.on_progress is not None:
                 self.on_progress(self.progress)
 
