@@ -317,7 +317,7 @@ FAST = RetryPolicy(max_attempts=6, initial_backoff=0.01, max_backoff=0.2, jitter
         ("delete", "Completed", "per-run"),
         ("cancel", "Running", "bulk"),
         ("cancel", "Running", "per-run"),
-        ("{reschedule: {delay: 1h, strategy: recreate}}", "Late", "per-run"),
+        ("{reschedule: {delay: 2h, strategy: recreate}}", "Late", "per-run"),
     ],
 )
 async def test_faults_end_with_every_change_done_once(
