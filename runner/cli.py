@@ -231,6 +231,11 @@ def plan(
     help="Refuse a saved plan older than this (a duration, or 'none').",
 )
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome per run here.")
+@click.option(
+    "--artifact",
+    is_flag=True,
+    help="Also store the summary in Prefect as a markdown artifact (key runner-<playbook>).",
+)
 @format_option
 @full_option
 @click.option(
@@ -252,6 +257,7 @@ def apply(
     state_dir: str,
     max_plan_age: str,
     report: str | None,
+    artifact: bool,
     fmt: str,
     full: bool,
     detailed_exitcode: bool,
@@ -268,6 +274,10 @@ def apply(
     if dry_run:
         if target is None:
             raise click.UsageError("--dry-run needs a playbook")
+        if artifact:
+            raise click.UsageError(
+                "--artifact records an apply; for a dry run use --format markdown"
+            )
         from runner.commands import plan as plan_command
 
         _run_command(
@@ -312,6 +322,7 @@ def apply(
         fresh=fresh,
         max_plan_age=age,
         report=report,
+        artifact=artifact,
         interactive=sys.stdin.isatty() and sys.stdout.isatty(),
         colour=_colour(),
     )

@@ -721,6 +721,42 @@ class PrefectClient:
         )
         return self._parse(FlowRun, response)
 
+    async def create_markdown_artifact(
+        self,
+        key: str,
+        markdown: str,
+        *,
+        description: str | None = None,
+        flow_run_id: UUID | None = None,
+    ) -> UUID:
+        """Store a markdown artifact under ``key`` (a new version of it); return its id.
+
+        Sent once: when the answer is lost, the retry first reads the key's latest version
+        and takes an identical document as the one already stored.
+        """
+        body: dict[str, Any] = {"key": key, "type": "markdown", "data": markdown}
+        if description is not None:
+            body["description"] = description
+        if flow_run_id is not None:
+            body["flow_run_id"] = str(flow_run_id)
+
+        async def already_stored() -> httpx.Response | None:
+            latest = await self._send_once("GET", f"artifacts/{key}/latest")
+            if latest.status_code == 200 and latest.json().get("data") == markdown:
+                return latest
+            return None
+
+        response = await self._request("POST", "artifacts/", json=body, before_retry=already_stored)
+        try:
+            return UUID(str(response.json()["id"]))
+        except (KeyError, ValueError, TypeError):
+            raise ServerError(
+                "unexpected answer: no artifact id",
+                method="POST",
+                url=self._url_for("artifacts/"),
+                status_code=response.status_code,
+            ) from None
+
     async def resume_flow_run(self, flow_run_id: UUID) -> OrchestrationResult:
         """Resume a paused run (``POST /flow_runs/{id}/resume``)."""
         response = await self._request("POST", f"flow_runs/{flow_run_id}/resume", json={})

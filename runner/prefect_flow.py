@@ -26,7 +26,6 @@ This is the only module of runner that imports ``prefect``.
 from __future__ import annotations
 
 import io
-import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,9 +36,9 @@ import anyio
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from runner.commands.apply import EXIT_OK, Applied, ApplyRequest, apply, report_document
+from runner.artifact import artifact_key, summary_markdown
+from runner.commands.apply import EXIT_OK, ApplyRequest, apply, report_document
 from runner.executor import ApplyOptions
-from runner.render import render
 from runner.settings import ConnectionSettings, resolve_settings
 
 
@@ -84,40 +83,6 @@ def _current_flow_run_id() -> UUID | None:
 
     run_id = flow_run.id
     return UUID(str(run_id)) if run_id else None
-
-
-def artifact_key(playbook_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", playbook_name.lower()).strip("-")
-    return f"runner-{slug or 'playbook'}"
-
-
-def _markdown(applied: Applied, dry_run: bool) -> str:
-    plan = applied.plan
-    if plan is None:
-        return "runner made no plan."
-    parts = [render(plan, "markdown")]
-    result = applied.result
-    if dry_run:
-        parts.append("\n**Dry run**: nothing was applied.\n")
-    elif result is None:
-        parts.append("\n**Nothing was applied** (nothing to do, or a guard refused the plan).\n")
-    else:
-        counts = {s: result.count(s) for s in ("done", "drifted", "failed", "pending")}
-        parts.append(
-            f"\n**Applied**: {counts['done']} done, {counts['drifted']} drifted (left alone),"
-            f" {counts['failed']} failed, {counts['pending']} pending in {result.seconds:.1f}s,"
-            f" {result.requests} requests.\n"
-        )
-        problems = [o for o in result.outcomes.values() if o.status in ("drifted", "failed")]
-        if problems:
-            parts.append("\n| run | id | outcome | detail |\n|---|---|---|---|\n")
-            for o in problems[:200]:
-                detail = (o.detail or "").replace("|", "\\|")
-                parts.append(
-                    f"| {o.change.run.name} | `{o.change.run.id}` | {o.status} | {detail} |\n"
-                )
-    return "".join(parts)
 
 
 @flow(name="runner-apply-playbook")
@@ -169,7 +134,7 @@ def apply_playbook(
     if plan is not None:
         create_markdown_artifact(
             key=artifact_key(plan.playbook_name),
-            markdown=_markdown(applied, dry_run),
+            markdown=summary_markdown(plan, applied.result, dry_run=dry_run),
             description=f"runner: {plan.playbook_name}",
         )
     report: dict[str, Any] = (

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.fault_proxy import FaultProxy
+from tests.prefect_server import PrefectServer
 from tests.seed import Seeder, unique
 
 ROOT = Path(__file__).parent.parent
@@ -227,3 +229,81 @@ def test_second_apply_of_the_same_plan_is_refused_while_the_first_runs(
     finally:
         process.wait(timeout=300)
     assert process.returncode == 0
+
+
+def artifacts_with_key(seeder: Seeder, key: str) -> list[dict[str, Any]]:
+    found = seeder._call("POST", "artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}})
+    return list(found)
+
+
+def artifact_playbook(tmp: Path, flow: dict[str, Any], name: str, extra: str = "") -> Path:
+    path = tmp / "playbook.yaml"
+    path.write_text(
+        f"version: 1\nname: {name}\n{extra}steps:\n  - name: clean up\n"
+        f"    select: {{flows: {flow['name']}}}\n    action: delete\n"
+    )
+    return path
+
+
+def test_artifact_stores_the_summary_in_prefect(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(3, flow, "Completed")
+    name = unique("Nightly Clean-up")
+    key = "runner-" + name.lower().replace(" ", "-").replace("_", "-")
+    path = artifact_playbook(tmp_path, flow, name)
+    result = runner("apply", str(path), "--yes", "--artifact", api_url=api_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"Summary stored as artifact {key}.\n" in result.stdout
+    (artifact,) = artifacts_with_key(seeder, key)
+    assert artifact["type"] == "markdown"
+    assert "**Applied**: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in artifact["data"]
+    assert artifact["description"].startswith(f"runner apply of {name} (plan ")
+    dry = runner("apply", str(path), "--dry-run", "--artifact", api_url=api_url, cwd=tmp_path)
+    assert dry.returncode == 2
+    assert "--artifact records an apply; for a dry run use --format markdown" in dry.stderr
+
+
+def test_artifact_whose_answer_was_lost_is_stored_once(
+    prefect_server: PrefectServer, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    name = unique("lost-answer")
+    path = artifact_playbook(tmp_path, flow, name)
+    with FaultProxy(
+        prefect_server.api_url,
+        seed=1,
+        rate=1.0,
+        kinds=("reset-after",),
+        only="POST /api/artifacts/$",
+    ) as proxy:
+        result = runner(
+            "apply", str(path), "--yes", "--artifact", api_url=proxy.api_url, cwd=tmp_path
+        )
+        assert proxy.injected["reset-after"] >= 1
+    assert result.returncode == 0, result.stderr
+    assert len(artifacts_with_key(seeder, f"runner-{name.lower()}")) == 1
+
+
+def test_artifact_that_cannot_be_stored_fails_the_apply_but_keeps_the_changes(
+    prefect_server: PrefectServer, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    name = unique("refused")
+    path = artifact_playbook(tmp_path, flow, name, "defaults: {retry: {max_attempts: 2}}\n")
+    with FaultProxy(
+        prefect_server.api_url, seed=1, rate=1.0, kinds=("503",), only="artifacts/"
+    ) as proxy:
+        result = runner(
+            "apply", str(path), "--yes", "--artifact", api_url=proxy.api_url, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert "Applied: 2 done, 0 drifted (left alone), 0 failed, 0 pending" in result.stdout
+    assert (
+        f"runner: the changes are recorded, but the artifact runner-{name.lower()} was not:"
+        f" POST {proxy.api_url}/artifacts/: HTTP 503 after 2 attempts" in result.stderr
+    ), result.stderr
+    assert seeder.runs_of_flow(flow) == []

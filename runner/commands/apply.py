@@ -8,6 +8,7 @@ apply with the journal -> report. Each apply keeps its plan and checkpoint in
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -20,7 +21,9 @@ from uuid import UUID
 
 import anyio
 
+from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
+from runner.errors import RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
 from runner.journal import Journal, read_journal
 from runner.loader import load_playbook
@@ -51,6 +54,7 @@ class ApplyRequest:
     exclude: frozenset[UUID] = frozenset()
     handle_signals: bool = True
     dry_run: bool = False
+    artifact: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,32 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
         if request.report:
             document = report_document(result, plan)
             Path(request.report).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        return Applied(_summarise(result, plan, journal_path, out, err), plan, result)
+        code = _summarise(result, plan, journal_path, out, err)
+        if request.artifact:
+            stored = await _store_artifact(client, plan, result, out, err)
+            if not stored and code == EXIT_OK:
+                code = EXIT_ERROR
+        return Applied(code, plan, result)
+
+
+async def _store_artifact(
+    client: PrefectClient, plan: Plan, result: ApplyResult, out: TextIO, err: TextIO
+) -> bool:
+    """``--artifact``: the summary as a markdown artifact (linked to the surrounding flow run)."""
+    key = artifact_key(plan.playbook_name)
+    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
+    try:
+        await client.create_markdown_artifact(
+            key,
+            summary_markdown(plan, result, dry_run=False),
+            description=f"runner apply of {plan.playbook_name} (plan {plan.id})",
+            flow_run_id=UUID(flow_run) if flow_run else None,
+        )
+    except (RunnerError, ValueError) as exc:
+        err.write(f"runner: the changes are recorded, but the artifact {key} was not: {exc}\n")
+        return False
+    out.write(f"Summary stored as artifact {key}.\n")
+    return True
 
 
 def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err: TextIO) -> int:
