@@ -18,6 +18,7 @@ import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,6 +40,15 @@ async def send(client: httpx.AsyncClient, method: str, path: str, **kw: object) 
             return response
         await asyncio.sleep(0.05 * 2 ** min(attempt, 6))
     raise RuntimeError(f"{method} {path}: gave up")
+
+
+def scheduled(run: dict[str, Any]) -> dict[str, Any]:
+    """A Scheduled state at the run's expected start plus the workload's delay."""
+    return {
+        "type": "SCHEDULED",
+        "name": "Scheduled",
+        "state_details": {"scheduled_time": later(run["expected_start"])},
+    }
 
 
 def later(expected: str) -> str:
@@ -74,11 +84,7 @@ async def main() -> None:
                 elif args.op == "delete":
                     await send(client, "DELETE", f"flow_runs/{run['id']}")
                 elif args.op == "reschedule":
-                    state = {
-                        "type": "SCHEDULED",
-                        "name": "Scheduled",
-                        "state_details": {"scheduled_time": later(run["expected_start"])},
-                    }
+                    state = scheduled(run)
                     await send(
                         client,
                         "POST",
@@ -86,11 +92,7 @@ async def main() -> None:
                         json={"state": state, "force": False},
                     )
                 elif args.op == "recreate":
-                    state = {
-                        "type": "SCHEDULED",
-                        "name": "Scheduled",
-                        "state_details": {"scheduled_time": later(run["expected_start"])},
-                    }
+                    state = scheduled(run)
                     await send(
                         client,
                         "POST",

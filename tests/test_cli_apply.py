@@ -50,6 +50,14 @@ def start(*args: str, api_url: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def start_per_run(
+    playbook: Path, concurrency: int, *, api_url: str, cwd: Path
+) -> subprocess.Popen[str]:
+    """``runner apply PLAYBOOK --yes`` one run at a time (slow enough to interrupt)."""
+    args = ("--yes", "--strategy", "per-run", "--concurrency", str(concurrency))
+    return start("apply", str(playbook), *args, api_url=api_url, cwd=cwd)
+
+
 def journal_lines(cwd: Path) -> int:
     files = list((cwd / ".runner").glob("*/checkpoint.jsonl"))
     return sum(len(f.read_bytes().splitlines()) for f in files)
@@ -67,10 +75,12 @@ def wait_for_records(
     raise AssertionError(f"no {count} journal records within {timeout}s")
 
 
-def write_playbook(tmp: Path, flow: dict[str, Any], action: str, select: str = "") -> Path:
+def write_playbook(
+    tmp: Path, flow: dict[str, Any], action: str, select: str = "", name: str = "t", extra: str = ""
+) -> Path:
     path = tmp / "playbook.yaml"
     path.write_text(
-        f"version: 1\nname: t\nsteps:\n  - name: act\n    select: {{flows: {flow['name']}{select}}}\n"
+        f"version: 1\nname: {name}\n{extra}steps:\n  - name: act\n    select: {{flows: {flow['name']}{select}}}\n"
         f"    action: {action}\n"
     )
     return path
@@ -170,17 +180,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(
     flow = seeder.flow()
     runs = seeder.runs(150, flow, "Running")
     path = write_playbook(tmp_path, flow, "cancel")
-    process = start(
-        "apply",
-        str(path),
-        "--yes",
-        "--strategy",
-        "per-run",
-        "--concurrency",
-        "2",
-        api_url=api_url,
-        cwd=tmp_path,
-    )
+    process = start_per_run(path, 2, api_url=api_url, cwd=tmp_path)
     wait_for_records(tmp_path, 10, process)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=120)
@@ -205,17 +205,7 @@ def test_second_apply_of_the_same_plan_is_refused_while_the_first_runs(
     flow = seeder.flow()
     seeder.runs(150, flow, "Running")
     path = write_playbook(tmp_path, flow, "cancel")
-    process = start(
-        "apply",
-        str(path),
-        "--yes",
-        "--strategy",
-        "per-run",
-        "--concurrency",
-        "1",
-        api_url=api_url,
-        cwd=tmp_path,
-    )
+    process = start_per_run(path, 1, api_url=api_url, cwd=tmp_path)
     try:
         wait_for_records(tmp_path, 3, process)
         (workdir,) = (tmp_path / ".runner").iterdir()
@@ -236,15 +226,6 @@ def artifacts_with_key(seeder: Seeder, key: str) -> list[dict[str, Any]]:
     return list(found)
 
 
-def artifact_playbook(tmp: Path, flow: dict[str, Any], name: str, extra: str = "") -> Path:
-    path = tmp / "playbook.yaml"
-    path.write_text(
-        f"version: 1\nname: {name}\n{extra}steps:\n  - name: clean up\n"
-        f"    select: {{flows: {flow['name']}}}\n    action: delete\n"
-    )
-    return path
-
-
 def test_artifact_stores_the_summary_in_prefect(
     api_url: str, seeder: Seeder, tmp_path: Path
 ) -> None:
@@ -252,7 +233,7 @@ def test_artifact_stores_the_summary_in_prefect(
     seeder.runs(3, flow, "Completed")
     name = unique("Nightly Clean-up")
     key = "runner-" + name.lower().replace(" ", "-").replace("_", "-")
-    path = artifact_playbook(tmp_path, flow, name)
+    path = write_playbook(tmp_path, flow, "delete", name=name)
     result = runner("apply", str(path), "--yes", "--artifact", api_url=api_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"Summary stored as artifact {key}.\n" in result.stdout
@@ -271,7 +252,7 @@ def test_artifact_whose_answer_was_lost_is_stored_once(
     flow = seeder.flow()
     seeder.runs(2, flow, "Completed")
     name = unique("lost-answer")
-    path = artifact_playbook(tmp_path, flow, name)
+    path = write_playbook(tmp_path, flow, "delete", name=name)
     with FaultProxy(
         prefect_server.api_url,
         seed=1,
@@ -293,7 +274,9 @@ def test_artifact_that_cannot_be_stored_fails_the_apply_but_keeps_the_changes(
     flow = seeder.flow()
     seeder.runs(2, flow, "Completed")
     name = unique("refused")
-    path = artifact_playbook(tmp_path, flow, name, "defaults: {retry: {max_attempts: 2}}\n")
+    path = write_playbook(
+        tmp_path, flow, "delete", name=name, extra="defaults: {retry: {max_attempts: 2}}\n"
+    )
     with FaultProxy(
         prefect_server.api_url, seed=1, rate=1.0, kinds=("503",), only="artifacts/"
     ) as proxy:
