@@ -480,7 +480,7 @@ class Executor:
             await anyio.sleep(0.005)
         self._queued += 1
 
-    def _strategy(self, step: StepPlan, op: str, bulk: bool) -> str:
+    def _strategy(self, step: StepPlan, op: str, bulk: bool, changes: Sequence[Change]) -> str:
         if not bulk or op not in ("delete", "set_state") or self.options.strategy == "per-run":
             return "per-run"
         if self.options.strategy == "bulk":
@@ -488,9 +488,18 @@ class Executor:
         if op == "delete":
             return "bulk"  # ~235 runs/s against ~20/s per run on SQLite
         # set_state is faster per run (~25/s vs 12-18/s); bulk pays off when requests are
-        # the budget (a rate limit) and batches can form.
+        # the budget (a rate limit) and batches can form: runs share their planned and target
+        # state (a reschedule by a delay gives every run its own time: batches of one). The
+        # server takes bulk Scheduled states very slowly (~2 runs/s on SQLite), so never those.
         rate = self.options.rate_limit or step.rate_limit
-        return "bulk" if rate is not None and rate < 25 else "per-run"
+        if (
+            rate is None
+            or rate >= 25
+            or any(c.state and c.state.type == "SCHEDULED" for c in changes)
+        ):
+            return "per-run"
+        batches = len({(c.run.state_type, c.run.state_name, c.state) for c in changes})
+        return "bulk" if batches * 2 <= len(changes) else "per-run"
 
     async def _op(self, step: StepPlan, op: str, changes: Sequence[Change], strategy: str) -> None:
         if op == "delete":
@@ -521,7 +530,9 @@ class Executor:
 
     async def _step(self, step: StepPlan, bulk: bool) -> str:
         concurrency = self.options.concurrency or step.concurrency
-        self._limit = AdaptiveLimit(min(concurrency, 4), concurrency)
+        # Start with one request in flight and grow while latency stays flat: a SQLite server
+        # serialises writes and answers concurrent ones with 503s, so starting wide costs backoffs.
+        self._limit = AdaptiveLimit(1, concurrency)
         self.client.set_rate_limit(self.options.rate_limit or step.rate_limit)
         self.client.retry_policy = dataclasses.replace(
             self._base_policy,
@@ -535,7 +546,7 @@ class Executor:
             changes = [c for c in todo if c.op == op]
             if not changes or self.stop.is_set():
                 continue
-            strategy = self._strategy(step, op, bulk)
+            strategy = self._strategy(step, op, bulk, changes)
             used.add(strategy)
             self._deferred = []
             await self._op(step, op, changes, strategy)
