@@ -366,3 +366,29 @@ async def test_faults_end_with_every_change_done_once(
 def test_report_json_shape(tmp_path: Path) -> None:
     # The report is written by the CLI; its shape is checked in test_cli_apply.
     assert json.dumps({"ok": True})
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "expected"),
+    [
+        ("cancel", "Running", "bulk"),  # one target state: batches of 50, 50x fewer requests
+        ("{reschedule: {delay: 6h}}", "Late", "per-run"),  # a time per run: batches of one
+        ("{set_state: {type: SCHEDULED}}", "Failed", "per-run"),  # bulk Scheduled is slow
+    ],
+)
+async def test_auto_strategy_under_a_request_budget(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    tmp_path: Path,
+    action: str,
+    state: str,
+    expected: str,
+    is_prefect2: bool,
+) -> None:
+    flow = seeder.flow()
+    # The server only reschedules runs of a deployment.
+    seeder.runs(6, flow, state, deployment=seeder.deployment(flow))
+    plan = await make_plan(settings, playbook_for(flow, action))
+    result = await execute(settings, plan, tmp_path / "j", options=ApplyOptions(rate_limit=10))
+    assert result.complete, [o.detail for o in result.failed]
+    assert result.strategies == {0: "per-run" if is_prefect2 else expected}
