@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from bench.postgres import Postgres, clone_runs_pg, start_postgres  # noqa: E402
 from bench.recipes import SCRIPTS  # noqa: E402
 from tests.prefect_server import DEFAULT_VERSION, PrefectServer, start_server  # noqa: E402
 from tests.seed import Seeder, unique  # noqa: E402
-from tests.seed_db import clone_runs  # noqa: E402
+from tests.seed_db import REMOVE_RUNS_OF_FLOW, clone_runs, remove_runs_of_flow  # noqa: E402
 
 PYTHON = sys.executable
 WORKLOADS = {
@@ -134,21 +133,10 @@ class Backend:
 
     def remove(self, flow: dict[str, Any]) -> None:
         """Drop a cell's runs in the database: every cell meets a server of the same size."""
-        statements = [
-            "DELETE FROM flow_run_state WHERE flow_run_id IN"
-            " (SELECT id FROM flow_run WHERE flow_id = '{id}')",
-            "DELETE FROM flow_run WHERE flow_id = '{id}'",
-        ]
         if self.pg is not None:
-            self.pg.psql("; ".join(s.format(id=flow["id"]) for s in statements))
+            self.pg.psql("; ".join(s.format(id=flow["id"]) for s in REMOVE_RUNS_OF_FLOW))
             return
-        connection = sqlite3.connect(self.server.home / "prefect.db", timeout=60)
-        try:
-            with connection:
-                for statement in statements:
-                    connection.execute(statement.format(id=flow["id"]))
-        finally:
-            connection.close()
+        remove_runs_of_flow(self.server.home / "prefect.db", flow["id"])
 
     def close(self) -> None:
         self.seeder.close()

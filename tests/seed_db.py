@@ -80,3 +80,21 @@ def clone_runs(
         return ids
     finally:
         connection.close()
+
+
+#: Drop every run of a flow (``{id}``), states first: what a cell or scenario leaves behind.
+REMOVE_RUNS_OF_FLOW = (
+    "DELETE FROM flow_run_state WHERE flow_run_id IN (SELECT id FROM flow_run WHERE flow_id = '{id}')",
+    "DELETE FROM flow_run WHERE flow_id = '{id}'",
+)
+
+
+def remove_runs_of_flow(db_path: Path, flow_id: str) -> None:
+    """Drop a flow's runs in the database, so later work meets a server of the same size."""
+    connection = sqlite3.connect(db_path, timeout=60)
+    try:
+        with connection:
+            for statement in REMOVE_RUNS_OF_FLOW:
+                connection.execute(statement.format(id=flow_id))
+    finally:
+        connection.close()
