@@ -174,19 +174,6 @@ def plan(
     detailed_exitcode: bool,
 ) -> None:
     """Show what PLAYBOOK would change, and optionally save the plan. Sends no write."""
-    _plan(playbook, variables, api_url, output, fmt, full, detailed_exitcode)
-
-
-def _plan(
-    playbook: str,
-    variables: tuple[str, ...],
-    api_url: str | None,
-    output: str | None,
-    fmt: str,
-    full: bool,
-    detailed_exitcode: bool,
-) -> None:
-    """``runner plan`` and ``runner apply --dry-run``: the same diff, no write."""
     from runner.commands import plan as command
 
     _run_command(
@@ -291,7 +278,16 @@ def apply(
             raise click.UsageError(
                 "--artifact records an apply; for a dry run use --format markdown"
             )
-        _plan(target, variables, api_url, None, fmt, full, detailed_exitcode)
+        click.get_current_context().invoke(
+            plan,
+            playbook=target,
+            variables=variables,
+            api_url=api_url,
+            output=None,
+            fmt=fmt,
+            full=full,
+            detailed_exitcode=detailed_exitcode,
+        )
         return
     from runner.commands import apply as command
     from runner.executor import ApplyOptions

@@ -111,9 +111,20 @@ def _auth_headers(settings: ConnectionSettings) -> dict[str, str]:
     return {}
 
 
+#: Where ``_send_once`` keeps a 2xx answer's JSON after checking it, so it is parsed once.
+_PARSED = "runner.parsed_json"
+
+
+def _body(response: httpx.Response) -> Any:
+    """The answer's JSON: the copy ``_send_once`` already parsed, else parsed now."""
+    if _PARSED in response.extensions:
+        return response.extensions[_PARSED]
+    return response.json()
+
+
 def _detail(response: httpx.Response) -> Any:
     try:
-        body = response.json()
+        body = _body(response)
     except ValueError:
         return response.text[:500]
     if isinstance(body, dict):
@@ -242,7 +253,7 @@ class PrefectClient:
             if response.status_code != 200:
                 self._raise_for_status("GET", "csrf-token", response)
             try:
-                data = response.json()
+                data = _body(response)
                 token, expiration = str(data["token"]), data.get("expiration")
             except (ValueError, KeyError, TypeError, AttributeError):
                 self.stats.malformed += 1
@@ -294,7 +305,7 @@ class PrefectClient:
             and "json" in response.headers.get("content-type", "json")
         ):
             try:
-                json_module.loads(response.content)
+                response.extensions[_PARSED] = json_module.loads(response.content)
             except ValueError:
                 self.stats.malformed += 1
                 raise MalformedAnswer(response) from None
@@ -381,7 +392,7 @@ class PrefectClient:
 
     def _parse(self, model: type[M], response: httpx.Response) -> M:
         try:
-            return model.model_validate(response.json())
+            return model.model_validate(_body(response))
         except (ValueError, ValidationError) as exc:
             raise ServerError(
                 f"unexpected answer: {type(exc).__name__}",
@@ -392,7 +403,7 @@ class PrefectClient:
 
     def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
         try:
-            return TypeAdapter(list[model]).validate_python(response.json())  # type: ignore[valid-type]
+            return TypeAdapter(list[model]).validate_python(_body(response))  # type: ignore[valid-type]
         except (ValueError, ValidationError) as exc:
             raise ServerError(
                 f"unexpected answer: {type(exc).__name__}",
@@ -409,11 +420,11 @@ class PrefectClient:
             version: str | None = None
             api_version: str | None = None
             try:
-                version = str((await self._request("GET", "admin/version")).json())
+                version = str(_body(await self._request("GET", "admin/version")))
             except (NotFound, UnsupportedByServer, Unauthorized):
                 version = None  # Prefect Cloud has no admin routes
             try:
-                api_version = str((await self._request("GET", "version")).json())
+                api_version = str(_body(await self._request("GET", "version")))
             except (NotFound, UnsupportedByServer):
                 api_version = None
             bulk = (
@@ -450,7 +461,7 @@ class PrefectClient:
 
     async def count_flow_runs(self, query: FlowRunQuery | None = None) -> int:
         body = (query or FlowRunQuery()).body()
-        return int((await self._request("POST", "flow_runs/count", json=body)).json())
+        return int(_body(await self._request("POST", "flow_runs/count", json=body)))
 
     async def read_flow_runs(
         self,
@@ -631,7 +642,7 @@ class PrefectClient:
             "POST", "flow_runs/bulk_set_state", json=body, before_retry=resend_remaining
         )
         try:
-            results = TypeAdapter(list[BulkStateResult]).validate_python(response.json()["results"])
+            results = TypeAdapter(list[BulkStateResult]).validate_python(_body(response)["results"])
         except (ValueError, KeyError, TypeError, ValidationError):
             raise ServerError(
                 "unexpected answer from bulk_set_state",
@@ -677,7 +688,7 @@ class PrefectClient:
             "POST", "flow_runs/bulk_delete", json=body, before_retry=mark_retry
         )
         try:
-            deleted = {UUID(str(i)) for i in response.json()["deleted"]}
+            deleted = {UUID(str(i)) for i in _body(response)["deleted"]}
         except (ValueError, KeyError, TypeError):
             raise ServerError(
                 "unexpected answer from bulk_delete",
@@ -742,13 +753,13 @@ class PrefectClient:
 
         async def already_stored() -> httpx.Response | None:
             latest = await self._send_once("GET", f"artifacts/{key}/latest")
-            if latest.status_code == 200 and latest.json().get("data") == markdown:
+            if latest.status_code == 200 and _body(latest).get("data") == markdown:
                 return latest
             return None
 
         response = await self._request("POST", "artifacts/", json=body, before_retry=already_stored)
         try:
-            return UUID(str(response.json()["id"]))
+            return UUID(str(_body(response)["id"]))
         except (KeyError, ValueError, TypeError):
             raise ServerError(
                 "unexpected answer: no artifact id",
@@ -760,7 +771,7 @@ class PrefectClient:
     async def resume_flow_run(self, flow_run_id: UUID) -> OrchestrationResult:
         """Resume a paused run (``POST /flow_runs/{id}/resume``)."""
         response = await self._request("POST", f"flow_runs/{flow_run_id}/resume", json={})
-        data = response.json()
+        data = _body(response)
         if "status" not in data:  # some servers answer with the new state alone
             data = {"status": "ACCEPT", "state": data.get("state"), "details": {}}
         return OrchestrationResult.model_validate(data)

@@ -275,18 +275,22 @@ class Executor:
                 self.stopped = f"stopped after {failed} failures (the failure policy's limit)"
             self.stop.set()
 
-    def _ours(self, change: Change, current: FlowRun) -> bool:
-        """Whether the run's state is this change, made by an earlier attempt whose answer
-        was lost (a dropped connection, a crash before the journal): its transition id is one
-        this plan proposes for the change, per run or in bulk."""
-        details = current.state.state_details if current.state else None
+    def _finish_if_ours(self, change: Change, current: FlowRun | None) -> bool:
+        """Finish ``change`` as done when the run's state is this change, made by an earlier
+        attempt whose answer was lost (a dropped connection, a crash before the journal): its
+        transition id is one this plan proposes for the change, per run or in bulk."""
+        details = current.state.state_details if current and current.state else None
         tid = details.transition_id if details else None
-        if tid is None or change.state is None:
+        if current is None or tid is None or change.state is None:
             return False
-        return tid in (
-            transition_id(self.plan, change.key),
-            transition_id(self.plan, f"{change.step}:bulk:{change.state}"),
-        )
+        if tid not in (transition_id(self.plan, change.key), self._bulk_transition_id(change)):
+            return False
+        self._finish(change, "done", f"{current.state_name} (done earlier)")
+        return True
+
+    def _bulk_transition_id(self, change: Change) -> UUID:
+        """One per step and target state: every batch of the step proposes its state with it."""
+        return transition_id(self.plan, f"{change.step}:bulk:{change.state}")
 
     def _stop_unauthorized(self, exc: Unauthorized) -> None:
         """Credentials rejected (expired key, revoked token): every further request would be
@@ -364,7 +368,7 @@ class Executor:
     async def _set_state_bulk(self, changes: Sequence[Change]) -> None:
         state = changes[0].state
         assert state is not None
-        tid = transition_id(self.plan, f"{changes[0].step}:bulk:{state}")
+        tid = self._bulk_transition_id(changes[0])
         results = await self.client.bulk_set_flow_run_state(
             [c.run.id for c in changes],
             _proposed(state),
@@ -377,9 +381,9 @@ class Executor:
         for change in changes:
             result = results.get(change.run.id)
             now = current.get(change.run.id)
-            if result is None and now is not None and self._ours(change, now):
-                self._finish(change, "done", f"{now.state_name} (done earlier)")
-            elif result is None:
+            if result is None and self._finish_if_ours(change, now):
+                continue
+            if result is None:
                 why = _drift(change, now) or "the server left it alone"
                 self._finish(change, "drifted", why)
             else:
@@ -443,8 +447,7 @@ class Executor:
                     if self.stop.is_set():
                         return
                     now = current.get(change.run.id)
-                    if now is not None and self._ours(change, now):
-                        self._finish(change, "done", f"{now.state_name} (done earlier)")
+                    if self._finish_if_ours(change, now):
                         continue
                     why = _drift(change, now)
                     if why is not None:
