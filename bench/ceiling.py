@@ -1,7 +1,10 @@
-"""The ceiling: the same REST calls runner makes, from a bare httpx.AsyncClient, no reads, no
-checks, no journal. What the server can take at a given concurrency.
+"""The ceiling: the same REST calls runner makes, from a bare httpx.AsyncClient, no checks, no
+journal. What the server can take at a given concurrency.
 
-    python bench/ceiling.py OP RUNS.json --concurrency N [--bulk]
+    python bench/ceiling.py OP --flow NAME --state STATE --concurrency N [--bulk]
+
+It finds its runs the way runner does (the flow's runs in STATE: a state name such as Late, or
+a type such as COMPLETED; pages of 200, read concurrently), then acts on them.
 
 OP: cancel (Late -> Cancelled), delete, reschedule (in place, +6h), recreate (create from
 the deployment, then delete), plan (read every page of a flow's runs, pages concurrently).
@@ -17,7 +20,6 @@ import json
 import os
 import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,13 +61,17 @@ def later(expected: str) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("op")
-    parser.add_argument("runs")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--bulk", action="store_true")
-    parser.add_argument("--flow", default="")
+    parser.add_argument("--flow", required=True)
+    parser.add_argument("--state", default="")
     args = parser.parse_args()
     api = os.environ["PREFECT_API_URL"].rstrip("/") + "/"
-    runs = json.loads(Path(args.runs).read_text()) if args.op != "plan" else []
+    selection: dict[str, Any] = {"flows": {"name": {"any_": [args.flow]}}}
+    if args.state.isupper():
+        selection["flow_runs"] = {"state": {"type": {"any_": [args.state]}}}
+    elif args.state:
+        selection["flow_runs"] = {"state": {"name": {"any_": [args.state]}}}
     gate = asyncio.Semaphore(args.concurrency)
     done = 0
     limits = httpx.Limits(max_connections=args.concurrency + 4)
@@ -114,34 +120,30 @@ async def main() -> None:
                     await send(client, "POST", "flow_runs/bulk_set_state", json=body)
                 done += len(chunk)
 
-        async def page(offset: int) -> int:
+        async def page(offset: int) -> list[dict[str, Any]]:
             async with gate:
                 response = await send(
                     client,
                     "POST",
                     "flow_runs/filter",
-                    json={
-                        "flows": {"name": {"any_": [args.flow]}},
-                        "sort": "ID_DESC",
-                        "limit": 200,
-                        "offset": offset,
-                    },
+                    json={**selection, "sort": "ID_DESC", "limit": 200, "offset": offset},
                 )
-                return len(response.json())
+                found: list[dict[str, Any]] = response.json()
+                return found
 
+        count = int((await send(client, "POST", "flow_runs/count", json=selection)).json())
+        pages = await asyncio.gather(*(page(o) for o in range(0, count, 200)))
+        runs = [
+            {
+                "id": r["id"],
+                "expected_start": r["expected_start_time"],
+                "deployment_id": r["deployment_id"],
+            }
+            for found in pages
+            for r in found
+        ]
         if args.op == "plan":
-            count = int(
-                (
-                    await send(
-                        client,
-                        "POST",
-                        "flow_runs/count",
-                        json={"flows": {"name": {"any_": [args.flow]}}},
-                    )
-                ).json()
-            )
-            sizes = await asyncio.gather(*(page(o) for o in range(0, count, 200)))
-            done = sum(sizes)
+            done = len(runs)
         elif args.bulk:
             await asyncio.gather(*(batch(runs[i : i + 50]) for i in range(0, len(runs), 50)))
         else:

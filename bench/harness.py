@@ -201,25 +201,13 @@ def run_system(
             *args,
         ]
     elif system == "ceiling":
-        runs = (
-            [
-                {
-                    "id": r["id"],
-                    "expected_start": r["expected_start_time"],
-                    "deployment_id": r["deployment_id"],
-                }
-                for r in backend.runs(flow)
-            ]
-            if workload != "plan"
-            else []
-        )
-        (tmp / "runs.json").write_text(json.dumps(runs))
         concurrency, bulk = variant.split("/") if "/" in variant else (variant, "")
         command = [
             PYTHON,
             str(ROOT / "bench" / "ceiling.py"),
-            workload if workload != "plan" else "plan",
-            str(tmp / "runs.json"),
+            workload,
+            "--state",
+            {"Late": "Late", "Completed": "COMPLETED"}[state],
             "--concurrency",
             concurrency,
             "--flow",
@@ -370,6 +358,16 @@ def write_results(
         "",
         f"One run of `{meta['command']}`, {meta['started']} to {meta['finished']} (UTC).",
         "",
+        *(
+            [
+                "The run was interrupted and continued with `--resume` (same sizes, same machine)"
+                f" at {', '.join(meta['resumed'])}: workloads measured completely before the"
+                " interruption were kept, a workload cut off halfway was measured again whole.",
+                "",
+            ]
+            if meta.get("resumed")
+            else []
+        ),
         f"- Machine: {meta['machine']}",
         f"- Server: Prefect {meta['prefect']} (`prefect server start`, local), backends:"
         f" {', '.join(meta['backends'])}"
@@ -452,7 +450,8 @@ def write_results(
     for key, (best, tried) in sweeps.items():
         tried_text = ", ".join(f"{t['variant']}: {t['ops_per_s']}/s" for t in tried)
         lines.append(f"- {key}: best `{best}` ({tried_text})")
-    lines += ["", "Raw numbers: `bench/results/harness.json`.", ""]
+    raw = "harness-quick.json" if meta["size"] == 40 else "harness.json"
+    lines += ["", f"Raw numbers: `bench/results/{raw}`.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -472,6 +471,12 @@ def main() -> None:
     parser.add_argument(
         "--require-all", action="store_true", help="fail when a backend cannot be started"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run recorded in bench/results/harness.json (same options): keep"
+        " the workloads it measured completely, measure the rest",
+    )
     args = parser.parse_args()
     if args.quick:
         args.size, args.plan_size, args.scale_size, args.sweep_size = 40, 600, 2000, 20
@@ -481,7 +486,15 @@ def main() -> None:
     sweeps: dict[str, Any] = {}
     versions = set()
     skipped: dict[str, str] = {}
+    resumed: list[str] = []
+    if args.resume:
+        started, cells, sweeps, resumed = resume(args)
+        versions.add(DEFAULT_VERSION)
+    args.resumed = resumed
     for name in args.backends.split(","):
+        if all(complete(args, cells, sweeps, name, w) for w in [*args.workloads.split(","), "-"]):
+            print(f"== {name}: measured before, kept", flush=True)
+            continue
         print(f"== {name}", flush=True)
         try:
             backend = Backend(name)
@@ -497,6 +510,9 @@ def main() -> None:
                 tmp = Path(tmp_name)
                 for workload in args.workloads.split(","):
                     _, _, _, variants = WORKLOADS[workload]
+                    if complete(args, cells, sweeps, name, workload):
+                        print(f"  {name} {workload}: measured before, kept", flush=True)
+                        continue
                     size = args.plan_size if workload == "plan" else args.size
                     plan_seed = (
                         (backend.seed("Completed", size, False)[0], None)
@@ -533,7 +549,7 @@ def main() -> None:
                             )
                     if plan_seed:
                         backend.remove(plan_seed[0])
-                if "plan" in args.workloads:
+                if "plan" in args.workloads and not complete(args, cells, sweeps, name, "-"):
                     flow, _ = backend.seed("Completed", args.scale_size, False)
                     result = run_system(
                         backend, "plan", "runner", "plan", args.scale_size, tmp, flow=flow
@@ -553,6 +569,50 @@ def main() -> None:
         raise SystemExit(f"{len(bad)} runner cells failed: {bad[0]}")
 
 
+def complete(
+    args: argparse.Namespace,
+    cells: list[Cell],
+    sweeps: dict[str, Any],
+    backend: str,
+    workload: str,
+) -> bool:
+    """Whether ``workload`` ("-": the memory check) was measured whole on ``backend``."""
+    if workload == "-":
+        return "plan" not in args.workloads or any(
+            c.backend == backend and c.workload == "plan-scale" for c in cells
+        )
+    expected = args.repeats * (2 + len(WORKLOADS[workload][3]))
+    found = sum(1 for c in cells if c.backend == backend and c.workload == workload)
+    return f"{backend} {workload}" in sweeps and found == expected
+
+
+def resume(args: argparse.Namespace) -> tuple[datetime, list[Cell], dict[str, Any], list[str]]:
+    """The cells and sweeps of the recorded run, less any workload it did not finish."""
+    raw = ROOT / "bench" / "results" / ("harness-quick.json" if args.quick else "harness.json")
+    recorded = json.loads(raw.read_text())
+    meta = recorded["meta"]
+    for option in ("size", "plan_size", "scale_size", "sweep_size", "repeats"):
+        if meta[option] != getattr(args, option):
+            raise SystemExit(
+                f"--resume: {raw} was measured with {option}={meta[option]},"
+                f" not {getattr(args, option)}"
+            )
+    cells = [Cell(**c) for c in recorded["cells"]]
+    sweeps = {k: tuple(v) for k, v in recorded["sweeps"].items()}
+    cells = [
+        c
+        for c in cells
+        if complete(
+            args, cells, sweeps, c.backend, "-" if c.workload == "plan-scale" else c.workload
+        )
+    ]
+    kept = {f"{c.backend} {c.workload}" for c in cells}
+    sweeps = {k: v for k, v in sweeps.items() if k in kept}
+    started = datetime.strptime(meta["started"], "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return started, cells, sweeps, [*meta.get("resumed", []), now]
+
+
 def save(
     args: argparse.Namespace,
     cells: list[Cell],
@@ -567,7 +627,8 @@ def save(
     meta = {
         "command": " ".join(["bash scripts/bench", *sys.argv[1:]]),
         "started": started.strftime("%Y-%m-%d %H:%M"),
-        "finished": finished.strftime("%H:%M"),
+        "finished": finished.strftime("%Y-%m-%d %H:%M"),
+        "resumed": args.resumed,
         "machine": machine(),
         "prefect": ", ".join(sorted(versions)) or DEFAULT_VERSION,
         "backends": [b for b in args.backends.split(",") if b not in skipped],

@@ -114,7 +114,12 @@ class ApplyResult:
 class AdaptiveLimit:
     """How many requests may be in flight, adapted to what the server shows.
 
-    - "Busy" answers (429, 503, dropped connections) halve the limit (at most once a second).
+    - "Busy" answers (429, 503, dropped connections) halve the limit (at most once a second),
+      and for ``cool_off`` seconds it grows no further than one below the limit that drew
+      them. Without that it would climb straight back: a SQLite server takes one write at a
+      time, so a limit of 2 meets 503s, halves to 1, grows back to 2 two answers later, and an
+      apply spends its time in backoffs (2,000 per-run deletes: 117 503s, 23 runs/s against
+      30/s one at a time).
     - Latency: every ``limit`` completions, the window's mean time per unit of work is compared
       with the fastest single one seen (the server's service time without queueing). When the
       mean is over twice that, requests are queueing inside the server rather than running in
@@ -123,11 +128,22 @@ class AdaptiveLimit:
       from concurrency (PostgreSQL) keeps its latency flat and gets the full limit.
     """
 
-    def __init__(self, initial: int, maximum: int) -> None:
+    def __init__(
+        self,
+        initial: int,
+        maximum: int,
+        *,
+        cool_off: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.maximum = max(1, maximum)
         self.limit = max(1, min(initial, self.maximum))
         self.in_flight = 0
-        self._last_cut = 0.0
+        self.cool_off = cool_off
+        self._clock = clock
+        self._last_cut = -math.inf
+        self._cap = self.maximum
+        self._cap_until = -math.inf
         self._changed = anyio.Condition()
         self._fastest = math.inf
         self._window: list[float] = []
@@ -154,13 +170,18 @@ class AdaptiveLimit:
         self._window = []
         if mean > 2.0 * self._fastest:
             self.limit = max(1, self.limit - 1)
-        elif mean < 1.5 * self._fastest and self.limit < self.maximum:
+        elif mean < 1.5 * self._fastest and self.limit < self._highest():
             self.limit += 1
+
+    def _highest(self) -> int:
+        return self._cap if self._clock() < self._cap_until else self.maximum
 
     def busy(self) -> None:
         # At most one cut a second: one burst of 503s is one signal, not ten.
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_cut >= 1.0:
+            self._cap = max(1, self.limit - 1)
+            self._cap_until = now + self.cool_off
             self.limit = max(1, self.limit // 2)
             self._last_cut = now
 

@@ -28,8 +28,8 @@ SOURCE = {"source": True}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    max_attempts: int = 8
-    backoff: timedelta = timedelta(seconds=0.25)
+    max_attempts: int = 10
+    backoff: timedelta = timedelta(seconds=0.1)
     max_backoff: timedelta = timedelta(seconds=20)
 
 

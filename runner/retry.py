@@ -23,12 +23,14 @@ class RetryPolicy:
     """A bounded exponential backoff with jitter that honours ``Retry-After``.
 
     ``max_attempts`` counts the first try. The wait before try *n* is
-    ``min(max_backoff, initial_backoff * 2**(n-2)) + uniform(0, jitter)`` unless the server
-    said how long to wait (capped at ``max_retry_after``).
+    ``base = min(max_backoff, initial_backoff * 2**(n-2))`` plus ``uniform(0, min(jitter,
+    base / 2))`` unless the server said how long to wait (capped at ``max_retry_after``). The
+    jitter never adds more than half the wait: a short first backoff stays short (a busy SQLite
+    server's 503 clears in a fraction of a second).
     """
 
-    max_attempts: int = 8
-    initial_backoff: float = 0.25
+    max_attempts: int = 10
+    initial_backoff: float = 0.1
     max_backoff: float = 20.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
@@ -99,7 +101,7 @@ def backoff_seconds(policy: RetryPolicy, failed_attempts: int) -> float:
     """The wait after ``failed_attempts`` failures, when the server named none."""
     exponent = max(0, failed_attempts - 1)
     base = min(policy.max_backoff, policy.initial_backoff * (2.0 ** min(exponent, 32)))
-    return base + random.uniform(0, policy.jitter)
+    return base + random.uniform(0, min(policy.jitter, base / 2))
 
 
 def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:

@@ -44,6 +44,20 @@ async def test_busy_halves_at_most_once_a_second() -> None:
     assert limit.limit == 4
 
 
+@pytest.mark.anyio
+async def test_after_busy_it_stays_below_the_limit_that_drew_it_until_the_cool_off_ends() -> None:
+    now = [100.0]
+    limit = AdaptiveLimit(1, 8, cool_off=30.0, clock=lambda: now[0])
+    await complete(limit, 0.05, 2)
+    assert limit.limit == 2
+    limit.busy()  # two in flight drew a 503
+    await complete(limit, 0.05, 100)
+    assert limit.limit == 1
+    now[0] += 31.0
+    await complete(limit, 0.05, 100)
+    assert limit.limit == 8
+
+
 def test_bounds() -> None:
     assert AdaptiveLimit(0, 0).limit == 1
     assert AdaptiveLimit(9, 4).limit == 4

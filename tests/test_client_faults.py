@@ -15,7 +15,7 @@ import pytest
 from runner.client import PrefectClient, ProposedState
 from runner.errors import ServerError, Unauthorized, Unreachable
 from runner.models import SetStateStatus, StateType
-from runner.retry import RetryPolicy, parse_retry_after
+from runner.retry import RetryPolicy, backoff_seconds, parse_retry_after
 from runner.settings import ConnectionSettings, Secret
 
 pytestmark = pytest.mark.anyio
@@ -184,3 +184,10 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Sun, 22 Nov 2026 12:00:10 GMT", now=1795348800.0) == 10.0
+
+
+def test_backoff_doubles_and_its_jitter_never_adds_more_than_half() -> None:
+    policy = RetryPolicy(initial_backoff=0.25, max_backoff=20.0, jitter=0.5)
+    for failed, base in [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0), (9, 20.0)]:
+        waits = [backoff_seconds(policy, failed) for _ in range(200)]
+        assert base <= min(waits) and max(waits) <= base + min(0.5, base / 2)

@@ -3,6 +3,7 @@ had (and which steps' selections matched each), and the plan expected, row by ro
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -88,9 +89,15 @@ def test_planner_case(case: str) -> None:
         )
         assert by_name[name].idempotency_key == expected_key
     # The plan survives its own JSON form.
-    from runner.plan import plan_from_json, plan_to_json
+    from runner.plan import dumps, plan_from_json, plan_to_json
 
     assert plan_from_json(plan_to_json(plan)) == plan
+    # Written with one change a line, read back the same.
+    text = dumps(plan)
+    assert json.loads(text) == plan_to_json(plan)
+    for change in plan.changes:
+        lines = [line for line in text.splitlines() if f'"{change.run.id}"' in line]
+        assert len(lines) == 1 and lines[0].startswith('        {"key": ')
 
 
 def test_there_are_cases() -> None:
