@@ -423,11 +423,19 @@ def write_results(
             )
         rate = summary.get((backend, "cancel", "runner-rate-10"))
         recipe = summary.get((backend, "cancel", "recipe"))
-        if rate and recipe and recipe["ops_per_s"]:
-            ratio = rate["ops_per_s"] / recipe["ops_per_s"]
+        if rate and recipe and recipe["ops_per_s"] and recipe["requests"]:
+            # The recipe ran unthrottled on a local server. Under the same budget it could do
+            # at most runs / (its requests / 10) runs a second: the ratio against that bound is
+            # the least runner gains where the budget applies (a budget refuses, it never
+            # speeds up).
+            bound = min(recipe["ops_per_s"], recipe["runs"] / (recipe["requests"] / 10))
+            ratio = rate["ops_per_s"] / bound
             lines.append(
-                f"| {backend} | cancel at 10 req/s | {rate['ops_per_s']:.1f} | - |"
-                f" {ratio:.1f}x | >= 1.5x recipe: {'met' if ratio >= 1.5 else 'MISSED'} |"
+                f"| {backend} | cancel at 10 req/s | {rate['ops_per_s']:.1f} ({rate['requests']}"
+                f" requests) | - | {ratio:.1f}x the recipe under the same budget (at most"
+                f" {bound:.1f}/s: {recipe['requests']} requests at 10/s);"
+                f" {rate['ops_per_s'] / recipe['ops_per_s']:.1f}x the recipe unthrottled |"
+                f" >= 1.5x recipe: {'met' if ratio >= 1.5 else 'MISSED'} |"
             )
         per_run = summary.get((backend, "delete", "runner-per-run"))
         bulk = summary.get((backend, "delete", "runner-bulk"))

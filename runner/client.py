@@ -491,28 +491,82 @@ class PrefectClient:
         *,
         sort: FlowRunSort = FlowRunSort.ID_DESC,
         limit: int | None = None,
+        concurrency: int = 1,
     ) -> AsyncIterator[list[FlowRun]]:
         """Every matching run, page by page, each run once; at most ``limit`` runs.
 
         Sort by ``ID_DESC`` (the default) when reading everything: it is the only sort with no
         ties, so offset pages neither repeat nor skip rows while nothing is written.
+
+        With ``concurrency`` above 1, once the first page comes back full the rest are read
+        that many at a time (their offsets from a count); pages still come out in order. If the
+        selection grew while it was read, what lies past the count is then read page by page to
+        its end, as with ``concurrency`` 1.
         """
         seen: set[UUID] = set()
-        offset = 0
         remaining = limit
-        while remaining is None or remaining > 0:
-            want = self._page_size if remaining is None else min(self._page_size, remaining)
-            page = await self.read_flow_runs(query, sort=sort, limit=want, offset=offset)
-            offset += len(page)
+
+        def fresh_of(page: list[FlowRun]) -> list[FlowRun]:
+            nonlocal remaining
             fresh = [run for run in page if run.id not in seen]
             seen.update(run.id for run in fresh)
             if remaining is not None:
                 fresh = fresh[:remaining]
                 remaining -= len(fresh)
+            return fresh
+
+        offset = 0
+        windows = concurrency > 1
+        while remaining is None or remaining > 0:
+            if windows and offset > 0:
+                windows = False
+                size = self._page_size
+                total = await self.count_flow_runs(query)
+                if remaining is not None:
+                    total = min(total, offset + remaining)
+                offsets = list(range(offset, total, size))
+                for start in range(0, len(offsets), concurrency):
+                    pages = await self._read_pages(
+                        query, sort, size, offsets[start : start + concurrency]
+                    )
+                    for page in pages:
+                        offset += len(page)
+                        fresh = fresh_of(page)
+                        if fresh:
+                            yield fresh
+                        if len(page) < size or (remaining is not None and remaining <= 0):
+                            return
+                continue
+            want = self._page_size if remaining is None else min(self._page_size, remaining)
+            page = await self.read_flow_runs(query, sort=sort, limit=want, offset=offset)
+            offset += len(page)
+            fresh = fresh_of(page)
             if fresh:
                 yield fresh
             if len(page) < want:
                 return
+
+    async def _read_pages(
+        self, query: FlowRunQuery | None, sort: FlowRunSort, size: int, offsets: list[int]
+    ) -> list[list[FlowRun]]:
+        """Pages at ``offsets``, read at once, in the order of ``offsets``."""
+        pages: list[list[FlowRun]] = [[] for _ in offsets]
+        errors: list[Exception] = []
+
+        async def one(index: int, offset: int) -> None:
+            try:
+                pages[index] = await self.read_flow_runs(
+                    query, sort=sort, limit=size, offset=offset
+                )
+            except Exception as exc:  # raised below, as itself rather than in a group
+                errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for index, offset in enumerate(offsets):
+                group.start_soon(one, index, offset)
+        if errors:
+            raise errors[0]
+        return pages
 
     async def read_flow_run(self, flow_run_id: UUID) -> FlowRun:
         return self._parse(FlowRun, await self._request("GET", f"flow_runs/{flow_run_id}"))

@@ -17,6 +17,11 @@ from runner.plan import RunView
 from runner.playbook import Playbook, Reschedule
 from runner.selection import Capabilities, build_query
 
+#: Pages of a selection read at once. On SQLite a page's cost grows with its offset and a
+#: state filter (20,000 runs of one state: 0.19 s a page at the start, 0.45 s at the end);
+#: reading four at a time took 26 s instead of 38 s, and eight no less.
+READ_CONCURRENCY = 4
+
 
 class SelectionError(RunnerError):
     """A selection names something the server does not have (a deployment, say)."""
@@ -107,7 +112,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             )
         keep = isinstance(step.action, Reschedule) and step.action.recreates
         views: list[RunView] = []
-        async for page in client.iter_flow_runs(query):
+        async for page in client.iter_flow_runs(query, concurrency=READ_CONCURRENCY):
             for run in page:
                 flow_ids.add(run.flow_id)
                 if run.deployment_id:

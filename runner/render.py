@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
-from runner.plan import Change, Plan, StepPlan, plan_to_json
+from runner.plan import Change, Plan, StepPlan, dumps
 from runner.planner import describe_after
 
 DEFAULT_ROWS = 25
@@ -140,7 +139,8 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
 
 
 def to_json(plan: Plan) -> str:
-    return json.dumps(plan_to_json(plan), indent=2, ensure_ascii=False) + "\n"
+    """The plan document, as ``runner plan -o`` writes it."""
+    return dumps(plan)
 
 
 def render(plan: Plan, fmt: str, *, full: bool = False, colour: bool = False) -> str:

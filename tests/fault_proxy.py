@@ -95,6 +95,12 @@ class FaultProxy:
         async def _stop() -> None:
             if self._server is not None:
                 self._server.close()
+            # Connections still being served (a "slow" fault sleeping past the client's
+            # timeout) end here, not when the loop is torn down under them.
+            serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
             if self._client is not None:
                 await self._client.aclose()
 

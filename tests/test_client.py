@@ -109,6 +109,35 @@ async def test_pagination_reads_every_run_once(client: PrefectClient, seeder: Se
     # A limit larger than the server's page size is paged, never sent as is (a 422).
     assert len(await collect(client, query, limit=399)) == 399
     assert len(await client.read_flow_runs(query, limit=1000)) == 200
+    # Read concurrently: the same runs in the same order, one count more.
+    before = client.stats.requests
+    together = await collect(client, query, concurrency=4)
+    assert [r.id for r in together] == [r.id for r in runs]
+    assert client.stats.requests - before == 4  # the first page, the count, two pages at once
+    assert [r.id for r in await collect(client, query, limit=399, concurrency=4)] == [
+        r.id for r in runs[:399]
+    ]
+
+
+async def test_concurrent_pages_read_what_the_selection_gained_past_the_count(
+    client: PrefectClient, seeder: Seeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flow = seeder.flow()
+    seeded = {r["id"] for r in seeder.runs(450, flow, "Scheduled")}
+    query = of_flow(flow)
+    count = client.count_flow_runs
+
+    async def count_then_grow(q: FlowRunQuery | None = None) -> int:
+        counted = await count(q)
+        seeder.runs(250, flow, "Scheduled")  # created after the count, before the pages
+        return counted
+
+    monkeypatch.setattr(client, "count_flow_runs", count_then_grow)
+    runs = await collect(client, query, concurrency=4)
+    ids = {str(r.id) for r in runs}
+    # Every run there was when the read began, none twice, and new ones past the count (new
+    # runs sorted into the first page, read before they existed, are a race of any read).
+    assert seeded <= ids and len(ids) == len(runs) > 450
 
 
 async def test_filters_by_state_tags_deployment_and_queue(
