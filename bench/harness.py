@@ -480,6 +480,11 @@ def main() -> None:
         "--require-all", action="store_true", help="fail when a backend cannot be started"
     )
     parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="run even when another Prefect server or harness is running on this machine",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run recorded in bench/results/harness.json (same options): keep"
@@ -489,6 +494,12 @@ def main() -> None:
     if args.quick:
         args.size, args.plan_size, args.scale_size, args.sweep_size = 40, 600, 2000, 20
         args.repeats = 1
+    other = busy_machine()
+    if other and not args.allow_busy:
+        raise SystemExit(
+            f"another server or harness is running ({other}): it would skew every cell."
+            " Stop it, or pass --allow-busy"
+        )
     started = datetime.now(timezone.utc)
     cells: list[Cell] = []
     sweeps: dict[str, Any] = {}
@@ -597,6 +608,23 @@ def shared_recipe(cells: list[Cell], backend: str, workload: str) -> list[Cell]:
         Cell(**{**asdict(c), "workload": workload, "note": "the reschedule recipe's cells"})
         for c in found
     ]
+
+
+def busy_machine() -> str:
+    """What else is using the CPU: another Prefect server (an orphan of an earlier run, say)
+    would take a core from every cell and skew them unevenly."""
+    own = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "prefect server start" in args or "bench/harness.py" in args:
+            found.append(f"{entry.name}: {args.strip()[:120]}")
+    return "; ".join(found)
 
 
 def complete(
