@@ -684,6 +684,8 @@ def report(args: argparse.Namespace) -> None:
     sweeps = {k: tuple(v) for k, v in recorded["sweeps"].items()}
     for option in ("size", "plan_size", "scale_size", "sweep_size", "repeats"):
         setattr(args, option, meta[option])
+    args.backends = ",".join([*meta["backends"], *meta["skipped"]])
+    args.workloads = ",".join(meta.get("workloads", WORKLOADS))
     meta["pending"] = pending(args, cells, sweeps, meta["skipped"])
     write_results(Path(args.output), cells, sweeps, meta)
 
@@ -740,6 +742,7 @@ def save(
         "scale_size": args.scale_size,
         "sweep_size": args.sweep_size,
         "repeats": args.repeats,
+        "workloads": args.workloads.split(","),
         "pending": pending(args, cells, sweeps, skipped),
     }
     results = ROOT / "bench" / "results"
