@@ -7,11 +7,12 @@ Plans are plain data. They serialise to a documented, versioned JSON document
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 from uuid import UUID, uuid4
 
 from runner.errors import RunnerError
@@ -243,7 +244,8 @@ def _change_from_json(step: int, data: dict[str, Any]) -> Change:
     )
 
 
-def _body(plan: Plan) -> dict[str, Any]:
+def _outline(plan: Plan) -> dict[str, Any]:
+    """The plan document without its changes (each step's ``changes`` is empty)."""
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
@@ -272,16 +274,55 @@ def _body(plan: Plan) -> dict[str, Any]:
                     "backoff_seconds": step.backoff_seconds,
                     "max_backoff_seconds": step.max_backoff_seconds,
                 },
-                "changes": [change_to_json(c) for c in step.changes],
+                "changes": [],
             }
             for step in plan.steps
         ],
     }
 
 
+def _body(plan: Plan) -> dict[str, Any]:
+    body = _outline(plan)
+    for step_doc, step in zip(body["steps"], plan.steps, strict=True):
+        step_doc["changes"] = [change_to_json(c) for c in step.changes]
+    return body
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _checksum(body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return "sha256:" + hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+
+
+class _Checksum:
+    """The checksum of a document fed piece by piece, in canonical order: the same digest as
+    :func:`_checksum` of the whole body, without holding the body."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def feed(self, text: str) -> None:
+        self._hash.update(text.encode("utf-8"))
+
+    def feed_object(self, items: dict[str, Any], skip: str) -> tuple[str, str]:
+        """The canonical text of ``items`` before and after the value of key ``skip``."""
+        before: list[str] = []
+        after: list[str] = []
+        into = before
+        for key in sorted(items):
+            head = ("{" if key == min(items) else ",") + _canonical(key) + ":"
+            if key == skip:
+                into.append(head)
+                into = after
+            else:
+                into.append(head + _canonical(items[key]))
+        after.append("}")
+        return "".join(before), "".join(after)
+
+    def value(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -290,32 +331,57 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     return {**body, "checksum": _checksum(body)}
 
 
-def dumps(plan: Plan) -> str:
-    """The plan document, indented, with one change a line: a reviewer's diff shows one line per
-    run, and only the outline goes through json's pure-Python indenting encoder (for 2,000
-    changes that encoder alone took 0.5 s of an apply; each change line is written by the C
-    one)."""
-    document = plan_to_json(plan)
+def write_document(plan: Plan, out: TextIO) -> None:
+    """Write the plan document to ``out``: indented, one change a line (a reviewer's diff
+    shows one line per run), the checksum last.
+
+    Each change is encoded, written and hashed in turn, so memory does not grow with the plan
+    (100,000 changes held as one document took ~270 MB more). Only the outline goes through
+    json's pure-Python indenting encoder; each change line is written by the C one.
+    """
+    outline = _outline(plan)
     marker = f"changes-{uuid4()}"
-    lines: dict[str, str] = {}
-    for step in document["steps"]:
-        key = f"{marker}-{step['index']}"
-        changes = step["changes"]
-        lines[key] = (
-            "[\n"
-            + ",\n".join(
-                "        " + json.dumps(c, ensure_ascii=False, separators=(", ", ": "))
-                for c in changes
-            )
-            + "\n      ]"
-            if changes
-            else "[]"
-        )
-        step["changes"] = key
+    checksum = _Checksum()
+    steps_docs = outline["steps"]
+    outline["steps"] = []
+    top_before, top_after = checksum.feed_object(outline, skip="steps")
+    outline["steps"] = steps_docs
+    for step_doc in steps_docs:
+        step_doc["changes"] = f"{marker}-{step_doc['index']}"
+    document = {**outline, "checksum": f"{marker}-checksum"}
     text = json.dumps(document, indent=2, ensure_ascii=False)
-    for key, value in lines.items():
-        text = text.replace(f'"{key}"', value, 1)
-    return text + "\n"
+    checksum.feed(top_before + "[")
+    for number, (step_doc, step) in enumerate(zip(steps_docs, plan.steps, strict=True)):
+        key = f'"{step_doc["changes"]}"'
+        head, text = text.split(key, 1)
+        out.write(head)
+        step_fields = {k: v for k, v in step_doc.items()}
+        before, after = checksum.feed_object(step_fields, skip="changes")
+        checksum.feed(("," if number else "") + before + "[")
+        if step.changes:
+            out.write("[\n")
+            for i, change in enumerate(step.changes):
+                data = change_to_json(change)
+                checksum.feed(("," if i else "") + _canonical(data))
+                out.write(
+                    ("" if i == 0 else ",\n")
+                    + "        "
+                    + json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+                )
+            out.write("\n      ]")
+        else:
+            out.write("[]")
+        checksum.feed("]" + after)
+    checksum.feed("]" + top_after)
+    head, tail = text.split(f'"{marker}-checksum"', 1)
+    out.write(head + json.dumps(checksum.value()) + tail + "\n")
+
+
+def dumps(plan: Plan) -> str:
+    """The plan document as :func:`write_document` writes it."""
+    buffer = io.StringIO()
+    write_document(plan, buffer)
+    return buffer.getvalue()
 
 
 def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
@@ -387,7 +453,7 @@ def write_plan(plan: Plan, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dumps(plan))
+            write_document(plan, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

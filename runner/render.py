@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TextIO
 
-from runner.plan import Change, Plan, StepPlan, dumps
+from runner.plan import Change, Plan, StepPlan, dumps, write_document
 from runner.planner import describe_after
 
 DEFAULT_ROWS = 25
@@ -150,3 +151,14 @@ def render(plan: Plan, fmt: str, *, full: bool = False, colour: bool = False) ->
     if fmt == "markdown":
         return to_markdown(plan, max_rows=rows)
     return to_text(plan, max_rows=rows, colour=colour)
+
+
+def write_rendered(
+    plan: Plan, fmt: str, out: TextIO, *, full: bool = False, colour: bool = False
+) -> None:
+    """:func:`render` to ``out``; the JSON document is written change by change, never held
+    whole."""
+    if fmt == "json":
+        write_document(plan, out)
+    else:
+        out.write(render(plan, fmt, full=full, colour=colour))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from runner.errors import PlaybookError
 from runner.loader import load_text
 from runner.observe import Observation, StepObservation
-from runner.plan import RunView, dumps, plan_from_json
+from runner.plan import RunView, dumps, plan_from_json, plan_to_json
 from runner.planner import make_plan
 from runner.render import render
 from tests.seed import STATES
@@ -194,6 +194,8 @@ def test_odd_playbooks_plan_or_fail_clearly(
     plan = make_plan(playbook, observation, plan_id="p")
     for fmt in ("text", "markdown", "json"):
         assert render(plan, fmt, full=True)
+    # Written change by change, the document (and its checksum) is the one built whole.
+    assert json.loads(dumps(plan)) == plan_to_json(plan)
     again = plan_from_json(json.loads(dumps(plan)), source="round trip")
     assert dumps(again) == dumps(plan)
     for step in plan.steps:

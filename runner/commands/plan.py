@@ -11,7 +11,7 @@ from runner.client import PrefectClient
 from runner.loader import load_playbook
 from runner.plan import Plan, write_plan
 from runner.planning import plan_playbook
-from runner.render import render
+from runner.render import write_rendered
 from runner.retry import policy_for
 from runner.settings import ConnectionSettings
 
@@ -54,7 +54,7 @@ def run(
     plan = make(path, variables=variables, settings=settings)
     if output:
         write_plan(plan, output)
-    out.write(render(plan, fmt, full=full, colour=colour))
+    write_rendered(plan, fmt, out, full=full, colour=colour)
     if output and fmt == "text":
         out.write(f"Plan saved to {output}: apply exactly this with `runner apply {output}`.\n")
     return exit_code(plan, detailed=detailed_exitcode)

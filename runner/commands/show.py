@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TextIO
 
 from runner.plan import read_plan
-from runner.render import render
+from runner.render import write_rendered
 
 
 def run(path: str, *, fmt: str, full: bool, colour: bool, out: TextIO) -> int:
-    out.write(render(read_plan(path), fmt, full=full, colour=colour))
+    write_rendered(read_plan(path), fmt, out, full=full, colour=colour)
     return 0
