@@ -30,6 +30,7 @@ from uuid import UUID
 import anyio
 
 from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedState
+from runner.concurrency import AdaptiveLimit
 from runner.errors import APIError, ServerError, Unauthorized, Unreachable
 from runner.filters import FlowRunFilter, FlowRunQuery, NamesAnyNotAny, StateFilter, by_ids
 from runner.journal import Journal, JournalState
@@ -109,81 +110,6 @@ class ApplyResult:
         return self.stopped is None and all(
             o.status in ("done", "drifted") for o in self.outcomes.values()
         )
-
-
-class AdaptiveLimit:
-    """How many requests may be in flight, adapted to what the server shows.
-
-    - "Busy" answers (429, 503, dropped connections) halve the limit (at most once a second),
-      and for ``cool_off`` seconds it grows no further than one below the limit that drew
-      them. Without that it would climb straight back: a SQLite server takes one write at a
-      time, so a limit of 2 meets 503s, halves to 1, grows back to 2 two answers later, and an
-      apply spends its time in backoffs (2,000 per-run deletes: 117 503s, 23 runs/s against
-      30/s one at a time).
-    - Latency: every ``limit`` completions, the window's mean time per unit of work is compared
-      with the fastest single one seen (the server's service time without queueing). When the
-      mean is over twice that, requests are queueing inside the server rather than running in
-      parallel (a SQLite server serialises writes): the limit drops by one. When it is within
-      1.5x, the server keeps up: the limit grows by one, up to ``maximum``. A server that gains
-      from concurrency (PostgreSQL) keeps its latency flat and gets the full limit.
-    """
-
-    def __init__(
-        self,
-        initial: int,
-        maximum: int,
-        *,
-        cool_off: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.maximum = max(1, maximum)
-        self.limit = max(1, min(initial, self.maximum))
-        self.in_flight = 0
-        self.cool_off = cool_off
-        self._clock = clock
-        self._last_cut = -math.inf
-        self._cap = self.maximum
-        self._cap_until = -math.inf
-        self._changed = anyio.Condition()
-        self._fastest = math.inf
-        self._window: list[float] = []
-
-    async def acquire(self) -> None:
-        async with self._changed:
-            while self.in_flight >= self.limit:
-                await self._changed.wait()
-            self.in_flight += 1
-
-    async def release(self, seconds: float | None = None) -> None:
-        async with self._changed:
-            self.in_flight -= 1
-            if seconds is not None and seconds > 0:
-                self._observe(seconds)
-            self._changed.notify_all()
-
-    def _observe(self, seconds: float) -> None:
-        self._fastest = min(self._fastest, seconds)
-        self._window.append(seconds)
-        if len(self._window) < max(2, self.limit):
-            return
-        mean = sum(self._window) / len(self._window)
-        self._window = []
-        if mean > 2.0 * self._fastest:
-            self.limit = max(1, self.limit - 1)
-        elif mean < 1.5 * self._fastest and self.limit < self._highest():
-            self.limit += 1
-
-    def _highest(self) -> int:
-        return self._cap if self._clock() < self._cap_until else self.maximum
-
-    def busy(self) -> None:
-        # At most one cut a second: one burst of 503s is one signal, not ten.
-        now = self._clock()
-        if now - self._last_cut >= 1.0:
-            self._cap = max(1, self.limit - 1)
-            self._cap_until = now + self.cool_off
-            self.limit = max(1, self.limit // 2)
-            self._last_cut = now
 
 
 def transition_id(plan: Plan, key: str) -> UUID:
@@ -511,16 +437,12 @@ class Executor:
             return "bulk"
         if op == "delete":
             return "bulk"  # ~235 runs/s against ~20/s per run on SQLite
-        # set_state is faster per run (~25/s vs 12-18/s); bulk pays off when requests are
-        # the budget (a rate limit) and batches can form: runs share their planned and target
-        # state (a reschedule by a delay gives every run its own time: batches of one). The
-        # server takes bulk Scheduled states very slowly (~2 runs/s on SQLite), so never those.
-        rate = self.options.rate_limit or step.rate_limit
-        if (
-            rate is None
-            or rate >= 25
-            or any(c.state and c.state.type == "SCHEDULED" for c in changes)
-        ):
+        # set_state: bulk when batches form (runs share their planned and target state; a
+        # reschedule by a delay gives every run its own time: batches of one). Measured on a
+        # local 3.8 server, 2,000 Late runs cancelled: bulk 17/s against 11/s per run on SQLite,
+        # 51/s against 34/s on PostgreSQL, with 35x fewer requests. The server takes bulk
+        # Scheduled states very slowly (~2 runs/s on SQLite), so never those.
+        if any(c.state and c.state.type == "SCHEDULED" for c in changes):
             return "per-run"
         batches = len({(c.run.state_type, c.run.state_name, c.state) for c in changes})
         return "bulk" if batches * 2 <= len(changes) else "per-run"

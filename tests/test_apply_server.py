@@ -363,19 +363,22 @@ async def test_faults_end_with_every_change_done_once(
 
 
 @pytest.mark.parametrize(
-    ("action", "state", "expected"),
+    ("action", "state", "rate", "expected"),
     [
-        ("cancel", "Running", "bulk"),  # one target state: batches of 50, 50x fewer requests
-        ("{reschedule: {delay: 6h}}", "Late", "per-run"),  # a time per run: batches of one
-        ("{set_state: {type: SCHEDULED}}", "Failed", "per-run"),  # bulk Scheduled is slow
+        ("cancel", "Running", 10, "bulk"),  # one target state: batches of 50, 50x fewer requests
+        ("cancel", "Late", None, "bulk"),  # faster than per run too, without a budget
+        ("{set_state: {type: FAILED}}", "Running", None, "bulk"),
+        ("{reschedule: {delay: 6h}}", "Late", 10, "per-run"),  # a time per run: batches of one
+        ("{set_state: {type: SCHEDULED}}", "Failed", 10, "per-run"),  # bulk Scheduled is slow
     ],
 )
-async def test_auto_strategy_under_a_request_budget(
+async def test_auto_strategy(
     settings: ConnectionSettings,
     seeder: Seeder,
     tmp_path: Path,
     action: str,
     state: str,
+    rate: float | None,
     expected: str,
     is_prefect2: bool,
 ) -> None:
@@ -383,6 +386,6 @@ async def test_auto_strategy_under_a_request_budget(
     # The server only reschedules runs of a deployment.
     seeder.runs(6, flow, state, deployment=seeder.deployment(flow))
     plan = await make_plan(settings, playbook_for(flow, action))
-    result = await execute(settings, plan, tmp_path / "j", options=ApplyOptions(rate_limit=10))
+    result = await execute(settings, plan, tmp_path / "j", options=ApplyOptions(rate_limit=rate))
     assert result.complete, [o.detail for o in result.failed]
     assert result.strategies == {0: "per-run" if is_prefect2 else expected}
