@@ -74,27 +74,43 @@ class Cell:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Runs the measured command as its child and writes the child's CPU seconds, peak RSS and
+#: exit status. Linux carries a process's peak RSS across fork and exec, so a command started
+#: straight from the harness (which holds 150 MB once it has seeded PostgreSQL) would report
+#: at least the harness's size; started from this small launcher, it reports its own.
+LAUNCHER = """
+import json, os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"cpu": usage.ru_utime + usage.ru_stime, "rss_kb": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, out)
+"""
+
+
 def measured(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Run a command; wall time, CPU seconds, peak RSS and the requests it counted."""
     count_file = cwd / f"count-{time.monotonic_ns()}"
+    usage_file = cwd / f"usage-{time.monotonic_ns()}"
     out_path, err_path = cwd / "out.txt", cwd / "err.txt"
     with open(out_path, "w") as out, open(err_path, "w") as err:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command,
+            [sys.executable, "-S", "-E", "-c", LAUNCHER, str(usage_file), *command],
             env={**env, "BENCH_COUNT_FILE": str(count_file)},
             stdout=out,
             stderr=err,
             cwd=cwd,
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        process.wait()
         wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    usage = json.loads(usage_file.read_text())
+    process.returncode = usage["code"]
     requests = int(count_file.read_text()) if count_file.exists() else 0
     return {
         "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "rss_mb": usage.ru_maxrss / 1024,
+        "cpu": usage["cpu"],
+        "rss_mb": usage["rss_kb"] / 1024,
         "requests": requests,
         "code": process.returncode,
         "stdout": out_path.read_text(),

@@ -18,7 +18,7 @@ import anyio
 #: A level must complete this much more than the one below it to be worth its extra load.
 GAIN = 1.1
 #: Completions a window needs before its throughput counts (at least twice the level).
-MIN_WINDOW = 16
+MIN_WINDOW = 8
 #: At the chosen level, every this many windows one is spent trying a neighbouring level:
 #: the server's best level moves as its load does.
 PROBE_EVERY = 8
