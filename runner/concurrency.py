@@ -90,10 +90,6 @@ class AdaptiveLimit:
                 self._observe(seconds)
             self._changed.notify_all()
 
-    def rate(self, level: int) -> float | None:
-        """Completions a second measured at ``level`` (None: not measured)."""
-        return self._rate.get(level)
-
     def _observe(self, seconds: float) -> None:
         now = self._clock()
         if self._window_start is None:

@@ -81,19 +81,12 @@ class _Shared:
         return self._seen.setdefault(value, value)  # type: ignore[return-value]
 
 
-def _view(
-    run: FlowRun,
-    flows: dict[UUID, str],
-    deployments: dict[UUID, str],
-    keep_parameters: bool,
-    same: _Shared,
-) -> RunView:
-    flow = flows.get(run.flow_id, str(run.flow_id))
+def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
+    """A slim view of ``run``; its flow and deployment are named later (:func:`_named`)."""
     return RunView(
         id=run.id,
         name=run.name,
-        flow=same(flow),
-        deployment=deployments.get(run.deployment_id) if run.deployment_id else None,
+        flow=same(str(run.flow_id)),
         deployment_id=same(run.deployment_id),
         state_type=run.state.type.value if run.state else None,
         state_name=same(run.state.name) if run.state else None,
@@ -138,7 +131,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                 flow_ids.add(run.flow_id)
                 if run.deployment_id:
                     dep_ids.add(run.deployment_id)
-                view = _view(run, {}, {}, keep, shared)
+                view = _view(run, keep, shared)
                 if all(predicate(view) for predicate in local):
                     views.append(view)
         raw_steps.append(views)

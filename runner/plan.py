@@ -306,23 +306,24 @@ class _Checksum:
     def feed(self, text: str) -> None:
         self._hash.update(text.encode("utf-8"))
 
-    def feed_object(self, items: dict[str, Any], skip: str) -> tuple[str, str]:
-        """The canonical text of ``items`` before and after the value of key ``skip``."""
-        before: list[str] = []
-        after: list[str] = []
-        into = before
-        for key in sorted(items):
-            head = ("{" if key == min(items) else ",") + _canonical(key) + ":"
-            if key == skip:
-                into.append(head)
-                into = after
-            else:
-                into.append(head + _canonical(items[key]))
-        after.append("}")
-        return "".join(before), "".join(after)
-
     def value(self) -> str:
         return "sha256:" + self._hash.hexdigest()
+
+
+def _canonical_around(items: dict[str, Any], skip: str) -> tuple[str, str]:
+    """The canonical text of ``items`` before and after the value of key ``skip``."""
+    before: list[str] = []
+    after: list[str] = []
+    into = before
+    for i, key in enumerate(sorted(items)):
+        head = ("," if i else "{") + _canonical(key) + ":"
+        if key == skip:
+            into.append(head)
+            into = after
+        else:
+            into.append(head + _canonical(items[key]))
+    after.append("}")
+    return "".join(before), "".join(after)
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -343,9 +344,7 @@ def write_document(plan: Plan, out: TextIO) -> None:
     marker = f"changes-{uuid4()}"
     checksum = _Checksum()
     steps_docs = outline["steps"]
-    outline["steps"] = []
-    top_before, top_after = checksum.feed_object(outline, skip="steps")
-    outline["steps"] = steps_docs
+    top_before, top_after = _canonical_around(outline, skip="steps")
     for step_doc in steps_docs:
         step_doc["changes"] = f"{marker}-{step_doc['index']}"
     document = {**outline, "checksum": f"{marker}-checksum"}
@@ -355,8 +354,7 @@ def write_document(plan: Plan, out: TextIO) -> None:
         key = f'"{step_doc["changes"]}"'
         head, text = text.split(key, 1)
         out.write(head)
-        step_fields = {k: v for k, v in step_doc.items()}
-        before, after = checksum.feed_object(step_fields, skip="changes")
+        before, after = _canonical_around(step_doc, skip="changes")
         checksum.feed(("," if number else "") + before + "[")
         if step.changes:
             out.write("[\n")
