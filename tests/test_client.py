@@ -343,8 +343,12 @@ async def test_delete_many_leaves_drifted_runs(
     assert gone == set(ids[:-1])
     assert [r["id"] for r in seeder.runs_of_flow(flow)] == [drifted["id"]]
     # The CSRF token request, then bulk: 50 + 11 ids; per-run: a read of what still matches
-    # and 60 deletes.
-    assert sent == (1 + 2 if bulk else 1 + 1 + 60), client.stats
+    # and 60 deletes. A busy SQLite server may answer 503: the retry is not counted, but after
+    # a retried batch that deleted fewer than it was sent, what is left is read back.
+    if bulk:
+        assert 1 + 2 <= sent <= 1 + 2 + min(client.stats.retries, 2), client.stats
+    else:
+        assert sent == 1 + 1 + 60, client.stats
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "per-run"])
