@@ -1,6 +1,6 @@
 """A real Prefect server for the tests: installed into its own venv, started on a free port.
 
-The Prefect version comes from ``RUNNER_TEST_PREFECT`` (default ``3.8.8``, the newest 3.x that
+The Prefect version comes from ``RUNNER_TEST_PREFECT`` (default ``3.9.1``, the newest 3.x that
 installs from the package registry reachable here; ``2`` means the newest 2.x). Venvs and a
 migrated template database live under ``RUNNER_TEST_CACHE`` (default ``~/.cache/runner-tests``)
 so only the first run pays for the install and the migrations.
@@ -27,12 +27,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VERSION = "3.8.8"
+DEFAULT_VERSION = "3.9.1"
 HEALTH_TIMEOUT = 180.0
 
-# What pip is asked for, by version. 3.9.x needs a certifi the registry here lacks; 3.8.8 needs
+# What pip is asked for, by version. 3.9.1 installs plainly since 2026-11-29; 3.8.8 needs
 # fastapi capped or the server dies at import ('min_items'). See ../shared/PREFECT_API.md.
 REQUIREMENTS = {
+    "3.9.1": ["prefect==3.9.1"],
     "3.8.8": ["prefect==3.8.8", "fastapi<0.150"],
     "2": ["prefect==2.20.26"],
     "2.20.26": ["prefect==2.20.26"],
