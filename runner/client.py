@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 from uuid import UUID
 
 import anyio
@@ -59,6 +60,8 @@ API_VERSION = "0.8.4"
 #: The most runs one page or one bulk call may carry.
 MAX_PAGE_SIZE = 200
 MAX_BULK_SIZE = 50
+#: The first Prefect release with ``/flow_runs/bulk_delete`` and ``/flow_runs/bulk_set_state``.
+BULK_ROUTES_SINCE = (3, 6, 16)
 
 DUPLICATE_TRANSITION_REASON = "This run has already made this state transition."
 _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
@@ -99,6 +102,14 @@ class ProposedState:
         if self.message is not None:
             state["message"] = self.message
         return state
+
+
+def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
+    """``3.9.1`` -> (3, 9, 1); None for anything else (``3.9.1.dev4`` reads as 3.9.1)."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version or "")
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
 def _auth_headers(settings: ConnectionSettings) -> dict[str, str]:
@@ -430,21 +441,25 @@ class PrefectClient:
             bulk = (
                 self._bulk_override
                 if self._bulk_override is not None
-                else await self._probe_bulk_routes()
+                else await self._probe_bulk_routes(version)
             )
             self._info = ServerInfo(version=version, api_version=api_version, bulk_routes=bulk)
         return self._info
 
-    async def _probe_bulk_routes(self) -> bool:
-        # A body that fails validation on every server that has the route (422, before the
-        # handler runs), and that a server without it answers with 404 or 405.
-        response = await self._request(
-            "POST",
-            "flow_runs/bulk_delete",
-            json={"flow_runs": "probe", "limit": "probe"},
-            ok=(422, 404, 405),
-        )
-        return response.status_code == 422
+    async def _probe_bulk_routes(self, version: str | None) -> bool:
+        """Whether ``/flow_runs/bulk_delete`` and ``bulk_set_state`` exist, found out without
+        sending anything to them: by the server's version (Prefect >= 3.6.16), else (Prefect
+        Cloud has no version route) by the routes its OpenAPI document lists."""
+        parsed = _version_tuple(version)
+        if parsed is not None:
+            return parsed >= BULK_ROUTES_SINCE
+        try:
+            document = _body(await self._request("GET", "openapi.json"))
+        except (NotFound, UnsupportedByServer, Unauthorized, ValueError):
+            return False
+        paths = document.get("paths", {}) if isinstance(document, dict) else {}
+        wanted = ("/flow_runs/bulk_delete", "/flow_runs/bulk_set_state")
+        return all(any(str(p).endswith(w) for p in paths) for w in wanted)
 
     async def supports_bulk(self) -> bool:
         return (await self.server_info()).bulk_routes
@@ -588,12 +603,22 @@ class PrefectClient:
         return self._parse(Deployment, await self._request("GET", f"deployments/{deployment_id}"))
 
     async def read_deployment_by_name(self, name: str) -> Deployment:
-        """A deployment by its ``flow/deployment`` name."""
+        """A deployment by its ``flow/deployment`` name (each part escaped into the path:
+        ``#``, ``?``, ``%`` and spaces are legal in Prefect names)."""
         flow_name, sep, deployment_name = name.partition("/")
         if not sep or not flow_name or not deployment_name:
             raise ValueError(f"expected 'flow/deployment', got {name!r}")
-        response = await self._request("GET", f"deployments/name/{flow_name}/{deployment_name}")
-        return self._parse(Deployment, response)
+        path = f"deployments/name/{quote(flow_name, safe='')}/{quote(deployment_name, safe='')}"
+        deployment = self._parse(Deployment, await self._request("GET", path))
+        if deployment.name != deployment_name:
+            # Never trust the server to have read the name as meant.
+            raise NotFound(
+                f"asked for deployment {name!r}, the server answered with {deployment.name!r}",
+                method="GET",
+                url=self._url_for(path),
+                status_code=200,
+            )
+        return deployment
 
     async def read_deployments(self, ids: Sequence[UUID]) -> list[Deployment]:
         deployments: list[Deployment] = []

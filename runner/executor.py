@@ -1,15 +1,17 @@
 """The executor: applies a plan through the client, the only place that writes to the API.
 
-Per step, in plan order. Before a change is sent, the run is read back and compared with the
-state the plan saw: a run that changed is skipped as *drifted*, never clobbered (the bulk
-routes do this server-side, with the planned state in the same filter as the ids). Every
-finished change is recorded in the journal first thing, so an interrupted apply resumes
-without repeating or losing work:
+Per step, in plan order. Every write is conditional on what the plan saw: right before it
+is sent, the run is read back and compared with the plan (the very state, tags, queue,
+deployment), and on servers with the bulk routes the planned state also goes into the same
+request as the ids, so the server itself leaves a run alone that changed in between. A run
+that changed is skipped as *drifted*, never clobbered. Every finished change is recorded in
+the journal first thing, so an interrupted apply resumes without repeating or losing work:
 
 - state changes carry a transition id derived from the plan and the change, so a change
   re-sent after a crash is recognised by the server as already made;
-- a recreate records the new run's id before it deletes the old run, and its create carries an
-  idempotency key derived from the plan and the old run;
+- a recreate records the new run's id before it deletes the old run (checked again first),
+  and its create carries an idempotency key derived from the old run and the state the plan
+  saw, so any two plans of the same change converge on one new run;
 - a delete answered 404 is done.
 
 Concurrency adapts to the server: it halves when the server answers 429/503 or drops a
@@ -31,8 +33,16 @@ import anyio
 
 from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedState
 from runner.concurrency import AdaptiveLimit
-from runner.errors import APIError, ServerError, Unauthorized, Unreachable
-from runner.filters import FlowRunFilter, FlowRunQuery, NamesAnyNotAny, StateFilter, by_ids
+from runner.errors import APIError, NotFound, ServerError, Unauthorized, Unreachable
+from runner.filters import (
+    FlowRunFilter,
+    FlowRunQuery,
+    NamesAnyNotAny,
+    StateFilter,
+    Tags,
+    TimeWindow,
+    by_ids,
+)
 from runner.journal import Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
@@ -97,6 +107,21 @@ class ApplyResult:
     retries: int
     seconds: float
     strategies: dict[int, str]
+    #: Seconds between reading each run back and sending its write (see Executor.windows).
+    windows: Sequence[float] = ()
+
+    def window_summary(self) -> dict[str, float | int]:
+        """How long runner's own check of a run stood before its write: count, median, max
+        (seconds). On the bulk routes the server checks the planned state in the write too."""
+        if not self.windows:
+            return {"writes": 0}
+        ordered = sorted(self.windows)
+        return {
+            "writes": len(ordered),
+            "median": round(ordered[len(ordered) // 2], 4),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 4),
+            "max": round(ordered[-1], 4),
+        }
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes.values() if o.status == status)
@@ -126,26 +151,76 @@ def _proposed(state: TargetState) -> ProposedState:
     )
 
 
-def _planned_state_filter(change: Change) -> FlowRunFilter:
-    run = change.run
-    return FlowRunFilter(
-        state=StateFilter(
-            type=NamesAnyNotAny(any_=(run.state_type,)) if run.state_type else None,
-            name=NamesAnyNotAny(any_=(run.state_name,)) if run.state_name else None,
+def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
+    """What the server checks in the same request as a bulk write, besides the ids: what the
+    plan saw that every run of the batch shares. The state type and name always (batches are
+    formed so that they share them); the tags and the scheduled time when they are shared
+    (tags cannot be matched exactly: ``all_`` catches a removed tag, ``is_null_`` an added
+    one on a run that had none)."""
+    first = changes[0].run
+    runs = [c.run for c in changes]
+    state = None
+    if first.state_type is not None and all(r.state_type == first.state_type for r in runs):
+        same_name = first.state_name is not None and all(
+            r.state_name == first.state_name for r in runs
         )
-    )
+        state = StateFilter(
+            type=NamesAnyNotAny(any_=(first.state_type,)),
+            name=NamesAnyNotAny(any_=(first.state_name,)) if same_name else None,
+        )
+    tags = None
+    if all(r.tags == first.tags for r in runs):
+        tags = Tags(all_=first.tags) if first.tags else Tags(is_null_=True)
+    scheduled = None
+    when = first.next_scheduled_start
+    if (
+        first.state_type == "SCHEDULED"
+        and when is not None
+        and all(r.next_scheduled_start == when for r in runs)
+    ):
+        scheduled = TimeWindow(before_=when, after_=when)
+    return FlowRunFilter(state=state, tags=tags, next_scheduled_start_time=scheduled)
+
+
+def _label(run: FlowRun) -> str:
+    return run.state_name or (run.state_type.value.title() if run.state_type else "no state")
 
 
 def _drift(change: Change, current: FlowRun | None) -> str | None:
-    """Why the run no longer matches the plan, or None when it still does."""
+    """Why the run is no longer what the plan saw, or None when it still is.
+
+    Drift means: gone, not in the very state the plan saw (its state id; a new state of the
+    same type and name counts: someone moved it), or tags, deployment, work queue or work
+    pool changed (the selection may no longer match it). Plans made before state ids were
+    kept compare the state type, name and scheduled time.
+    """
     if current is None:
         return "the run no longer exists"
+    run = change.run
     now_type = current.state_type.value if current.state_type else None
-    if now_type != change.run.state_type or current.state_name != change.run.state_name:
-        return f"now {current.state_name or now_type}, planned from {change.run.state_name}"
-    if change.op == "tag" and tuple(current.tags) != change.run.tags:
+    if now_type != run.state_type or current.state_name != run.state_name:
+        return f"now {_label(current)}, planned from {run.state_name or run.state_type}"
+    if run.state_id is not None:
+        if current.state is None or current.state.id != run.state_id:
+            return f"in a new {_label(current)} state since the plan"
+    elif run.state_type == "SCHEDULED" and current.next_scheduled_start_time != (
+        run.next_scheduled_start
+    ):
+        return f"{_label(current)} at another time since the plan"
+    if tuple(current.tags) != run.tags:
         return "its tags changed since the plan"
+    if current.deployment_id != run.deployment_id:
+        return "its deployment changed since the plan"
+    if current.work_queue_name != run.work_queue:
+        return "its work queue changed since the plan"
+    if run.state_id is not None and current.work_pool_name != run.work_pool:
+        return "its work pool changed since the plan"
     return None
+
+
+def _same_otherwise(change: Change, current: FlowRun) -> bool:
+    """The run is as the plan saw it, tags aside (a tag change made earlier by this plan)."""
+    return _drift(change, current.model_copy(update={"tags": change.run.tags})) is None
 
 
 def _judge(result: OrchestrationResult) -> tuple[Literal["done", "drifted", "failed"], str]:
@@ -185,6 +260,9 @@ class Executor:
         self._limit = AdaptiveLimit(4, 8)
         self._queued = 0
         self._deferred: list[tuple[Sequence[Change], BaseException]] = []
+        self._bulk = False
+        #: Seconds between reading a run back and sending its write, one per write.
+        self.windows: list[float] = []
         client.on_backoff = lambda status: self._limit.busy()
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -226,6 +304,11 @@ class Executor:
         """Finish ``change`` as done when the run's state is this change, made by an earlier
         attempt whose answer was lost (a dropped connection, a crash before the journal): its
         transition id is one this plan proposes for the change, per run or in bulk."""
+        if change.op == "tag" and current is not None and change.tags is not None:
+            if tuple(current.tags) != change.tags or not _same_otherwise(change, current):
+                return False
+            self._finish(change, "done", "tags " + ", ".join(change.tags) + " (done earlier)")
+            return True
         details = current.state.state_details if current and current.state else None
         tid = details.transition_id if details else None
         if current is None or tid is None or change.state is None:
@@ -291,54 +374,131 @@ class Executor:
                 found[run.id] = run
         return found
 
+    async def _read_one(self, change: Change) -> FlowRun | None:
+        try:
+            return await self.client.read_flow_run(change.run.id)
+        except NotFound:
+            return None
+
+    def _settled(self, change: Change, current: FlowRun | None) -> bool:
+        """Finish ``change`` if it needs no write (made earlier by this plan, drifted, or a
+        delete of a run that is gone); True when it did."""
+        if self._finish_if_ours(change, current):
+            return True
+        why = _drift(change, current)
+        if why is None:
+            return False
+        if current is None and change.op == "delete":
+            self._finish(change, "done", "already gone")
+        else:
+            self._finish(change, "drifted", why)
+        return True
+
+    def _writing(self, read_at: float) -> None:
+        """A write is about to be sent for what was read at ``read_at``: the time between is
+        the window in which a change by someone else goes unseen by runner's own check."""
+        self.windows.append(time.monotonic() - read_at)
+
     # -- the operations ------------------------------------------------------------------
+    #
+    # Every write is conditional on what the plan saw. On servers with the bulk routes,
+    # deletes and state changes go through them even for one run: the planned state (and
+    # the tags and scheduled time the batch shares) sits in the same filter as the ids, so
+    # the server itself leaves a run that drifted alone. Before that, and before every write
+    # that has no such route (Prefect 2.x, recreate, resume, tag), runner reads the runs
+    # back and compares them with the plan exactly (state id, tags, queue, deployment).
 
     async def _delete_bulk(self, changes: Sequence[Change]) -> None:
-        only_if = _planned_state_filter(changes[0])
-        gone = await self.client.bulk_delete_flow_runs([c.run.id for c in changes], only_if=only_if)
-        left = [c for c in changes if c.run.id not in gone]
-        current = await self._current(left) if left else {}
-        for change in changes:
+        current = await self._current(changes)
+        read_at = time.monotonic()
+        live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
+        if not live:
+            return
+        self._writing(read_at)
+        gone = await self.client.bulk_delete_flow_runs(
+            [c.run.id for c in live], only_if=guard_filter(live)
+        )
+        left = [c for c in live if c.run.id not in gone]
+        now = await self._current(left) if left else {}
+        for change in live:
             if change.run.id in gone:
                 self._finish(change, "done", "deleted")
-            elif change.run.id not in current:
+            elif change.run.id not in now:
                 self._finish(change, "done", "already gone")
             else:
-                self._finish(
-                    change, "drifted", _drift(change, current[change.run.id]) or "not deleted"
-                )
+                why = _drift(change, now[change.run.id]) or "the server left it alone"
+                self._finish(change, "drifted", why)
+
+    async def _delete_if_unchanged(self, change: Change) -> tuple[str, str | None]:
+        """Delete one run if it is still what the plan saw: ("deleted" | "gone" | "drifted",
+        why it drifted)."""
+        current = await self._read_one(change)
+        read_at = time.monotonic()
+        if current is None:
+            return "gone", None
+        why = _drift(change, current)
+        if why is not None:
+            return "drifted", why
+        self._writing(read_at)
+        if self._bulk:
+            gone = await self.client.bulk_delete_flow_runs(
+                [change.run.id], only_if=guard_filter([change])
+            )
+            if change.run.id in gone:
+                return "deleted", None
+            after = await self._read_one(change)
+            if after is None:
+                return "gone", None
+            return "drifted", _drift(change, after) or "the server left it alone"
+        deleted = await self.client.delete_flow_run(change.run.id)
+        return ("deleted" if deleted else "gone"), None
 
     async def _delete_one(self, change: Change) -> None:
-        deleted = await self.client.delete_flow_run(change.run.id)
-        self._finish(change, "done", "deleted" if deleted else "already gone")
+        outcome, why = await self._delete_if_unchanged(change)
+        if outcome == "drifted":
+            self._finish(change, "drifted", why)
+        else:
+            self._finish(change, "done", "deleted" if outcome == "deleted" else "already gone")
 
     async def _set_state_bulk(self, changes: Sequence[Change]) -> None:
         state = changes[0].state
         assert state is not None
-        tid = self._bulk_transition_id(changes[0])
+        current = await self._current(changes)
+        read_at = time.monotonic()
+        live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
+        if not live:
+            return
+        self._writing(read_at)
         results = await self.client.bulk_set_flow_run_state(
-            [c.run.id for c in changes],
+            [c.run.id for c in live],
             _proposed(state),
             force=state.force,
-            only_if=_planned_state_filter(changes[0]),
-            transition_id=tid,
+            only_if=guard_filter(live),
+            transition_id=self._bulk_transition_id(live[0]),
         )
-        missing = [c for c in changes if c.run.id not in results]
-        current = await self._current(missing) if missing else {}
-        for change in changes:
+        missing = [c for c in live if c.run.id not in results]
+        now = await self._current(missing) if missing else {}
+        for change in live:
             result = results.get(change.run.id)
-            now = current.get(change.run.id)
-            if result is None and self._finish_if_ours(change, now):
+            after = now.get(change.run.id)
+            if result is None and self._finish_if_ours(change, after):
                 continue
             if result is None:
-                why = _drift(change, now) or "the server left it alone"
-                self._finish(change, "drifted", why)
+                self._finish(change, "drifted", _drift(change, after) or "the server left it alone")
             else:
                 status, detail = _judge(result)
                 self._finish(change, status, detail)
 
     async def _set_state_one(self, change: Change) -> None:
+        if self._bulk:
+            await self._set_state_bulk([change])
+            return
         assert change.state is not None
+        current = await self._read_one(change)
+        read_at = time.monotonic()
+        if self._settled(change, current):
+            return
+        self._writing(read_at)
         result = await self.client.set_flow_run_state(
             change.run.id,
             _proposed(change.state),
@@ -349,8 +509,16 @@ class Executor:
         self._finish(change, status, detail)
 
     async def _recreate(self, change: Change, created: str | None) -> None:
+        """Create the new run (idempotent by the key the plan gave it), journal it, then
+        delete the old run if it is still what the plan saw. A resumed half-done recreate
+        checks the old run again before deleting it."""
         assert change.state is not None and change.run.deployment_id is not None
         if created is None:
+            current = await self._read_one(change)
+            read_at = time.monotonic()
+            if self._settled(change, current):
+                return
+            self._writing(read_at)
             new_run = await self.client.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
@@ -360,14 +528,34 @@ class Executor:
             )
             created = str(new_run.id)
             self._finish(change, "created", "new run created", new_run_id=created)
-        await self.client.delete_flow_run(change.run.id)
-        self._finish(change, "done", f"recreated as {created}", new_run_id=created)
+        outcome, why = await self._delete_if_unchanged(change)
+        if outcome == "drifted":
+            self._finish(
+                change,
+                "drifted",
+                f"new run {created} created, but the old run changed before it was deleted"
+                f" ({why}): the old run was left alone, and both exist",
+                new_run_id=created,
+            )
+        else:
+            gone = "" if outcome == "deleted" else " (the old run was already gone)"
+            self._finish(change, "done", f"recreated as {created}{gone}", new_run_id=created)
 
     async def _resume(self, change: Change) -> None:
+        current = await self._read_one(change)
+        read_at = time.monotonic()
+        if self._settled(change, current):
+            return
+        self._writing(read_at)
         status, detail = _judge(await self.client.resume_flow_run(change.run.id))
         self._finish(change, status, detail)
 
     async def _tag(self, change: Change) -> None:
+        current = await self._read_one(change)
+        read_at = time.monotonic()
+        if self._settled(change, current):
+            return
+        self._writing(read_at)
         await self.client.update_flow_run_tags(change.run.id, change.tags or ())
         self._finish(change, "done", "tags " + ", ".join(change.tags or ()))
 
@@ -376,50 +564,31 @@ class Executor:
     async def _per_run(
         self, changes: Sequence[Change], op: Callable[[Change], Awaitable[None]]
     ) -> None:
-        """Read each chunk back (drift), then send one request per change that still matches."""
+        """One unit of work per change; each reads its run back right before its write."""
         async with anyio.create_task_group() as group:
-            for start in range(0, len(changes), MAX_PAGE_SIZE):
+            for change in changes:
                 if self.stop.is_set():
                     return
-                chunk = changes[start : start + MAX_PAGE_SIZE]
-                try:
-                    current = await self._current(chunk)
-                except Unauthorized as exc:
-                    self._stop_unauthorized(exc)
-                    return
-                except APIError as exc:
-                    self._fail_all(chunk, exc)
-                    continue
-                for change in chunk:
-                    if self.stop.is_set():
-                        return
-                    now = current.get(change.run.id)
-                    if self._finish_if_ours(change, now):
-                        continue
-                    why = _drift(change, now)
-                    if why is not None:
-                        if change.op == "delete" and change.run.id not in current:
-                            self._finish(change, "done", "already gone")
-                        else:
-                            self._finish(change, "drifted", why)
-                        continue
-                    await self._wait_for_slot()
-                    group.start_soon(self._guarded, [change], lambda c=change: op(c))
+                await self._wait_for_slot()
+                group.start_soon(self._guarded, [change], lambda c=change: op(c))
 
     async def _batches(
-        self, changes: Sequence[Change], op: Callable[[Sequence[Change]], Awaitable[None]]
+        self,
+        changes: Sequence[Change],
+        op: Callable[[Sequence[Change]], Awaitable[None]],
+        size: int = MAX_BULK_SIZE,
     ) -> None:
-        """Send batches of up to 50 runs that share the planned state and the target state."""
+        """Send batches of up to ``size`` runs that share the planned and the target state."""
         groups: dict[tuple[object, ...], list[Change]] = {}
         for change in changes:
             key = (change.run.state_type, change.run.state_name, change.state)
             groups.setdefault(key, []).append(change)
         async with anyio.create_task_group() as group:
             for members in groups.values():
-                for start in range(0, len(members), MAX_BULK_SIZE):
+                for start in range(0, len(members), size):
                     if self.stop.is_set():
                         return
-                    batch = members[start : start + MAX_BULK_SIZE]
+                    batch = members[start : start + size]
                     await self._wait_for_slot()
                     group.start_soon(self._guarded, batch, lambda b=batch: op(b))
 
@@ -448,14 +617,15 @@ class Executor:
         return "bulk" if batches * 2 <= len(changes) else "per-run"
 
     async def _op(self, step: StepPlan, op: str, changes: Sequence[Change], strategy: str) -> None:
+        size = MAX_BULK_SIZE if strategy == "bulk" else 1
         if op == "delete":
-            if strategy == "bulk":
-                await self._batches(changes, self._delete_bulk)
+            if self._bulk:
+                await self._batches(changes, self._delete_bulk, size)
             else:
                 await self._per_run(changes, self._delete_one)
         elif op == "set_state":
-            if strategy == "bulk":
-                await self._batches(changes, self._set_state_bulk)
+            if self._bulk:
+                await self._batches(changes, self._set_state_bulk, size)
             else:
                 await self._per_run(changes, self._set_state_one)
         elif op == "recreate":
@@ -527,7 +697,7 @@ class Executor:
         self.progress = Progress(total=remaining)
         strategies: dict[int, str] = {}
         try:
-            bulk = await self.client.supports_bulk() if remaining else False
+            self._bulk = bulk = await self.client.supports_bulk() if remaining else False
         except Unauthorized as exc:
             self._stop_unauthorized(exc)
             bulk = False
@@ -552,4 +722,5 @@ class Executor:
             retries=self.client.stats.retries - retried_before,
             seconds=time.monotonic() - started,
             strategies=strategies,
+            windows=tuple(self.windows),
         )

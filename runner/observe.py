@@ -16,7 +16,7 @@ from runner.errors import NotFound, RunnerError
 from runner.models import FlowRun
 from runner.plan import RunView
 from runner.playbook import Playbook, Reschedule
-from runner.selection import Capabilities, build_query
+from runner.selection import Capabilities, ServerQuery, build_query, failed_keys
 
 #: Pages of a selection read at once. On SQLite a page's cost grows with its offset and a
 #: state filter (20,000 runs of one state: 0.19 s a page at the start, 0.45 s at the end);
@@ -90,12 +90,14 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
         deployment_id=same(run.deployment_id),
         state_type=run.state.type.value if run.state else None,
         state_name=same(run.state.name) if run.state else None,
+        state_id=run.state.id if run.state else None,
         expected_start=run.expected_start_time,
         next_scheduled_start=run.next_scheduled_start_time,
         start=run.start_time,
         end=run.end_time,
         tags=same(run.tags),
         work_queue=same(run.work_queue_name),
+        work_pool=same(run.work_pool_name),
         parent_task_run_id=run.parent_task_run_id,
         parameters=dict(run.parameters) if keep_parameters else None,
     )
@@ -107,33 +109,34 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await _resolve_deployments(client, playbook)
     # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
-    raw_steps: list[list[RunView]] = []
+    raw_steps: list[list[RunView | None]] = []
+    queries: list[ServerQuery] = []
     flow_ids: set[UUID] = set()
     dep_ids: set[UUID] = set()
     notes: list[str] = []
     shared = _Shared()
     for step in playbook.steps:
-        query, local = build_query(
+        sq = build_query(
             step.select,
             now=now,
             deployment_ids=[deployment_ids[n] for n in step.select.deployments],
             capabilities=capabilities,
         )
-        if local:
+        queries.append(sq)
+        if sq.loose - {"name_like", "deployment_like"}:
             notes.append(
                 f"step {step.name!r}: the server (Prefect {info.version}) cannot filter on"
                 " everything this step selects; runner filtered the rest itself"
             )
         keep = isinstance(step.action, Reschedule) and step.action.recreates
-        views: list[RunView] = []
-        async for page in client.iter_flow_runs(query, concurrency=READ_CONCURRENCY):
-            for run in page:
-                flow_ids.add(run.flow_id)
-                if run.deployment_id:
-                    dep_ids.add(run.deployment_id)
-                view = _view(run, keep, shared)
-                if all(predicate(view) for predicate in local):
-                    views.append(view)
+        views: list[RunView | None] = []
+        if sq.query is not None:
+            async for page in client.iter_flow_runs(sq.query, concurrency=READ_CONCURRENCY):
+                for run in page:
+                    flow_ids.add(run.flow_id)
+                    if run.deployment_id:
+                        dep_ids.add(run.deployment_id)
+                    views.append(_view(run, keep, shared))
         raw_steps.append(views)
     flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
     deployments = {
@@ -141,11 +144,21 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         for d in await client.read_deployments(sorted(dep_ids))
     }
     steps: list[StepObservation] = []
-    for views in raw_steps:
+    for index, (step, sq, views) in enumerate(zip(playbook.steps, queries, raw_steps, strict=True)):
+        selected = [deployment_ids[n] for n in step.select.deployments]
         # In place: each view is replaced by its named copy, so the two never both exist.
         for i, view in enumerate(views):
-            views[i] = _named(view, flows, deployments)
-        steps.append(StepObservation(runs=tuple(views)))
+            assert view is not None
+            named = _named(view, flows, deployments)
+            failed = failed_keys(step.select, named, now=now, deployment_ids=selected)
+            trusted = [key for key in failed if key not in sq.loose]
+            if trusted:
+                raise SelectionError(
+                    _ignored_filter(index, step.name, named, trusted, info.version)
+                )
+            # A run failing only conditions that runner applies itself (ServerQuery.loose).
+            views[i] = None if failed else named
+        steps.append(StepObservation(runs=tuple(v for v in views if v is not None)))
         views.clear()
     return Observation(
         now=now,
@@ -153,6 +166,18 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         server_version=info.version,
         steps=tuple(steps),
         notes=tuple(notes),
+    )
+
+
+def _ignored_filter(
+    index: int, name: str, run: RunView, keys: list[str], version: str | None
+) -> str:
+    state = run.state_name or run.state_type or "no state"
+    return (
+        f"steps[{index}] ({name!r}): the server returned run {run.name} ({run.id}, {state}),"
+        f" which does not match select.{', select.'.join(keys)}: the server"
+        f" (Prefect {version or 'unknown version'}) ignored or mis-read that filter."
+        " Nothing was planned and nothing was sent."
     )
 
 

@@ -38,12 +38,16 @@ class RunView:
     deployment_id: UUID | None = None
     state_type: str | None = None
     state_name: str | None = None
+    #: The id of the very state the plan saw: a run in any other state (even one of the same
+    #: type and name, made later) has drifted. None in plans made before runner kept it.
+    state_id: UUID | None = None
     expected_start: datetime | None = None
     next_scheduled_start: datetime | None = None
     start: datetime | None = None
     end: datetime | None = None
     tags: tuple[str, ...] = ()
     work_queue: str | None = None
+    work_pool: str | None = None
     parent_task_run_id: UUID | None = None
     #: Only kept for runs a step will recreate (they carry over to the new run).
     parameters: dict[str, Any] | None = None
@@ -165,12 +169,14 @@ def _run_to_json(run: RunView) -> dict[str, Any]:
         "deployment_id": str(run.deployment_id) if run.deployment_id else None,
         "state_type": run.state_type,
         "state_name": run.state_name,
+        "state_id": str(run.state_id) if run.state_id else None,
         "expected_start": _dt(run.expected_start),
         "next_scheduled_start": _dt(run.next_scheduled_start),
         "start": _dt(run.start),
         "end": _dt(run.end),
         "tags": list(run.tags),
         "work_queue": run.work_queue,
+        "work_pool": run.work_pool,
         "parent_task_run_id": str(run.parent_task_run_id) if run.parent_task_run_id else None,
     }
     if run.parameters is not None:
@@ -187,12 +193,14 @@ def _run_from_json(data: dict[str, Any]) -> RunView:
         deployment_id=UUID(data["deployment_id"]) if data.get("deployment_id") else None,
         state_type=data.get("state_type"),
         state_name=data.get("state_name"),
+        state_id=UUID(data["state_id"]) if data.get("state_id") else None,
         expected_start=_parse_dt(data.get("expected_start")),
         next_scheduled_start=_parse_dt(data.get("next_scheduled_start")),
         start=_parse_dt(data.get("start")),
         end=_parse_dt(data.get("end")),
         tags=tuple(data.get("tags", ())),
         work_queue=data.get("work_queue"),
+        work_pool=data.get("work_pool"),
         parent_task_run_id=(
             UUID(data["parent_task_run_id"]) if data.get("parent_task_run_id") else None
         ),

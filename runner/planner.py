@@ -88,10 +88,16 @@ def _reschedule_time(action: Reschedule, run: RunView, now: datetime) -> datetim
     return run.expected_start + action.delay
 
 
-def _idempotency_key(plan_id: str, run: RunView) -> str:
-    # Prefect scopes idempotency keys per flow: the deployment keeps keys of two deployments
-    # of one flow apart, the plan id keeps two plans apart, the old run id names the run.
-    return f"runner:{plan_id}:{run.deployment_id}:{run.id}"
+def _idempotency_key(run: RunView) -> str:
+    """The same for every plan of the same change: two applies of one recreate (two CI
+    checkouts, a fresh plan after an interrupted apply) converge on one new run.
+
+    Derived from the old run and the very state the plan saw, never from the plan: Prefect
+    returns the run it made for a key it has seen (the key is scoped per flow; the old run's
+    id is unique on the server). A run rescheduled again later is in a new state: a new key.
+    """
+    seen = str(run.state_id) if run.state_id else f"{run.state_type}:{run.state_name}"
+    return f"runner:recreate:{run.id}:{seen}"
 
 
 def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], Change]:
@@ -122,7 +128,7 @@ def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], 
                 op="recreate",
                 state=state,
                 tags=run.tags,
-                idempotency_key=_idempotency_key(plan_id, run),
+                idempotency_key=_idempotency_key(run),
             )
         if run.scheduled_time == when and run.state_name == "Scheduled":
             return _noop(index, run, f"already scheduled at {when.isoformat()}")

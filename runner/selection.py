@@ -1,14 +1,16 @@
 """From a step's ``select`` to the server's filter body, and what runner checks itself.
 
-The server filters what it can. Prefect 2.x servers lack some filters (``tags.any_``,
-``end_time``, ``state.*.not_any_``); for those servers the same conditions are applied here,
-on the runs read back. Sorting and ``limit`` are always applied here, with the run id as
-tie-breaker, so the order is the same however the runs were paged.
+The server filters what it can, and runner checks every run it returns against the whole
+selection (:func:`failed_keys`): a run the server should not have returned stops the plan.
+Prefect 2.x servers lack some filters (``tags.any_``, ``end_time``, ``state.*.not_any_``);
+for those servers the same conditions are applied here only. Sorting and ``limit`` are
+always applied here, with the run id as tie-breaker, so the order is the same however the
+runs were paged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -31,8 +33,6 @@ from runner.filters import (
 from runner.plan import RunView
 from runner.playbook import Select, Window
 
-RunPredicate = Callable[[RunView], bool]
-
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -49,6 +49,24 @@ class Capabilities:
         return cls()
 
 
+@dataclass(frozen=True)
+class ServerQuery:
+    """What is sent for a step, and which of its conditions the server is not trusted with.
+
+    ``query`` is None when the selection can match nothing (``type: SCHEDULED`` with
+    ``not_type: [SCHEDULED]``): nothing is read. ``loose`` names the selection keys the
+    server is known to apply only in part, or not at all (a filter Prefect 2.x lacks, a
+    ``LIKE`` pattern whose ``%`` or ``_`` the server reads as a wildcard): a run that fails
+    one of those is dropped quietly; a run that fails any other key stops the plan.
+    """
+
+    query: FlowRunQuery | None
+    loose: frozenset[str] = frozenset()
+
+
+_WILDCARDS = ("%", "_")
+
+
 def _window(window: Window | None, now: datetime) -> TimeWindow | None:
     if window is None:
         return None
@@ -58,12 +76,24 @@ def _window(window: Window | None, now: datetime) -> TimeWindow | None:
     )
 
 
-def _in_window(value: datetime | None, window: TimeWindow) -> bool:
+def _in_window(value: datetime | None, window: TimeWindow | None) -> bool:
+    if window is None:
+        return True
     if value is None:
         return False
     if window.before_ is not None and value > window.before_:
         return False
     return not (window.after_ is not None and value < window.after_)
+
+
+def _one_sided(include: Sequence[str], exclude: Sequence[str]) -> NamesAnyNotAny | None:
+    """``any_`` or ``not_any_``, never both: Prefect 3.8 drops a state filter that has both
+    (it then matches every state). An inclusion list minus the exclusions says the same."""
+    if include:
+        return NamesAnyNotAny(any_=tuple(v for v in include if v not in exclude))
+    if exclude:
+        return NamesAnyNotAny(not_any_=tuple(exclude))
+    return None
 
 
 def build_query(
@@ -72,36 +102,27 @@ def build_query(
     now: datetime,
     deployment_ids: Sequence[UUID] = (),
     capabilities: Capabilities = Capabilities(),
-) -> tuple[FlowRunQuery, list[RunPredicate]]:
-    """The filter body for the server, and the predicates runner applies to what it returns.
+) -> ServerQuery:
+    """The filter body for the server, and the keys it is not trusted to apply exactly.
 
     ``deployment_ids`` are the ids of ``select.deployments`` (resolved from their names) and
     ``select.deployment_ids`` together.
     """
-    local: list[RunPredicate] = []
+    loose: set[str] = set()
     state = None
     if select.state is not None:
         s = select.state
-        types = NamesAnyNotAny(
-            any_=tuple(t.value for t in s.type) or None,
-            not_any_=(tuple(t.value for t in s.not_type) or None)
-            if capabilities.state_not_any
-            else None,
-        )
-        names = NamesAnyNotAny(
-            any_=s.name or None,
-            not_any_=(s.not_name or None) if capabilities.state_not_any else None,
-        )
-        state = StateFilter(
-            type=types if types.any_ or types.not_any_ else None,
-            name=names if names.any_ or names.not_any_ else None,
-        )
-        if not capabilities.state_not_any and (s.not_type or s.not_name):
-            not_types = {t.value for t in s.not_type}
-            not_names = set(s.not_name)
-            local.append(
-                lambda run: run.state_type not in not_types and run.state_name not in not_names
+        not_types = [t.value for t in s.not_type] if capabilities.state_not_any else []
+        not_names = list(s.not_name) if capabilities.state_not_any else []
+        if not capabilities.state_not_any:
+            loose.update(
+                k for k, v in (("state.not_type", s.not_type), ("state.not_name", s.not_name)) if v
             )
+        types = _one_sided([t.value for t in s.type], not_types)
+        names = _one_sided(list(s.name), not_names)
+        if (types is not None and types.any_ == ()) or (names is not None and names.any_ == ()):
+            return ServerQuery(query=None)  # every state it names, it also excludes
+        state = StateFilter(type=types, name=names) if types or names else None
     tags = None
     if select.tags is not None:
         any_ok = capabilities.tags_any
@@ -109,13 +130,15 @@ def build_query(
             all_=select.tags.all or None, any_=(select.tags.any or None) if any_ok else None
         )
         if select.tags.any and not any_ok:
-            wanted = set(select.tags.any)
-            local.append(lambda run: bool(wanted & set(run.tags)))
+            loose.add("tags.any")
     end = _window(select.end, now)
     if end is not None and not capabilities.end_time:
-        end_window = end
-        local.append(lambda run: _in_window(run.end, end_window))
+        loose.add("end")
         end = None
+    if select.name_like and any(w in select.name_like for w in _WILDCARDS):
+        loose.add("name_like")
+    if select.deployment_like and any(w in select.deployment_like for w in _WILDCARDS):
+        loose.add("deployment_like")
     parent = None
     if select.parent == "top_level":
         parent = IdsOrNull(is_null_=True)
@@ -126,7 +149,7 @@ def build_query(
         name=Names(like_=select.name_like) if select.name_like else None,
         tags=tags if tags and (tags.all_ or tags.any_) else None,
         deployment_id=IdsOrNull(any_=all_deployments) if all_deployments else None,
-        state=state if state and (state.type or state.name) else None,
+        state=state,
         parent_task_run_id=parent,
         expected_start_time=_window(select.expected_start, now),
         next_scheduled_start_time=_window(select.next_scheduled_start, now),
@@ -148,7 +171,69 @@ def build_query(
         if select.work_queues
         else None,
     )
-    return query, local
+    return ServerQuery(query=query, loose=frozenset(loose))
+
+
+def _contains(text: str, part: str) -> bool:
+    """``LIKE '%part%'`` as the server means it: case-insensitive, ``%``/``_`` taken literally
+    (a superset of what either backend matches, so a run the server returned is not refused
+    for a case folding the database did and Python did not)."""
+    return part.lower() in text.lower() or part.casefold() in text.casefold()
+
+
+def failed_keys(
+    select: Select, run: RunView, *, now: datetime, deployment_ids: Collection[UUID] = ()
+) -> list[str]:
+    """The keys of ``select`` that ``run`` does not satisfy (empty: it is selected).
+
+    runner's own reading of the whole selection, applied to every run the server returns:
+    the server is never trusted to have applied a filter (an unknown key, or a state filter
+    it mis-reads, matches every run). ``run`` must be named (flow, ``flow/deployment``).
+    """
+    failed: list[str] = []
+    s = select.state
+    if s is not None:
+        if s.type and run.state_type not in {t.value for t in s.type}:
+            failed.append("state.type")
+        if s.name and run.state_name not in s.name:
+            failed.append("state.name")
+        if s.not_type and run.state_type in {t.value for t in s.not_type}:
+            failed.append("state.not_type")
+        if s.not_name and run.state_name in s.not_name:
+            failed.append("state.not_name")
+    if select.flows and run.flow not in select.flows:
+        failed.append("flows")
+    wanted = {*deployment_ids, *select.deployment_ids}
+    if wanted and run.deployment_id not in wanted:
+        failed.append("deployments" if select.deployments else "deployment_ids")
+    if select.deployment_like:
+        name = run.deployment.partition("/")[2] if run.deployment else None
+        if name is None or not _contains(name, select.deployment_like):
+            failed.append("deployment_like")
+    if select.tags is not None:
+        if not set(select.tags.all) <= set(run.tags):
+            failed.append("tags.all")
+        if select.tags.any and not set(select.tags.any) & set(run.tags):
+            failed.append("tags.any")
+    if select.work_pools and run.work_pool not in select.work_pools:
+        failed.append("work_pools")
+    if select.work_queues and run.work_queue not in select.work_queues:
+        failed.append("work_queues")
+    if select.name_like and not _contains(run.name, select.name_like):
+        failed.append("name_like")
+    if select.parent == "top_level" and run.parent_task_run_id is not None:
+        failed.append("parent")
+    if select.parent == "subflow" and run.parent_task_run_id is None:
+        failed.append("parent")
+    for key, value in (
+        ("expected_start", run.expected_start),
+        ("next_scheduled_start", run.next_scheduled_start),
+        ("start", run.start),
+        ("end", run.end),
+    ):
+        if not _in_window(value, _window(getattr(select, key), now)):
+            failed.append(key)
+    return failed
 
 
 def _key_time(value: datetime | None, descending: bool) -> tuple[int, float]:

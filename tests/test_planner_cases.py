@@ -30,6 +30,10 @@ def deployment_id(name: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"deployment:{name}")
 
 
+def state_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"state:{name}")
+
+
 def _dt(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -50,6 +54,7 @@ def view(raw: dict[str, Any]) -> RunView:
         deployment_id=deployment_id(raw["deployment"]) if raw.get("deployment") else None,
         state_type=state_type,
         state_name=state_name,
+        state_id=state_id(raw["name"]),
         expected_start=_dt(raw.get("expected_start")),
         next_scheduled_start=_dt(raw.get("next_scheduled_start")),
         start=_dt(raw.get("start")),
@@ -84,8 +89,10 @@ def test_planner_case(case: str) -> None:
         assert state is not None and state.message == message
     for name, key in data.get("keys", {}).items():
         dep = by_name[name].run.deployment
-        expected_key = key.replace(f"DEPLOYMENT({dep})", str(deployment_id(dep or ""))).replace(
-            f"RUN({name})", str(run_id(name))
+        expected_key = (
+            key.replace(f"DEPLOYMENT({dep})", str(deployment_id(dep or "")))
+            .replace(f"RUN({name})", str(run_id(name)))
+            .replace(f"STATE({name})", str(state_id(name)))
         )
         assert by_name[name].idempotency_key == expected_key
     # The plan survives its own JSON form.
