@@ -21,11 +21,13 @@ connection, and grows by one after as many successes as the current limit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Literal
 from uuid import UUID
 
@@ -140,6 +142,10 @@ class ApplyResult:
 def transition_id(plan: Plan, key: str) -> UUID:
     """The same change of the same plan always proposes with the same transition id."""
     return uuid.uuid5(_NAMESPACE, f"{plan.id}:{key}")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
 def _proposed(state: TargetState) -> ProposedState:
@@ -319,8 +325,16 @@ class Executor:
         return True
 
     def _bulk_transition_id(self, change: Change) -> UUID:
-        """One per step and target state: every batch of the step proposes its state with it."""
-        return transition_id(self.plan, f"{change.step}:bulk:{change.state}")
+        """One per step and target state: every batch of the step proposes its state with it.
+
+        From the state's plan-document form, not its repr: a resumed apply reads the plan
+        back from JSON, where a time's tzinfo is another object with another repr."""
+        state = change.state
+        assert state is not None
+        canonical = json.dumps(
+            [state.type, state.name, state.message, _iso(state.scheduled_time), state.force]
+        )
+        return transition_id(self.plan, f"{change.step}:bulk:{canonical}")
 
     def _stop_unauthorized(self, exc: Unauthorized) -> None:
         """Credentials rejected (expired key, revoked token): every further request would be
@@ -474,7 +488,11 @@ class Executor:
             _proposed(state),
             force=state.force,
             only_if=guard_filter(live),
-            transition_id=self._bulk_transition_id(live[0]),
+            transition_id=(
+                transition_id(self.plan, live[0].key)
+                if len(live) == 1
+                else self._bulk_transition_id(live[0])
+            ),
         )
         missing = [c for c in live if c.run.id not in results]
         now = await self._current(missing) if missing else {}

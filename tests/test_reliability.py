@@ -270,7 +270,7 @@ def test_failures_that_outlast_the_retries_are_reported_and_a_resume_finishes_th
     state = tmp_path / "state"
     kinds = ("503", "reset-before", "reset-after", "garbage")
     with FaultProxy(
-        prefect_server.api_url, seed=11, rate=0.75, kinds=kinds, only="POST .*/set_state"
+        prefect_server.api_url, seed=11, rate=0.75, kinds=kinds, only="POST .*set_state"
     ) as proxy:
         proxy.enabled = False  # a clean plan; the faults start with the apply
         plan = tmp_path / "plan.json"

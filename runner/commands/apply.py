@@ -70,8 +70,12 @@ def _workdir(state_dir: Path, plan: Plan) -> Path:
     return state_dir / plan.id
 
 
-def _find_unfinished(state_dir: Path, plan: Plan) -> Path | None:
-    """An earlier apply of the same playbook, variables and server that did not finish."""
+def _find_unfinished(
+    state_dir: Path, plan: Plan, *, now: datetime, max_age_seconds: float | None, out: TextIO
+) -> Path | None:
+    """An earlier apply of the same playbook, variables and server that did not finish and is
+    no older than ``max_age_seconds`` (an older one is set aside, said so, and planned anew:
+    one change that keeps failing must not pin every later apply to an old plan)."""
     if not state_dir.is_dir():
         return None
     for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
@@ -89,8 +93,18 @@ def _find_unfinished(state_dir: Path, plan: Plan) -> Path | None:
         if not journal.exists():
             continue
         state = read_journal(journal, plan_id=old.id)
-        if any(state.status(c.key) not in ("done", "drifted") for c in old.pending):
-            return candidate.parent
+        if all(state.status(c.key) in ("done", "drifted") for c in old.pending):
+            continue
+        age = (now - old.created_at).total_seconds()
+        if max_age_seconds is not None and age > max_age_seconds:
+            out.write(
+                f"An unfinished apply in {candidate.parent} (plan {old.id}) is"
+                f" {age / 60:.0f} minutes old, more than --max-plan-age: planned anew"
+                f" (runner apply --resume {candidate.parent} --max-plan-age none finishes"
+                " the old plan instead).\n"
+            )
+            continue
+        return candidate.parent
     return None
 
 
@@ -155,7 +169,10 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
                 workdir = workdir.parent
             plan = read_plan(workdir / "plan.json")
             check_applicable(
-                plan, server_url=client.settings.display_url, now=now, max_age_seconds=None
+                plan,
+                server_url=client.settings.display_url,
+                now=now,
+                max_age_seconds=request.max_plan_age,
             )
             out.write(f"Resuming plan {plan.id} from {workdir}\n")
         elif request.target.endswith(".json"):
@@ -171,7 +188,13 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
             client.retry_policy = policy_for(playbook.defaults.retry, policy)
             plan = await plan_playbook(playbook, client, now=now, exclude=request.exclude)
             if not request.fresh:
-                unfinished = _find_unfinished(request.state_dir, plan)
+                unfinished = _find_unfinished(
+                    request.state_dir,
+                    plan,
+                    now=now,
+                    max_age_seconds=request.max_plan_age,
+                    out=out,
+                )
                 if unfinished is not None:
                     workdir = unfinished
                     plan = read_plan(unfinished / "plan.json")

@@ -1,0 +1,465 @@
+"""The promise, kept against a real server: no run outside the reviewed plan changes, and no
+run changes unless it is still in the very state the plan saw.
+
+Each test is a case an adversarial review found broken (issue 17), reproduced: a filter the
+server ignores, a run that changes between the read-back and the write, two applies of one
+recreate, a hostile deployment name, a run moved by hand after the plan, a plan that probes
+a destructive route. Interference is done by a transport in front of the real server that
+changes a run on the server (through the API, as another client would) right before runner's
+write reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+
+from runner.client import PrefectClient
+from runner.errors import RunnerError
+from runner.executor import ApplyOptions, ApplyResult, Executor
+from runner.journal import Journal, read_journal
+from runner.loader import load_text
+from runner.observe import SelectionError
+from runner.plan import Plan
+from runner.planning import plan_playbook
+from runner.settings import ConnectionSettings
+from tests.seed import Seeder, unique, utcnow
+
+pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+
+
+def playbook(select: str, action: str, *, guards: str = "{allow_active: true}") -> Any:
+    text = f"""
+version: 1
+name: promise
+guards: {guards}
+steps:
+  - name: act
+    select: {select}
+    action: {action}
+"""
+    return load_text(text, env={})
+
+
+async def make_plan(
+    settings: ConnectionSettings, book: Any, transport: httpx.AsyncBaseTransport | None = None
+) -> Plan:
+    async with PrefectClient(settings, transport=transport) as client:
+        return await plan_playbook(book, client)
+
+
+async def execute(
+    settings: ConnectionSettings,
+    plan: Plan,
+    journal_path: Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    options: ApplyOptions | None = None,
+) -> ApplyResult:
+    previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
+    async with PrefectClient(settings, transport=transport) as client:
+        with Journal(journal_path, plan_id=plan.id, plan_checksum="test") as journal:
+            return await Executor(
+                client, plan, journal, previous=previous, options=options or ApplyOptions()
+            ).run()
+
+
+def by_id(result: ApplyResult) -> dict[str, Any]:
+    return {str(o.change.run.id): o for o in result.outcomes.values()}
+
+
+def state_of(seeder: Seeder, run_id: str) -> str | None:
+    run = seeder.read_run(run_id)
+    return None if run is None else str(run["state"]["name"])
+
+
+def force_state(seeder: Seeder, run_id: str, state_type: str, name: str, **details: Any) -> None:
+    state: dict[str, Any] = {"type": state_type, "name": name}
+    if details:
+        state["state_details"] = details
+    seeder._call("POST", f"flow_runs/{run_id}/set_state", json={"state": state, "force": True})
+
+
+def is_write(request: httpx.Request) -> bool:
+    path = request.url.path
+    if request.method == "DELETE":
+        return True
+    if request.method == "POST" and path.endswith(
+        ("/set_state", "/bulk_set_state", "/bulk_delete", "/create_flow_run", "/resume")
+    ):
+        return True
+    return request.method == "PATCH"
+
+
+class Interfere(httpx.AsyncBaseTransport):
+    """Before the first write that concerns one of ``targets`` reaches the server, run
+    ``act(run_id)`` (another client changing that run), once per run."""
+
+    def __init__(self, targets: set[str], act: Callable[[str], None]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.targets = set(targets)
+        self.act = act
+        self.done: set[str] = set()
+        self.writes: list[tuple[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if is_write(request):
+            self.writes.append((request.method, request.url.path))
+            text = request.url.path + request.content.decode()
+            for run_id in sorted(self.targets - self.done):
+                if run_id in text:
+                    self.done.add(run_id)
+                    self.act(run_id)
+        return await self.inner.handle_async_request(request)
+
+
+class Rewrite(httpx.AsyncBaseTransport):
+    """A server that ignores part of a filter: ``drop`` rewrites every read's body."""
+
+    def __init__(self, drop: Callable[[dict[str, Any]], None]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.drop = drop
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/flow_runs/filter"):
+            body = json.loads(request.content)
+            self.drop(body)
+            request = httpx.Request(
+                request.method,
+                request.url,
+                headers={k: v for k, v in request.headers.items() if k.lower() != "content-length"},
+                json=body,
+            )
+        return await self.inner.handle_async_request(request)
+
+
+# -- 1. a filter the server ignores or mis-reads ---------------------------------------------
+
+
+async def test_a_state_filter_with_both_forms_selects_only_what_it_says(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The issue's playbook: on Prefect 3.8.8 it put Running and Pending runs in Cancelling."""
+    flow = seeder.flow()
+    scheduled = seeder.runs(3, flow, "Scheduled")
+    active = [seeder.run(flow, "Running"), seeder.run(flow, "Pending")]
+    book = playbook(
+        f"{{flows: {flow['name']}, state: {{type: SCHEDULED, not_type: [RUNNING, PENDING]}}}}",
+        "cancel",
+    )
+    plan = await make_plan(settings, book)
+    assert sorted(str(c.run.id) for c in plan.changes) == sorted(r["id"] for r in scheduled)
+    result = await execute(settings, plan, tmp_path / "j")
+    assert result.complete
+    assert {state_of(seeder, r["id"]) for r in scheduled} == {"Cancelled"}
+    assert [state_of(seeder, r["id"]) for r in active] == ["Running", "Pending"]
+
+
+async def test_a_filter_the_server_drops_stops_the_plan(
+    settings: ConnectionSettings, seeder: Seeder, is_prefect2: bool, server_version: str
+) -> None:
+    """A server that silently drops ``not_any_`` (as Prefect 3.8.8 did with both forms) returns
+    Running runs for a Scheduled-only selection: runner refuses to plan, naming the filter."""
+    if is_prefect2:
+        pytest.skip("Prefect 2.x is not sent not_any_ (runner applies it itself)")
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Scheduled")
+    running = seeder.run(flow, "Running")
+
+    def drop(body: dict[str, Any]) -> None:
+        state = body.get("flow_runs", {}).get("state", {})
+        state.get("type", {}).pop("not_any_", None)
+        if state.get("type") == {}:
+            del state["type"]
+
+    book = playbook(f"{{flows: {flow['name']}, state: {{not_type: [RUNNING]}}}}", "cancel")
+    with pytest.raises(SelectionError) as info:
+        await make_plan(settings, book, transport=Rewrite(drop))
+    assert str(info.value) == (
+        f"steps[0] ('act'): the server returned run {running['name']} ({running['id']},"
+        " Running), which does not match select.state.not_type: the server (Prefect"
+        f" {server_version}) ignored or mis-read that filter. Nothing was planned and nothing"
+        " was sent."
+    )
+
+
+async def test_a_dropped_flow_filter_stops_the_plan(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    """The same for a filter outside flow_runs (the unknown-key trap: everything matches)."""
+    flow, other = seeder.flow(), seeder.flow()
+    seeder.run(flow, "Completed")
+    seeder.run(other, "Completed")
+    book = playbook(f"{{flows: {flow['name']}, state: {{type: COMPLETED}}}}", "delete")
+    with pytest.raises(SelectionError, match=r"which does not match select\.flows: "):
+        await make_plan(settings, book, transport=Rewrite(lambda body: body.pop("flows")))
+
+
+async def test_like_wildcards_are_taken_literally(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    """``name_like: a_b`` is a substring, as the docs say: ``axb`` is not selected although
+    the server's LIKE reads ``_`` as any character (and ``%`` as anything)."""
+    flow = seeder.flow()
+    tag = unique("t")
+    wanted = seeder.run(flow, "Completed", name=f"{tag}-a_b-1", tags=[tag])
+    seeder.run(flow, "Completed", name=f"{tag}-axb-2", tags=[tag])
+    seeder.run(flow, "Completed", name=f"{tag}-other-3", tags=[tag])
+    plan = await make_plan(
+        settings, playbook(f"{{flows: {flow['name']}, name_like: a_b}}", "delete")
+    )
+    assert [str(c.run.id) for c in plan.changes] == [wanted["id"]]
+    plan = await make_plan(
+        settings, playbook(f"{{flows: {flow['name']}, name_like: '%'}}", "delete")
+    )
+    assert plan.changes == ()
+
+
+# -- 2. the write itself is conditional ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "strategy"),
+    [
+        ("{reschedule: {delay: 1h}}", "Late", "per-run"),
+        ("cancel", "Late", "bulk"),
+        ("cancel", "Late", "per-run"),
+        ("{set_state: {type: FAILED, force: true}}", "Late", "per-run"),
+        ("delete", "Late", "per-run"),
+        ("delete", "Late", "bulk"),
+    ],
+)
+async def test_a_run_that_starts_just_before_its_write_is_left_alone(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    tmp_path: Path,
+    is_prefect2: bool,
+    action: str,
+    state: str,
+    strategy: str,
+) -> None:
+    """A run goes Running after runner read it back and before its write arrives: the server
+    checks the planned state in the same request, and the run is left alone (drifted)."""
+    if is_prefect2:
+        pytest.skip("Prefect 2.x has no conditional write: runner reads back right before")
+    flow = seeder.flow()
+    runs = seeder.runs(6, flow, state)
+    starting = {runs[1]["id"], runs[4]["id"]}
+    plan = await make_plan(settings, playbook(f"{{flows: {flow['name']}}}", action))
+    assert len(plan.pending) == 6
+    interfere = Interfere(starting, lambda i: force_state(seeder, i, "RUNNING", "Running"))
+    result = await execute(
+        settings,
+        plan,
+        tmp_path / "j",
+        transport=interfere,
+        options=ApplyOptions(strategy=strategy),  # type: ignore[arg-type]
+    )
+    assert interfere.done == starting
+    outcome = by_id(result)
+    for run in runs:
+        if run["id"] in starting:
+            assert outcome[run["id"]].status == "drifted", outcome[run["id"]]
+            assert state_of(seeder, run["id"]) == "Running"
+        else:
+            assert outcome[run["id"]].status == "done", outcome[run["id"]]
+    assert result.count("drifted") == 2
+
+
+async def test_recreate_leaves_an_old_run_that_started_before_its_delete(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, is_prefect2: bool
+) -> None:
+    """Recreate creates the new run first; the old run, started meanwhile, is not deleted."""
+    if is_prefect2:
+        pytest.skip("Prefect 2.x has no conditional delete: runner reads back right before")
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    runs = seeder.late_runs(3, flow, deployment=deployment)
+    victim = runs[0]["id"]
+    plan = await make_plan(
+        settings,
+        playbook(
+            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
+            "{reschedule: {delay: 1h, strategy: recreate}}",
+        ),
+    )
+
+    def start_when_deleted(request_text: str) -> None:
+        force_state(seeder, victim, "RUNNING", "Running")
+
+    class OnDelete(Interfere):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            deleting = request.method == "DELETE" or request.url.path.endswith("/bulk_delete")
+            text = request.url.path + request.content.decode()
+            if deleting and victim in text and victim not in self.done:
+                self.done.add(victim)
+                self.act(victim)
+            return await self.inner.handle_async_request(request)
+
+    transport = OnDelete({victim}, start_when_deleted)
+    result = await execute(settings, plan, tmp_path / "j", transport=transport)
+    outcome = by_id(result)[victim]
+    assert outcome.status == "drifted"
+    assert outcome.new_run_id is not None
+    assert "the old run was left alone, and both exist" in (outcome.detail or "")
+    assert state_of(seeder, victim) == "Running"
+    assert result.count("done") == 2
+
+
+async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The journal says the new run was created; since then the old run started. The resume
+    does not delete it."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    runs = seeder.late_runs(2, flow, deployment=deployment)
+    plan = await make_plan(
+        settings,
+        playbook(
+            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
+            "{reschedule: {delay: 1h, strategy: recreate}}",
+        ),
+    )
+    journal = tmp_path / "j"
+    with Journal(journal, plan_id=plan.id, plan_checksum="test") as j:
+        for change in plan.pending:
+            j.record(change.key, "created", detail="new run created", new_run_id=str(change.run.id))
+    force_state(seeder, runs[0]["id"], "RUNNING", "Running")
+    result = await execute(settings, plan, journal)
+    outcome = by_id(result)
+    assert outcome[runs[0]["id"]].status == "drifted"
+    assert state_of(seeder, runs[0]["id"]) == "Running"
+    assert outcome[runs[1]["id"]].status == "done"
+    assert state_of(seeder, runs[1]["id"]) is None
+
+
+# -- 3. two plans of one recreate converge ---------------------------------------------------
+
+
+async def test_two_plans_of_one_recreate_make_one_new_run_each(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Two checkouts plan the same recreate; the first applies its creates and dies before
+    its deletes (or its journal is lost); the second applies in full: one new run per old."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    old = seeder.late_runs(5, flow, deployment=deployment)
+    book = playbook(
+        f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
+        "{reschedule: {delay: 1h, strategy: recreate}}",
+    )
+    first, second = await make_plan(settings, book), await make_plan(settings, book)
+    assert first.id != second.id
+    keys = [c.idempotency_key for c in first.pending]
+    assert keys == [c.idempotency_key for c in second.pending]
+    async with PrefectClient(settings) as client:
+        for change in first.pending:
+            assert change.run.deployment_id is not None
+            await client.create_flow_run_from_deployment(
+                change.run.deployment_id,
+                parameters=change.run.parameters,
+                idempotency_key=change.idempotency_key,
+            )
+    result = await execute(settings, second, tmp_path / "second")
+    assert result.complete and result.count("done") == 5
+    left = seeder.runs_of_flow(flow)
+    assert len(left) == 5
+    assert not {r["id"] for r in left} & {r["id"] for r in old}
+
+
+# -- 4. hostile deployment names --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["nightly#2", "nightly?x=1", "night ly"])
+async def test_a_deployment_name_is_escaped_in_the_url(
+    settings: ConnectionSettings, seeder: Seeder, name: str
+) -> None:
+    flow = seeder.flow(unique("etl"))
+    plain = seeder.deployment(flow, "nightly")
+    hostile = seeder.deployment(flow, name)
+    seeder.run(flow, "Completed", deployment=plain)
+    mine = seeder.run(flow, "Completed", deployment=hostile)
+    book = playbook(f"{{deployments: {json.dumps(flow['name'] + '/' + name)}}}", "delete")
+    plan = await make_plan(settings, book)
+    assert [str(c.run.id) for c in plan.changes] == [mine["id"]]
+
+
+# -- 5. drift is the very state the plan saw --------------------------------------------------
+
+
+async def test_a_run_moved_by_hand_or_retagged_after_the_plan_is_drifted(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()
+    runs = seeder.runs(4, flow, "Scheduled", tags=["nightly"])
+    plan = await make_plan(
+        settings, playbook(f"{{flows: {flow['name']}}}", "{reschedule: {delay: 2h}}")
+    )
+    # Still Scheduled, moved by hand to another time, with a new message.
+    later = (utcnow().replace(microsecond=0) + timedelta(hours=3)).isoformat()
+    force_state(seeder, runs[0]["id"], "SCHEDULED", "Scheduled", scheduled_time=later)
+    # Still Scheduled at the same time: a new state (same type, name and time).
+    same = seeder.read_run(runs[1]["id"])
+    assert same is not None
+    force_state(
+        seeder,
+        runs[1]["id"],
+        "SCHEDULED",
+        "Scheduled",
+        scheduled_time=same["next_scheduled_start_time"],
+    )
+    # Protected after the plan.
+    seeder._call("PATCH", f"flow_runs/{runs[2]['id']}", json={"tags": ["nightly", "keep"]})
+    result = await execute(settings, plan, tmp_path / "j")
+    outcome = by_id(result)
+    assert outcome[runs[0]["id"]].status == "drifted"
+    assert outcome[runs[0]["id"]].detail == "in a new Scheduled state since the plan"
+    assert outcome[runs[1]["id"]].status == "drifted"
+    assert outcome[runs[2]["id"]].status == "drifted"
+    assert outcome[runs[2]["id"]].detail == "its tags changed since the plan"
+    assert outcome[runs[3]["id"]].status == "done"
+    kept = seeder.read_run(runs[0]["id"])
+    assert kept is not None and kept["next_scheduled_start_time"][:19] == later[:19]
+
+
+# -- 8. planning sends nothing to a destructive route -----------------------------------------
+
+
+async def test_planning_detects_the_bulk_routes_without_touching_them(
+    settings: ConnectionSettings, seeder: Seeder, is_prefect2: bool
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    sent: list[tuple[str, str]] = []
+
+    class Record(httpx.AsyncBaseTransport):
+        inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append((request.method, request.url.path))
+            return await self.inner.handle_async_request(request)
+
+    async with PrefectClient(settings, transport=Record()) as client:
+        await plan_playbook(playbook(f"{{flows: {flow['name']}}}", "delete"), client)
+        assert (await client.supports_bulk()) is (not is_prefect2)
+    writes = [(m, p) for m, p in sent if m != "GET" and not p.endswith(("/filter", "/count"))]
+    assert writes == []
+
+
+def test_runner_error_is_the_base_of_selection_errors() -> None:
+    assert issubclass(SelectionError, RunnerError)
+
+
+def test_state_ids_are_kept_in_the_plan_document() -> None:
+    from runner.plan import RunView, _run_from_json, _run_to_json
+
+    view = RunView(id=UUID(int=1), name="r", flow="f", state_id=UUID(int=2), work_pool="p")
+    assert _run_from_json(_run_to_json(view)) == view
