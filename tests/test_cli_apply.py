@@ -290,3 +290,59 @@ def test_artifact_that_cannot_be_stored_fails_the_apply_but_keeps_the_changes(
         f" POST {proxy.api_url}/artifacts/: HTTP 503 after 2 attempts" in result.stderr
     ), result.stderr
     assert seeder.runs_of_flow(flow) == []
+
+
+def test_a_resume_honours_max_plan_age(api_url: str, seeder: Seeder, tmp_path: Path) -> None:
+    """An unfinished apply whose plan is three days old: `--resume` refuses it unless the age
+    limit is lifted, and a plain apply of the playbook plans anew instead of resuming it (one
+    change that keeps failing must not pin every later apply to an old plan)."""
+    import anyio
+
+    from runner.client import PrefectClient
+    from runner.journal import Journal
+    from runner.loader import load_playbook
+    from runner.plan import write_plan
+    from runner.planning import plan_playbook
+    from runner.settings import ConnectionSettings
+    from tests.seed import utcnow
+
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Running")
+    path = write_playbook(tmp_path, flow, "cancel")
+
+    async def old_plan() -> Any:
+        async with PrefectClient(ConnectionSettings(api_url=api_url)) as client:
+            return await plan_playbook(
+                load_playbook(str(path)), client, now=utcnow() - timedelta(days=3)
+            )
+
+    plan = anyio.run(old_plan)
+    workdir = tmp_path / ".runner" / plan.id
+    workdir.mkdir(parents=True)
+    write_plan(plan, workdir / "plan.json")
+    checksum = json.loads((workdir / "plan.json").read_text())["checksum"]
+    with Journal(workdir / "checkpoint.jsonl", plan_id=plan.id, plan_checksum=checksum) as journal:
+        journal.record(plan.pending[0].key, "failed", detail="HTTP 503 after 10 attempts")
+
+    refused = runner("apply", "--resume", str(workdir), "--yes", api_url=api_url, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "runner: the plan is 4320 minutes old (the limit is 60): make a new plan, or pass"
+        " --max-plan-age to allow it\n"
+    )
+    fresh = runner("apply", str(path), "--yes", api_url=api_url, cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert (
+        f"An unfinished apply in .runner/{plan.id} (plan {plan.id}) is 4320 minutes old, more"
+        f" than --max-plan-age: planned anew (runner apply --resume .runner/{plan.id}"
+        " --max-plan-age none finishes the old plan instead).\n"
+    ) in fresh.stdout
+    assert "Applied: 3 done" in fresh.stdout
+    assert {r["state_name"] for r in seeder.read_runs(r["id"] for r in runs)} == {"Cancelling"}
+    lifted = runner(
+        "apply", "--resume", str(workdir), "--yes", "--max-plan-age", "none",
+        api_url=api_url, cwd=tmp_path,
+    )  # fmt: skip
+    # The old plan's changes were made by the new plan: each is drifted, nothing is re-sent.
+    assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+    assert "Applied: 0 done, 3 drifted (left alone)" in lifted.stdout

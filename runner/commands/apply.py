@@ -136,6 +136,8 @@ def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
         "stopped": result.stopped,
         "seconds": round(result.seconds, 3),
         "requests": result.requests,
+        # Seconds between runner's read-back of a run and its write (count, median, p99, max).
+        "read_to_write": result.window_summary(),
         "counts": {s: result.count(s) for s in ("done", "drifted", "failed", "pending", "created")},
         "runs": [
             {
