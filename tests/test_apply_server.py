@@ -228,7 +228,7 @@ async def test_drifted_runs_are_left_alone(
 
 
 async def test_resume_skips_what_is_done(
-    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, is_prefect2: bool
 ) -> None:
     flow = seeder.flow()
     seeder.runs(10, flow, "Running")
@@ -251,8 +251,10 @@ async def test_resume_skips_what_is_done(
     assert result.count("done") == 10
     state = read_journal(journal, plan_id=plan.id)
     assert [k for k in keys if state.status(k) == "done"] == keys
-    # Only the six others were sent: a read of them and six state changes.
-    assert result.requests - result.retries <= 1 + 1 + 6
+    # Only the six others were sent (and the CSRF token asked for): on the bulk routes a
+    # read-back of them and one state change; per run, a read-back and a change each.
+    sent = 1 + (6 * 2 if is_prefect2 else 2)
+    assert result.requests - result.retries <= sent
     for change in plan.pending:
         history = seeder._call(
             "GET", "flow_run_states/", params={"flow_run_id": str(change.run.id)}
