@@ -74,6 +74,8 @@ def main() -> None:
                             strategy,
                             "--state-dir",
                             str(Path(tmp) / "state"),
+                            "--report",
+                            str(Path(tmp) / "report.json"),
                         ],
                         env=env,
                         capture_output=True,
@@ -81,6 +83,12 @@ def main() -> None:
                         cwd=tmp,
                     )
                     wall = time.perf_counter() - t0
+                    report = Path(tmp) / "report.json"
+                    window = (
+                        json.loads(report.read_text()).get("read_to_write")
+                        if report.exists()
+                        else None
+                    )
                 match = re.search(
                     r"Applied: (\d+) done, (\d+) drifted \(left alone\), (\d+) failed, (\d+) pending"
                     r" in ([\d.]+)s, (\d+) requests",
@@ -101,6 +109,8 @@ def main() -> None:
                     "wall_s": round(wall, 1),
                     "requests": int(requests),
                     "runs_per_s": round(int(done) / float(apply_s), 1) if float(apply_s) else None,
+                    # seconds between runner's read-back of a run and its write (if recorded)
+                    "read_to_write": window,
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)
