@@ -196,8 +196,8 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
     """Why the run is no longer what the plan saw, or None when it still is.
 
     Drift means: gone, not in the very state the plan saw (its state id; a new state of the
-    same type and name counts: someone moved it), or tags, deployment, work queue or work
-    pool changed (the selection may no longer match it). Plans made before state ids were
+    same type and name counts: someone moved it), or its tags, name, deployment, work queue
+    or work pool changed (what a selection reads: it may no longer match). Plans made before state ids were
     kept compare the state type, name and scheduled time.
     """
     if current is None:
@@ -215,6 +215,8 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
         return f"{_label(current)} at another time since the plan"
     if tuple(current.tags) != run.tags:
         return "its tags changed since the plan"
+    if current.name != run.name:
+        return f"renamed {current.name} since the plan"
     if current.deployment_id != run.deployment_id:
         return "its deployment changed since the plan"
     if current.work_queue_name != run.work_queue:
