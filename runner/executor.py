@@ -197,8 +197,8 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
 
     Drift means: gone, not in the very state the plan saw (its state id; a new state of the
     same type and name counts: someone moved it), or its tags, name, deployment, work queue
-    or work pool changed (what a selection reads: it may no longer match). Plans made before state ids were
-    kept compare the state type, name and scheduled time.
+    or work pool changed (what a selection reads: it may no longer match). Plans made before
+    state ids were kept compare the state type, name and scheduled time.
     """
     if current is None:
         return "the run no longer exists"
