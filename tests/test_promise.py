@@ -399,7 +399,7 @@ async def test_a_run_moved_by_hand_or_retagged_after_the_plan_is_drifted(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
 ) -> None:
     flow = seeder.flow()
-    runs = seeder.runs(4, flow, "Scheduled", tags=["nightly"])
+    runs = seeder.runs(5, flow, "Scheduled", tags=["nightly"])
     plan = await make_plan(
         settings, playbook(f"{{flows: {flow['name']}}}", "{reschedule: {delay: 2h}}")
     )
@@ -418,6 +418,8 @@ async def test_a_run_moved_by_hand_or_retagged_after_the_plan_is_drifted(
     )
     # Protected after the plan.
     seeder._call("PATCH", f"flow_runs/{runs[2]['id']}", json={"tags": ["nightly", "keep"]})
+    # Renamed (a name_like selection may no longer match it).
+    seeder._call("PATCH", f"flow_runs/{runs[3]['id']}", json={"name": "renamed-by-hand"})
     result = await execute(settings, plan, tmp_path / "j")
     outcome = by_id(result)
     assert outcome[runs[0]["id"]].status == "drifted"
@@ -425,7 +427,8 @@ async def test_a_run_moved_by_hand_or_retagged_after_the_plan_is_drifted(
     assert outcome[runs[1]["id"]].status == "drifted"
     assert outcome[runs[2]["id"]].status == "drifted"
     assert outcome[runs[2]["id"]].detail == "its tags changed since the plan"
-    assert outcome[runs[3]["id"]].status == "done"
+    assert outcome[runs[3]["id"]].detail == "renamed renamed-by-hand since the plan"
+    assert outcome[runs[4]["id"]].status == "done"
     kept = seeder.read_run(runs[0]["id"])
     assert kept is not None and kept["next_scheduled_start_time"][:19] == later[:19]
 
