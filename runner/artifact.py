@@ -31,16 +31,19 @@ def summary_markdown(plan: Plan | None, result: ApplyResult | None, *, dry_run: 
     elif result is None:
         parts.append("\n**Nothing was applied** (nothing to do, or a guard refused the plan).\n")
     else:
-        counts = {s: result.count(s) for s in ("done", "drifted", "failed", "pending", "created")}
-        pending = counts["pending"] + counts["created"]
+        counts = {s: result.count(s) for s in ("done", "drifted", "raced", "failed", "pending")}
+        pending = counts["pending"] + result.count("created")
+        raced = f", {counts['raced']} raced" if counts["raced"] else ""
         parts.append(
             f"\n**Applied**: {counts['done']} done, {counts['drifted']} drifted (left alone),"
-            f" {counts['failed']} failed, {pending} pending in {result.seconds:.1f}s,"
+            f" {counts['failed']} failed, {pending} pending{raced} in {result.seconds:.1f}s,"
             f" {result.requests} requests.\n"
         )
         if result.stopped:
             parts.append(f"\n**Stopped**: {result.stopped}. Resume with `runner apply --resume`.\n")
-        problems = [o for o in result.outcomes.values() if o.status in ("drifted", "failed")]
+        problems = [
+            o for o in result.outcomes.values() if o.status in ("drifted", "raced", "failed")
+        ]
         if problems:
             parts.append("\n| run | id | outcome | detail |\n|---|---|---|---|\n")
             for o in problems[:MAX_PROBLEM_ROWS]:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote
 from uuid import UUID
@@ -582,6 +582,20 @@ class PrefectClient:
         if errors:
             raise errors[0]
         return pages
+
+    @property
+    def page_size(self) -> int:
+        """The most runs one page may carry (the server's limit, once learned)."""
+        return self._page_size
+
+    async def read_flow_run_states(self, flow_run_id: UUID) -> list[State]:
+        """Every state the run has had, oldest first."""
+        response = await self._request(
+            "GET", "flow_run_states/", params={"flow_run_id": str(flow_run_id)}
+        )
+        states = self._parse_list(State, response)
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        return sorted(states, key=lambda s: s.timestamp or oldest)
 
     async def read_flow_run(self, flow_run_id: UUID) -> FlowRun:
         return self._parse(FlowRun, await self._request("GET", f"flow_runs/{flow_run_id}"))

@@ -33,20 +33,21 @@ from uuid import UUID
 
 import anyio
 
-from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedState
+from runner.client import MAX_BULK_SIZE, PrefectClient, ProposedState
 from runner.concurrency import AdaptiveLimit
 from runner.errors import APIError, NotFound, ServerError, Unauthorized, Unreachable
 from runner.filters import (
     FlowRunFilter,
     FlowRunQuery,
+    IdsOrNull,
     NamesAnyNotAny,
     StateFilter,
     Tags,
     TimeWindow,
     by_ids,
 )
-from runner.journal import Journal, JournalState
-from runner.models import FlowRun, OrchestrationResult, SetStateStatus, StateType
+from runner.journal import FINISHED, Journal, JournalState
+from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 
 Strategy = Literal["auto", "bulk", "per-run"]
@@ -69,7 +70,7 @@ class ApplyOptions:
 @dataclass
 class Outcome:
     change: Change
-    status: Literal["done", "drifted", "failed", "pending", "created"]
+    status: Literal["done", "drifted", "raced", "failed", "pending", "created"]
     detail: str | None = None
     new_run_id: str | None = None
 
@@ -134,9 +135,7 @@ class ApplyResult:
 
     @property
     def complete(self) -> bool:
-        return self.stopped is None and all(
-            o.status in ("done", "drifted") for o in self.outcomes.values()
-        )
+        return self.stopped is None and all(o.status in FINISHED for o in self.outcomes.values())
 
 
 def transition_id(plan: Plan, key: str) -> UUID:
@@ -160,9 +159,13 @@ def _proposed(state: TargetState) -> ProposedState:
 def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
     """What the server checks in the same request as a bulk write, besides the ids: what the
     plan saw that every run of the batch shares. The state type and name always (batches are
-    formed so that they share them); the tags and the scheduled time when they are shared
-    (tags cannot be matched exactly: ``all_`` catches a removed tag, ``is_null_`` an added
-    one on a run that had none)."""
+    formed so that they share them); the tags, deployment and scheduled time when they are
+    shared (tags cannot be matched exactly: ``all_`` catches a removed tag, ``is_null_`` an
+    added one on a run that had none).
+
+    ``bulk_delete`` reads this filter and deletes in one transaction. ``bulk_set_state``
+    reads it, then orchestrates each run in a transaction of its own: a run that changes in
+    between is still written, which is why every state change is verified afterwards."""
     first = changes[0].run
     runs = [c.run for c in changes]
     state = None
@@ -177,6 +180,13 @@ def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
     tags = None
     if all(r.tags == first.tags for r in runs):
         tags = Tags(all_=first.tags) if first.tags else Tags(is_null_=True)
+    deployment = None
+    if all(r.deployment_id == first.deployment_id for r in runs):
+        deployment = (
+            IdsOrNull(any_=(first.deployment_id,))
+            if first.deployment_id
+            else IdsOrNull(is_null_=True)
+        )
     scheduled = None
     when = first.next_scheduled_start
     if (
@@ -185,7 +195,9 @@ def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
         and all(r.next_scheduled_start == when for r in runs)
     ):
         scheduled = TimeWindow(before_=when, after_=when)
-    return FlowRunFilter(state=state, tags=tags, next_scheduled_start_time=scheduled)
+    return FlowRunFilter(
+        state=state, tags=tags, deployment_id=deployment, next_scheduled_start_time=scheduled
+    )
 
 
 def _label(run: FlowRun) -> str:
@@ -278,7 +290,7 @@ class Executor:
     def _finish(
         self,
         change: Change,
-        status: Literal["done", "drifted", "failed", "created"],
+        status: Literal["done", "drifted", "raced", "failed", "created"],
         detail: str | None = None,
         new_run_id: str | None = None,
     ) -> None:
@@ -290,7 +302,7 @@ class Executor:
         outcome.detail = detail
         if new_run_id is not None:
             outcome.new_run_id = new_run_id
-        if status == "done":
+        if status in ("done", "raced"):
             self.progress.done += 1
         elif status == "drifted":
             self.progress.drifted += 1
@@ -381,13 +393,21 @@ class Executor:
     # -- reading back --------------------------------------------------------------------
 
     async def _current(self, changes: Sequence[Change]) -> dict[UUID, FlowRun]:
+        """The runs as they are now, by id (a run that is gone is absent). Paged by the
+        server's page size, read again where the server turned out to take smaller pages."""
         ids = [c.run.id for c in changes]
         found: dict[UUID, FlowRun] = {}
-        for start in range(0, len(ids), MAX_PAGE_SIZE):
-            chunk = ids[start : start + MAX_PAGE_SIZE]
-            query = FlowRunQuery(flow_runs=by_ids(chunk))
-            for run in await self.client.read_flow_runs(query, limit=len(chunk)):
-                found[run.id] = run
+        start = 0
+        while start < len(ids):
+            size = self.client.page_size
+            chunk = ids[start : start + size]
+            runs = await self.client.read_flow_runs(
+                FlowRunQuery(flow_runs=by_ids(chunk)), limit=len(chunk)
+            )
+            if len(runs) < len(chunk) and self.client.page_size < size:
+                continue  # the server's pages are smaller than assumed: this chunk again
+            found.update((run.id, run) for run in runs)
+            start += len(chunk)
         return found
 
     async def _read_one(self, change: Change) -> FlowRun | None:
@@ -414,6 +434,48 @@ class Executor:
         """A write is about to be sent for what was read at ``read_at``: the time between is
         the window in which a change by someone else goes unseen by runner's own check."""
         self.windows.append(time.monotonic() - read_at)
+
+    async def _landed_on(self, change: Change, landed: State | None) -> str | None:
+        """None when the state runner's write replaced is the very one the plan saw; else
+        that state's name. Read from the run's history: Prefect's ``bulk_set_state`` checks
+        its filter before it writes, not in the same transaction, and a per-run write has
+        no check at all, so a run can change while the write is in flight."""
+        if landed is None or landed.id is None or change.run.state_id is None:
+            return None
+        history = await self.client.read_flow_run_states(change.run.id)
+        ids = [state.id for state in history]
+        if landed.id not in ids:
+            return None
+        at = ids.index(landed.id)
+        before = history[at - 1] if at else None
+        if before is not None and before.id == change.run.state_id:
+            return None
+        return (before.name or before.type.value) if before is not None else "no state"
+
+    async def _finish_verified(
+        self, changes: Sequence[Change], results: dict[UUID, OrchestrationResult]
+    ) -> None:
+        """Finish state changes the server answered, each checked against its history."""
+        limit = anyio.Semaphore(4)
+
+        async def one(change: Change, result: OrchestrationResult) -> None:
+            status, detail = _judge(result)
+            if status == "done":
+                async with limit:
+                    replaced = await self._landed_on(change, result.state)
+                if replaced is not None:
+                    self._finish(
+                        change,
+                        "raced",
+                        f"{detail}, but it landed on {replaced}, a state the plan did not see"
+                        " (the run changed while the write was in flight)",
+                    )
+                    return
+            self._finish(change, status, detail)
+
+        async with anyio.create_task_group() as group:
+            for change in changes:
+                group.start_soon(one, change, results[change.run.id])
 
     # -- the operations ------------------------------------------------------------------
     #
@@ -498,16 +560,11 @@ class Executor:
         )
         missing = [c for c in live if c.run.id not in results]
         now = await self._current(missing) if missing else {}
-        for change in live:
-            result = results.get(change.run.id)
+        for change in missing:
             after = now.get(change.run.id)
-            if result is None and self._finish_if_ours(change, after):
-                continue
-            if result is None:
+            if not self._finish_if_ours(change, after):
                 self._finish(change, "drifted", _drift(change, after) or "the server left it alone")
-            else:
-                status, detail = _judge(result)
-                self._finish(change, status, detail)
+        await self._finish_verified([c for c in live if c.run.id in results], results)
 
     async def _set_state_one(self, change: Change) -> None:
         if self._bulk:
@@ -525,8 +582,7 @@ class Executor:
             force=change.state.force,
             transition_id=transition_id(self.plan, change.key),
         )
-        status, detail = _judge(result)
-        self._finish(change, status, detail)
+        await self._finish_verified([change], {change.run.id: result})
 
     async def _recreate(self, change: Change, created: str | None) -> None:
         """Create the new run (idempotent by the key the plan gave it), journal it, then
@@ -703,7 +759,7 @@ class Executor:
         started = time.monotonic()
         for change in self.plan.pending:
             entry = self.previous.entries.get(change.key) if self.previous else None
-            if entry is not None and entry.status in ("done", "drifted"):
+            if entry is not None and entry.status in FINISHED:
                 self.outcomes[change.key] = Outcome(
                     change, entry.status, entry.detail, entry.new_run_id
                 )

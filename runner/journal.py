@@ -11,6 +11,8 @@ Record statuses:
 - ``created``: the first half of a recreate; ``new_run_id`` is the new run, the old one
   still has to be deleted
 - ``drifted``: the run changed since the plan; left alone
+- ``raced``: the change is made, but it landed on a state the plan did not see (the run
+  changed while the write was in flight): made, and to be looked at
 - ``failed``: the change failed after its retries (``detail`` has the reason); retried on resume
 """
 
@@ -31,7 +33,9 @@ from runner.errors import RunnerError
 JOURNAL_FORMAT = "runner-checkpoint"
 JOURNAL_VERSION = 1
 
-Status = Literal["done", "created", "drifted", "failed"]
+Status = Literal["done", "created", "drifted", "raced", "failed"]
+#: Statuses a resume does not touch again.
+FINISHED: frozenset[str] = frozenset({"done", "drifted", "raced"})
 
 
 class CheckpointError(RunnerError):

@@ -466,3 +466,70 @@ def test_state_ids_are_kept_in_the_plan_document() -> None:
 
     view = RunView(id=UUID(int=1), name="r", flow="f", state_id=UUID(int=2), work_pool="p")
     assert _run_from_json(_run_to_json(view)) == view
+
+
+# -- 1b. a write that lands on a state the plan did not see is reported ------------------------
+
+
+async def test_a_write_that_lands_on_an_unseen_state_is_reported_as_raced(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Without a route that checks the state in the write (Prefect 2.x; here the per-run
+    route of a 3.x server), a run that starts between the read-back and the write is
+    written anyway: runner reads the run's history afterwards and reports it as raced."""
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Late")
+    victim = runs[1]["id"]
+    plan = await make_plan(settings, playbook(f"{{flows: {flow['name']}}}", "cancel"))
+    interfere = Interfere({victim}, lambda i: force_state(seeder, i, "RUNNING", "Running"))
+    async with PrefectClient(settings, transport=interfere, bulk=False) as client:
+        with Journal(tmp_path / "j", plan_id=plan.id, plan_checksum="test") as journal:
+            result = await Executor(client, plan, journal).run()
+    outcome = by_id(result)
+    assert outcome[victim].status == "raced"
+    assert outcome[victim].detail == (
+        "Cancelled, but it landed on Running, a state the plan did not see (the run changed"
+        " while the write was in flight)"
+    )
+    assert [outcome[r["id"]].status for r in (runs[0], runs[2])] == ["done", "done"]
+    assert result.complete
+    assert read_journal(tmp_path / "j", plan_id=plan.id).status(f"0:{victim}") == "raced"
+
+
+async def test_a_run_that_starts_during_a_bulk_request_is_never_reported_done(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, is_prefect2: bool
+) -> None:
+    """Prefect's bulk_set_state reads its filter, then writes each run in a transaction of its
+    own. A run that starts while the request is in flight is either left alone (drifted) or
+    written and reported raced; never reported done over a state the plan did not see."""
+    if is_prefect2:
+        pytest.skip("Prefect 2.x has no bulk routes")
+    import threading
+
+    flow = seeder.flow()
+    runs = seeder.runs(50, flow, "Scheduled")
+    plan = await make_plan(settings, playbook(f"{{flows: {flow['name']}}}", "cancel"))
+    victim = min(r["id"] for r in runs)  # ids are written in order: this one last
+
+    class During(httpx.AsyncBaseTransport):
+        inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/bulk_set_state"):
+                timer = threading.Timer(0.1, force_state, (seeder, victim, "RUNNING", "Running"))
+                timer.start()
+            return await self.inner.handle_async_request(request)
+
+    result = await execute(
+        settings, plan, tmp_path / "j", transport=During(), options=ApplyOptions(strategy="bulk")
+    )
+    history = seeder._call("GET", "flow_run_states/", params={"flow_run_id": victim})
+    names = [s["name"] for s in sorted(history, key=lambda s: s["timestamp"])]
+    outcome = by_id(result)[victim]
+    if names[-2:] == ["Running", "Cancelled"]:
+        assert outcome.status == "raced", (names, outcome)
+    elif names[-1] == "Running":
+        assert outcome.status in ("done", "drifted"), (names, outcome)
+        assert names[-2] in ("Scheduled", "Cancelled")
+    else:
+        raise AssertionError(names)

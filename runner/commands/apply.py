@@ -25,7 +25,7 @@ from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
 from runner.errors import RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
-from runner.journal import Journal, read_journal
+from runner.journal import FINISHED, Journal, read_journal
 from runner.loader import load_playbook
 from runner.plan import Plan, check_applicable, read_plan, write_plan
 from runner.planning import plan_playbook
@@ -35,6 +35,7 @@ from runner.settings import ConnectionSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 DESTRUCTIVE = frozenset({"delete", "cancel", "set_state", "reschedule"})
+STATUSES = ("done", "drifted", "raced", "failed", "pending", "created")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _find_unfinished(
         if not journal.exists():
             continue
         state = read_journal(journal, plan_id=old.id)
-        if all(state.status(c.key) in ("done", "drifted") for c in old.pending):
+        if all(state.status(c.key) in FINISHED for c in old.pending):
             continue
         age = (now - old.created_at).total_seconds()
         if max_age_seconds is not None and age > max_age_seconds:
@@ -138,7 +139,7 @@ def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
         "requests": result.requests,
         # Seconds between runner's read-back of a run and its write (count, median, p99, max).
         "read_to_write": result.window_summary(),
-        "counts": {s: result.count(s) for s in ("done", "drifted", "failed", "pending", "created")},
+        "counts": {s: result.count(s) for s in STATUSES},
         "runs": [
             {
                 "key": o.change.key,
@@ -212,11 +213,7 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
         workdir = workdir or _workdir(request.state_dir, plan)
         journal_path = workdir / "checkpoint.jsonl"
         previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
-        left = [
-            c
-            for c in plan.pending
-            if not previous or previous.status(c.key) not in ("done", "drifted")
-        ]
+        left = [c for c in plan.pending if not previous or previous.status(c.key) not in FINISHED]
         if not left:
             out.write("Nothing to do.\n")
             return Applied(EXIT_OK, plan)
@@ -302,13 +299,15 @@ async def _store_artifact(
 def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err: TextIO) -> int:
     done, drifted, failed = result.count("done"), result.count("drifted"), result.count("failed")
     pending = result.count("pending") + result.count("created")
+    raced = result.count("raced")
     out.write(
         f"Applied: {done} done, {drifted} drifted (left alone), {failed} failed, {pending} pending"
-        f" in {result.seconds:.1f}s, {result.requests} requests"
+        + (f", {raced} raced (made, over a state the plan did not see)" if raced else "")
+        + f" in {result.seconds:.1f}s, {result.requests} requests"
         f" ({', '.join(f'step {i + 1}: {s}' for i, s in result.strategies.items())}).\n"
     )
     for outcome in [*result.outcomes.values()]:
-        if outcome.status in ("drifted", "failed"):
+        if outcome.status in ("drifted", "raced", "failed"):
             run = outcome.change.run
             out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
     if result.stopped or failed or pending:
@@ -316,9 +315,14 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
             f"runner: {result.stopped or 'not everything was applied'}; resume with:"
             f" runner apply --resume {journal}\n"
         )
+    if raced:
+        err.write(
+            f"runner: {raced} change(s) landed on a state the plan did not see (the run changed"
+            " while the write was in flight): look at the runs listed as raced\n"
+        )
     if result.stopped == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_OK if result.complete else EXIT_ERROR
+    return EXIT_OK if result.complete and not raced else EXIT_ERROR
 
 
 def status(path: str, *, out: TextIO) -> int:
@@ -328,14 +332,16 @@ def status(path: str, *, out: TextIO) -> int:
     plan = read_plan(workdir / "plan.json")
     journal = workdir / "checkpoint.jsonl"
     state = read_journal(journal, plan_id=plan.id) if journal.exists() else None
-    counts = {"done": 0, "drifted": 0, "failed": 0, "pending": 0}
+    counts = {"done": 0, "drifted": 0, "raced": 0, "failed": 0, "pending": 0}
     for change in plan.pending:
         status = state.status(change.key) if state else None
-        counts[status if status in ("done", "drifted", "failed") else "pending"] += 1
+        counts[status if status in ("done", "drifted", "raced", "failed") else "pending"] += 1
     out.write(
         f"plan {plan.id} ({plan.playbook_name}) against {plan.server_url}: {summary_line(plan)}\n"
         f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
-        f" pending {counts['pending']}\n"
+        f" pending {counts['pending']}"
+        + (f", raced {counts['raced']}" if counts["raced"] else "")
+        + "\n"
     )
     if state and state.torn_lines:
         out.write(f"({state.torn_lines} torn line(s) in the checkpoint were skipped)\n")
