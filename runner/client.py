@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import anyio
@@ -49,6 +50,7 @@ from runner.models import (
     StateType,
 )
 from runner.ratelimit import RateLimiter
+from runner.redact import redact, register_secret, register_settings
 from runner.retry import MalformedAnswer, RetryableStatus, RetryPolicy, retrying
 from runner.settings import ConnectionSettings, resolve_settings
 
@@ -126,7 +128,7 @@ def _detail(response: httpx.Response) -> Any:
     try:
         body = _body(response)
     except ValueError:
-        return response.text[:500]
+        return redact(response.text[:500])
     if isinstance(body, dict):
         for key in ("detail", "exception_detail", "exception_message"):
             if key in body:
@@ -135,6 +137,7 @@ def _detail(response: httpx.Response) -> Any:
 
 
 def _describe_detail(detail: Any) -> str:
+    """The server's reason, as one line of text, with every secret form removed."""
     if isinstance(detail, list):
         parts = []
         for item in detail:
@@ -143,8 +146,8 @@ def _describe_detail(detail: Any) -> str:
                 parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
             else:
                 parts.append(str(item))
-        return "; ".join(parts)
-    return str(detail)
+        return redact("; ".join(parts))
+    return redact(str(detail))
 
 
 class PrefectClient:
@@ -172,6 +175,8 @@ class PrefectClient:
         on_backoff: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
+        # From here on, redact() removes these secrets from every log line and error text.
+        register_settings(self.settings)
         #: Called with the status (None: a dropped connection) each time the server says
         #: "not now"; the executor slows down on it.
         self.on_backoff = on_backoff
@@ -197,13 +202,21 @@ class PrefectClient:
                 **_auth_headers(self.settings),
             }
         )
+        # Credentials in the URL are sent as basic auth (taking precedence, as httpx did when
+        # they were left in the URL), and kept out of the URL httpx logs every request under.
+        url = urlsplit(self.settings.api_url)
+        if url.username is not None or url.password is not None:
+            userinfo = f"{unquote(url.username or '')}:{unquote(url.password or '')}"
+            token = base64.b64encode(userinfo.encode()).decode()
+            register_secret(token)
+            headers["Authorization"] = f"Basic {token}"
         verify: bool | str = True
         if self.settings.tls_insecure_skip_verify:
             verify = False
         elif self.settings.ssl_cert_file:
             verify = self.settings.ssl_cert_file
         self._http = httpx.AsyncClient(
-            base_url=self.settings.api_url.rstrip("/") + "/",
+            base_url=self.settings.display_url.rstrip("/") + "/",
             headers=headers,
             timeout=self.settings.request_timeout,
             verify=verify,
@@ -233,7 +246,7 @@ class PrefectClient:
     # -- sending ---------------------------------------------------------------------------
 
     def _url_for(self, path: str) -> str:
-        return f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}"
+        return redact(f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}")
 
     async def _csrf_headers(self) -> dict[str, str]:
         if self._csrf_enabled is False:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from runner.redact import (
     register_secret,
     register_url,
 )
+from tests.fake_server import Answer, FakeServer, Seen, json_answer
 
 BIN = Path(sys.executable).parent
 KEY = "pnu_Echo7kQ2xV9mR4tL8wZ3nB6"
@@ -122,3 +125,81 @@ def test_the_log_filter_cleans_arguments_and_tracebacks() -> None:
     assert "HTTP Request: GET http://h/x?key=***" in text
     assert "ValueError: failed with Bearer ***" in text
     assert KEY not in text and "pw" not in text
+
+
+# -- through the CLI ------------------------------------------------------------------------
+
+
+def echo(seen: Seen) -> Answer:
+    """Refuse everything, repeating the credentials and a login link full of tokens."""
+    if seen.path.startswith("/api/csrf-token"):
+        return json_answer(404, {"detail": "Not Found"})
+    auth = seen.headers.get("authorization", "")
+    return json_answer(
+        500,
+        {"detail": f"upstream refused Authorization: {auth}; sign in again at {LOGIN_URL}"},
+        **{"x-echo-authorization": auth, "x-echo-location": LOGIN_URL},
+    )
+
+
+def runner(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNNER_"))}
+    clean.update(RUNNER_LOG="debug", NO_COLOR="1", PREFECT_HOME=str(cwd / "home"), **env)
+    return subprocess.run(
+        [str(BIN / "runner"), *args],
+        capture_output=True,
+        text=True,
+        env=clean,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+CASES = {
+    "api-key": ({"PREFECT_API_KEY": KEY}, "", [KEY], "Bearer ***"),
+    "auth-string": (
+        {"PREFECT_API_AUTH_STRING": AUTH},
+        "",
+        [AUTH, b64(AUTH), AUTH.split(":", 1)[1]],
+        "Basic ***",
+    ),
+    "url-credentials": (
+        {},
+        f"operator:{URL_PASSWORD}@",
+        [URL_PASSWORD, b64(f"operator:{URL_PASSWORD}")],
+        "Basic ***",
+    ),
+    "query-tokens": ({}, "", list(QUERY_SECRETS.values()), ""),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_secret_form_reaches_the_output_with_debug_logging(case: str, tmp_path: Path) -> None:
+    env, userinfo, secrets, auth_shown = CASES[case]
+    playbook = tmp_path / "p.yaml"
+    playbook.write_text(
+        "version: 1\nname: echo\ndefaults: {retry: {max_attempts: 1}}\nsteps:\n"
+        "  - name: clean\n    select: {flows: f, state: {type: COMPLETED}}\n    action: delete\n"
+    )
+    (tmp_path / "home").mkdir()
+    with FakeServer(echo) as server:
+        url = server.api_url.replace("://", f"://{userinfo}")
+        results = {
+            "doctor": runner(["doctor"], tmp_path, PREFECT_API_URL=url, **env),
+            "plan": runner(["plan", str(playbook)], tmp_path, PREFECT_API_URL=url, **env),
+        }
+    error = (
+        f"GET http://127.0.0.1:{server.port}/api/admin/version: HTTP 500: upstream refused"
+        f" Authorization: {auth_shown}; sign in again at https://sso.example/login?next=%2Fapi"
+        "&token=***&api_key=***&key=***&access_token=***\n"
+    )
+    assert f"server:       unreachable or refused: {error}" in results["doctor"].stdout
+    assert results["plan"].stderr.endswith(f"runner: {error}")
+    for name, result in results.items():
+        shown = result.stdout + result.stderr
+        assert result.returncode == 1, (name, shown)
+        # httpx's and httpcore's own lines were printed (cleaned), echoed header included.
+        assert f"INFO httpx: HTTP Request: GET http://127.0.0.1:{server.port}/api/" in shown
+        assert f"(b'x-echo-authorization', b'{auth_shown}')" in shown, name
+        for secret in secrets:
+            assert secret not in shown, f"{case}: {secret[:6]}... appears in the output of {name}"
