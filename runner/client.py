@@ -67,6 +67,14 @@ _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
 _PROTECTED_HEADERS = frozenset(
     {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
 )
+#: The methods whose successful answers always carry JSON (a DELETE or PATCH may be a 204).
+_JSON_METHODS = frozenset({"GET", "POST"})
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_NOT_THE_API = (
+    "; check that PREFECT_API_URL is the Prefect API (it usually ends in /api)"
+    " and that no login page or proxy answers in its place"
+)
+_TOO_DEEP = "an answer nested too deeply to read"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -124,10 +132,31 @@ def _body(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _media_type(response: httpx.Response) -> str:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _describe_page(response: httpx.Response) -> str:
+    """What a non-JSON answer is, in a few words: "an HTML page titled 'Sign in'"."""
+    media = _media_type(response)
+    if media == "text/html" or response.text.lstrip()[:15].lower().startswith(
+        ("<!doctype html", "<html")
+    ):
+        match = _TITLE.search(response.text[:10_000])
+        title = " ".join(match.group(1).split())[:80] if match else ""
+        return f"an HTML page titled {title!r}" if title else "an HTML page"
+    return f"a {media} answer" if media else "an answer that is not JSON"
+
+
 def _detail(response: httpx.Response) -> Any:
     try:
         body = _body(response)
+    except RecursionError:
+        return _TOO_DEEP
     except ValueError:
+        if response.text and _describe_page(response).startswith("an HTML page"):
+            return _describe_page(response)
         return redact(response.text[:500])
     if isinstance(body, dict):
         for key in ("detail", "exception_detail", "exception_message"):
@@ -138,16 +167,19 @@ def _detail(response: httpx.Response) -> Any:
 
 def _describe_detail(detail: Any) -> str:
     """The server's reason, as one line of text, with every secret form removed."""
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict) and "msg" in item:
-                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
-                parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
-            else:
-                parts.append(str(item))
-        return redact("; ".join(parts))
-    return redact(str(detail))
+    try:
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict) and "msg" in item:
+                    loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                    parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+                else:
+                    parts.append(str(item))
+            return redact("; ".join(parts))
+        return redact(str(detail))
+    except RecursionError:
+        return _TOO_DEEP
 
 
 class PrefectClient:
@@ -248,6 +280,36 @@ class PrefectClient:
     def _url_for(self, path: str) -> str:
         return redact(f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}")
 
+    def _json_answer(self, method: str, path: str, response: httpx.Response) -> Any:
+        """The JSON of a successful answer that must carry JSON, or a clear error.
+
+        A body cut off mid-JSON is :class:`MalformedAnswer` (sent again); an empty body, an
+        HTML page (a login page, a proxy's) or JSON nested too deeply to parse is a
+        :class:`ServerError` at once: sending again gets the same.
+        """
+        status = response.status_code
+        where: dict[str, Any] = {
+            "method": method,
+            "url": self._url_for(path),
+            "status_code": status,
+        }
+        if not response.content:
+            raise ServerError(f"HTTP {status}: expected JSON, got an empty body", **where)
+        media = _media_type(response)
+        if media and "json" not in media:
+            raise ServerError(
+                f"HTTP {status}: expected JSON, got {_describe_page(response)}{_NOT_THE_API}",
+                **where,
+            )
+        try:
+            return json_module.loads(response.content)
+        except RecursionError:
+            self.stats.malformed += 1
+            raise ServerError(f"HTTP {status}: expected JSON, got {_TOO_DEEP}", **where) from None
+        except ValueError:
+            self.stats.malformed += 1
+            raise MalformedAnswer(response) from None
+
     async def _csrf_headers(self) -> dict[str, str]:
         if self._csrf_enabled is False:
             return {}
@@ -265,8 +327,8 @@ class PrefectClient:
                 return {}
             if response.status_code != 200:
                 self._raise_for_status("GET", "csrf-token", response)
+            data = self._json_answer("GET", "csrf-token", response)
             try:
-                data = _body(response)
                 token, expiration = str(data["token"]), data.get("expiration")
             except (ValueError, KeyError, TypeError, AttributeError):
                 self.stats.malformed += 1
@@ -312,16 +374,10 @@ class PrefectClient:
             if self.on_backoff is not None:
                 self.on_backoff(response.status_code)
             raise RetryableStatus(response)
-        if (
-            200 <= response.status_code < 300
-            and response.content
-            and "json" in response.headers.get("content-type", "json")
+        if 200 <= response.status_code < 300 and (
+            method in _JSON_METHODS or (response.content and "json" in _media_type(response))
         ):
-            try:
-                response.extensions[_PARSED] = json_module.loads(response.content)
-            except ValueError:
-                self.stats.malformed += 1
-                raise MalformedAnswer(response) from None
+            response.extensions[_PARSED] = self._json_answer(method, path, response)
         return response
 
     async def _request(
@@ -406,7 +462,7 @@ class PrefectClient:
     def _parse(self, model: type[M], response: httpx.Response) -> M:
         try:
             return model.model_validate(_body(response))
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
                 f"unexpected answer: {type(exc).__name__}",
                 method=response.request.method,
@@ -417,7 +473,7 @@ class PrefectClient:
     def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
         try:
             return TypeAdapter(list[model]).validate_python(_body(response))  # type: ignore[valid-type]
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
                 f"unexpected answer: {type(exc).__name__}",
                 method=response.request.method,

@@ -5,9 +5,13 @@ operations are tested against the real server in test_client.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +21,7 @@ from runner.errors import ServerError, Unauthorized, Unreachable
 from runner.models import SetStateStatus, StateType
 from runner.retry import RetryPolicy, backoff_seconds, parse_retry_after
 from runner.settings import ConnectionSettings, Secret
+from tests.fake_server import FakeServer
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +196,89 @@ def test_backoff_doubles_and_its_jitter_never_adds_more_than_half() -> None:
     for failed, base in [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0), (9, 20.0)]:
         waits = [backoff_seconds(policy, failed) for _ in range(200)]
         assert base <= min(waits) and max(waits) <= base + min(0.5, base / 2)
+
+
+# -- answers that are not what the API sends: clear errors, not tracebacks ------------------
+
+
+def answer(
+    code: int, content: bytes = b"", content_type: str | None = "application/json"
+) -> Callable[[httpx.Request], httpx.Response]:
+    headers = {"content-type": content_type} if content_type else {}
+    return lambda request: httpx.Response(code, headers=headers, content=content)
+
+
+LOGIN_PAGE = b"<!DOCTYPE html>\n<html><head><title>\n  Sign in - Acme SSO </title></head></html>"
+NOT_THE_API = (
+    "; check that PREFECT_API_URL is the Prefect API (it usually ends in /api)"
+    " and that no login page or proxy answers in its place"
+)
+
+
+async def test_an_html_login_page_is_a_clear_error_and_not_retried() -> None:
+    transport, seen = scripted([answer(200, LOGIN_PAGE, "text/html; charset=utf-8")])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(ServerError) as info:
+            await client.server_info()
+    assert str(info.value) == (
+        "GET http://prefect.test/api/admin/version: HTTP 200: expected JSON,"
+        " got an HTML page titled 'Sign in - Acme SSO'" + NOT_THE_API
+    )
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("code", [200, 204])
+async def test_an_empty_body_where_json_is_expected(code: int) -> None:
+    transport, seen = scripted([answer(code, b"", None)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(ServerError) as info:
+            await client.count_flow_runs()
+    assert str(info.value) == (
+        f"POST http://prefect.test/api/flow_runs/count: HTTP {code}: expected JSON,"
+        " got an empty body"
+    )
+    assert len(seen) == 1
+
+
+async def test_an_empty_delete_answer_is_fine() -> None:
+    transport, _ = scripted([answer(204, b"", None)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        assert await client.delete_flow_run(uuid.uuid4()) is True
+
+
+async def test_json_nested_too_deeply_is_a_clear_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    transport, seen = scripted([answer(200, deep), answer(500, deep)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(ServerError) as info:
+            await client.count_flow_runs()
+        assert str(info.value) == (
+            "POST http://prefect.test/api/flow_runs/count: HTTP 200: expected JSON,"
+            " got an answer nested too deeply to read"
+        )
+        with pytest.raises(ServerError) as info:  # the same as an error's detail
+            await client.count_flow_runs()
+        assert str(info.value) == (
+            "POST http://prefect.test/api/flow_runs/count: HTTP 500:"
+            " an answer nested too deeply to read"
+        )
+    assert len(seen) == 2
+
+
+def test_a_login_page_through_the_cli_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    page = (200, {"content-type": "text/html"}, LOGIN_PAGE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNNER_"))}
+    with FakeServer(lambda seen: page) as server:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "runner"), "doctor"],
+            capture_output=True,
+            text=True,
+            env={**env, "PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp_path)},
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert result.stdout.endswith(
+        f"server:       unreachable or refused: GET {server.api_url}/admin/version: HTTP 200:"
+        " expected JSON, got an HTML page titled 'Sign in - Acme SSO'" + NOT_THE_API + "\n"
+    )
