@@ -530,7 +530,18 @@ class PrefectClient:
 
     async def count_flow_runs(self, query: FlowRunQuery | None = None) -> int:
         body = (query or FlowRunQuery()).body()
-        return int(_body(await self._request("POST", "flow_runs/count", json=body)))
+        response = await self._request("POST", "flow_runs/count", json=body)
+        count = _body(response)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            shown = json_module.dumps(count)
+            raise ServerError(
+                "unexpected answer: expected a number of runs, got"
+                f" {shown if len(shown) <= 60 else shown[:57] + '...'}",
+                method="POST",
+                url=self._url_for("flow_runs/count"),
+                status_code=response.status_code,
+            )
+        return count
 
     async def read_flow_runs(
         self,

@@ -282,3 +282,18 @@ def test_a_login_page_through_the_cli_is_one_line_not_a_traceback(tmp_path: Path
         f"server:       unreachable or refused: GET {server.api_url}/admin/version: HTTP 200:"
         " expected JSON, got an HTML page titled 'Sign in - Acme SSO'" + NOT_THE_API + "\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [(b'"12"', '"12"'), (b"3.5", "3.5"), (b"null", "null"), (b"true", "true"), (b"-1", "-1")],
+)
+async def test_a_count_that_is_not_a_number_of_runs(body: bytes, shown: str) -> None:
+    transport, _ = scripted([answer(200, body)])
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(ServerError) as info:
+            await client.count_flow_runs()
+    assert str(info.value) == (
+        "POST http://prefect.test/api/flow_runs/count: unexpected answer:"
+        f" expected a number of runs, got {shown}"
+    )
