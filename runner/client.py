@@ -278,7 +278,26 @@ class PrefectClient:
     # -- sending ---------------------------------------------------------------------------
 
     def _url_for(self, path: str) -> str:
-        return redact(f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}")
+        """The URL to show for ``path``: relative to the API URL (``flow_runs/filter``), or
+        from the server's root (a request's own path, ``/api/flow_runs/filter``)."""
+        base = self.settings.display_url.rstrip("/")
+        if path.startswith("/"):
+            prefix = urlsplit(base).path.rstrip("/")
+            if prefix and (path == prefix or path.startswith(prefix + "/")):
+                path = path[len(prefix) :]
+        return redact(f"{base}/{path.lstrip('/')}")
+
+    def _where(self, response: httpx.Response) -> dict[str, Any]:
+        """The method, URL and status of the request ``response`` answers, for an error."""
+        try:
+            request = response.request
+        except RuntimeError:  # an answer made up in place of a lost one: no request
+            return {"status_code": response.status_code}
+        return {
+            "method": request.method,
+            "url": self._url_for(request.url.path),
+            "status_code": response.status_code,
+        }
 
     def _json_answer(self, method: str, path: str, response: httpx.Response) -> Any:
         """The JSON of a successful answer that must carry JSON, or a clear error.
@@ -464,10 +483,7 @@ class PrefectClient:
             return model.model_validate(_body(response))
         except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
-                f"unexpected answer: {type(exc).__name__}",
-                method=response.request.method,
-                url=self._url_for(response.request.url.path),
-                status_code=response.status_code,
+                f"unexpected answer: {type(exc).__name__}", **self._where(response)
             ) from None
 
     def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
@@ -475,10 +491,7 @@ class PrefectClient:
             return TypeAdapter(list[model]).validate_python(_body(response))  # type: ignore[valid-type]
         except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
-                f"unexpected answer: {type(exc).__name__}",
-                method=response.request.method,
-                url=self._url_for(response.request.url.path),
-                status_code=response.status_code,
+                f"unexpected answer: {type(exc).__name__}", **self._where(response)
             ) from None
 
     # -- about the server ------------------------------------------------------------------

@@ -297,3 +297,19 @@ async def test_a_count_that_is_not_a_number_of_runs(body: bytes, shown: str) -> 
         "POST http://prefect.test/api/flow_runs/count: unexpected answer:"
         f" expected a number of runs, got {shown}"
     )
+
+
+async def test_error_urls_name_the_api_path_once() -> None:
+    run_id = uuid.uuid4()
+    for api_url in (
+        "http://prefect.test/api",
+        "https://api.prefect.cloud/api/accounts/a1/workspaces/w2",
+    ):
+        transport, _ = scripted([lambda request: httpx.Response(200, json={"id": "nope"})])
+        s = ConnectionSettings(api_url=api_url, api_key=Secret(KEY))
+        async with PrefectClient(s, transport=transport, retry=FAST) as client:
+            with pytest.raises(ServerError) as info:
+                await client.read_flow_run(run_id)
+        assert str(info.value) == (
+            f"GET {api_url}/flow_runs/{run_id}: unexpected answer: ValidationError"
+        )
