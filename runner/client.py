@@ -182,6 +182,10 @@ def _describe_detail(detail: Any) -> str:
         return _TOO_DEEP
 
 
+def _mentions_csrf(response: httpx.Response) -> bool:
+    return "csrf" in response.text.lower()
+
+
 class PrefectClient:
     """An async client for the parts of the Prefect REST API that runner uses.
 
@@ -365,7 +369,13 @@ class PrefectClient:
         return {"Prefect-Csrf-Token": self._csrf_token, "Prefect-Csrf-Client": self._csrf_client}
 
     async def _send_once(
-        self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        csrf_refreshed: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -384,11 +394,14 @@ class PrefectClient:
             self.stats.by_status.get(response.status_code, 0) + 1
         )
         log.debug("%s %s -> %s", method, path, response.status_code)
-        if response.status_code == 403 and "csrf" in response.text.lower():
-            # The token expired or the server restarted: fetch a new one and send again.
+        if response.status_code == 403 and not csrf_refreshed and _mentions_csrf(response):
+            # The token expired or the server restarted: fetch a new one and send again, once;
+            # a second refusal is reported (_raise_for_status), not chased.
             self._csrf_token = None
             self._csrf_enabled = None
-            return await self._send_once(method, path, json=json, params=params)
+            return await self._send_once(
+                method, path, json=json, params=params, csrf_refreshed=True
+            )
         if response.status_code in self.retry_policy.statuses:
             if self.on_backoff is not None:
                 self.on_backoff(response.status_code)
@@ -461,6 +474,13 @@ class PrefectClient:
             "status_code": status,
         }
         detail = _detail(response)
+        if status == 403 and _mentions_csrf(response):
+            raise Unauthorized(
+                f"HTTP 403: the server refused the CSRF token, also after fetching a new one"
+                f" ({_describe_detail(detail)}); check that no proxy between runner and the"
+                " server drops the Prefect-Csrf-Token and Prefect-Csrf-Client headers",
+                **where,
+            )
         if status in (401, 403):
             raise Unauthorized(
                 f"HTTP {status}: the server refused the credentials."

@@ -313,3 +313,49 @@ async def test_error_urls_name_the_api_path_once() -> None:
         assert str(info.value) == (
             f"GET {api_url}/flow_runs/{run_id}: unexpected answer: ValidationError"
         )
+
+
+# -- CSRF: one fresh token per request, then a clear refusal --------------------------------
+
+
+def csrf_server(refuse: Callable[[int], bool]) -> tuple[httpx.MockTransport, list[str]]:
+    """A server with CSRF protection; ``refuse(n)`` says whether the n-th POST is a 403."""
+    log: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/csrf-token"):
+            return httpx.Response(
+                200, json={"token": f"t{len(log)}", "expiration": "2999-01-01T00:00:00Z"}
+            )
+        if refuse(sum(1 for line in log if line.startswith("POST"))):
+            return httpx.Response(403, json={"detail": "Invalid CSRF token or client identifier."})
+        return httpx.Response(200, json=7)
+
+    return httpx.MockTransport(handler), log
+
+
+async def test_a_csrf_refusal_is_answered_with_one_fresh_token() -> None:
+    transport, log = csrf_server(lambda n: n == 1)
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        assert await client.count_flow_runs() == 7
+    assert log == [
+        "GET /api/csrf-token",
+        "POST /api/flow_runs/count",
+        "GET /api/csrf-token",
+        "POST /api/flow_runs/count",
+    ]
+
+
+async def test_a_csrf_refusal_on_every_request_is_reported_not_chased() -> None:
+    transport, log = csrf_server(lambda n: True)
+    async with PrefectClient(settings(), transport=transport, retry=FAST) as client:
+        with pytest.raises(Unauthorized) as info:
+            await client.count_flow_runs()
+    assert str(info.value) == (
+        "POST http://prefect.test/api/flow_runs/count: HTTP 403: the server refused the CSRF"
+        " token, also after fetching a new one (Invalid CSRF token or client identifier.);"
+        " check that no proxy between runner and the server drops the Prefect-Csrf-Token and"
+        " Prefect-Csrf-Client headers"
+    )
+    assert len(log) == 4  # two tokens, two POSTs
