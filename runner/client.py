@@ -13,11 +13,13 @@ import functools
 import json as json_module
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -33,6 +35,7 @@ from runner.errors import (
     NotFound,
     OrchestrationRejected,
     ServerError,
+    SettingsError,
     Unauthorized,
     Unreachable,
     UnsupportedByServer,
@@ -182,6 +185,39 @@ def _describe_detail(detail: Any) -> str:
         return _TOO_DEEP
 
 
+def _tls_verify(settings: ConnectionSettings) -> bool | ssl.SSLContext:
+    if settings.tls_insecure_skip_verify:
+        return False
+    if not settings.ssl_cert_file:
+        return True
+    path = settings.ssl_cert_file
+    try:
+        if Path(path).is_dir():
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # before OSError, its base class
+        raise SettingsError(
+            f"PREFECT_API_SSL_CERT_FILE: {path} holds no certificate in PEM format"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"PREFECT_API_SSL_CERT_FILE: cannot read {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is its cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        nested = [a for a in current.args if isinstance(a, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return None
+
+
 def _mentions_csrf(response: httpx.Response) -> bool:
     return "csrf" in response.text.lower()
 
@@ -246,16 +282,11 @@ class PrefectClient:
             token = base64.b64encode(userinfo.encode()).decode()
             register_secret(token)
             headers["Authorization"] = f"Basic {token}"
-        verify: bool | str = True
-        if self.settings.tls_insecure_skip_verify:
-            verify = False
-        elif self.settings.ssl_cert_file:
-            verify = self.settings.ssl_cert_file
         self._http = httpx.AsyncClient(
             base_url=self.settings.display_url.rstrip("/") + "/",
             headers=headers,
             timeout=self.settings.request_timeout,
-            verify=verify,
+            verify=_tls_verify(self.settings),
             transport=transport,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -379,14 +410,17 @@ class PrefectClient:
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
-        headers = await self._csrf_headers() if method != "GET" else {}
-        self.stats.requests += 1
         try:
+            headers = await self._csrf_headers() if method != "GET" else {}
+            self.stats.requests += 1
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers
             )
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             self.stats.transport_errors += 1
+            failure = _certificate_failure(exc)
+            if failure is not None:
+                raise self._certificate_error(method, path, failure) from None
             if self.on_backoff is not None:
                 self.on_backoff(None)
             raise
@@ -411,6 +445,32 @@ class PrefectClient:
         ):
             response.extensions[_PARSED] = self._json_answer(method, path, response)
         return response
+
+    def _certificate_error(
+        self, method: str, path: str, failure: ssl.SSLCertVerificationError
+    ) -> Unreachable:
+        """Not retried: a certificate that failed verification fails the same way again."""
+        reason = failure.verify_message or failure.reason or str(failure)
+        cert_file = self.settings.ssl_cert_file
+        if cert_file and not self.settings.tls_insecure_skip_verify:
+            hint = (
+                f"the certificates in PREFECT_API_SSL_CERT_FILE ({cert_file}) do not verify"
+                " the server's; point it at the CA certificate that signed it, or set"
+                " PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification"
+                " (for testing only)"
+            )
+        else:
+            hint = (
+                "if a private CA signed the server's certificate, set PREFECT_API_SSL_CERT_FILE"
+                " to that CA's certificate (a PEM file), or set"
+                " PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification"
+                " (for testing only)"
+            )
+        return Unreachable(
+            f"TLS certificate verification failed ({reason}); {hint}",
+            method=method,
+            url=self._url_for(path),
+        )
 
     async def _request(
         self,

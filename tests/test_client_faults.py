@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from runner.client import PrefectClient, ProposedState
-from runner.errors import ServerError, Unauthorized, Unreachable
+from runner.errors import ServerError, SettingsError, Unauthorized, Unreachable
 from runner.models import SetStateStatus, StateType
 from runner.retry import RetryPolicy, backoff_seconds, parse_retry_after
 from runner.settings import ConnectionSettings, Secret
-from tests.fake_server import FakeServer
+from tests.fake_server import FakeServer, have_openssl, json_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -359,3 +359,55 @@ async def test_a_csrf_refusal_on_every_request_is_reported_not_chased() -> None:
         " Prefect-Csrf-Client headers"
     )
     assert len(log) == 4  # two tokens, two POSTs
+
+
+# -- TLS: a certificate that fails verification is reported at once, not retried ------------
+
+
+@pytest.mark.skipif(not have_openssl(), reason="needs the openssl command")
+async def test_a_certificate_that_fails_verification_is_not_retried() -> None:
+    with FakeServer(lambda seen: json_answer(200, "3.9.1"), tls=True) as server:
+        s = ConnectionSettings(api_url=server.api_url, api_key=Secret(KEY))
+        async with PrefectClient(s, retry=RetryPolicy(max_attempts=10)) as client:
+            started = time.monotonic()
+            with pytest.raises(Unreachable) as info:
+                await client.server_info()
+            elapsed = time.monotonic() - started
+        # OpenSSL's own words vary by version ("self signed" before 3.0).
+        assert str(info.value).replace("self signed", "self-signed") == (
+            f"GET {server.api_url}/admin/version: TLS certificate verification failed"
+            " (self-signed certificate); if a private CA signed the server's certificate, set"
+            " PREFECT_API_SSL_CERT_FILE to that CA's certificate (a PEM file), or set"
+            " PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification (for testing only)"
+        )
+        assert client.stats.requests == 1 and client.stats.retries == 0
+        assert elapsed < 5
+        # A POST meets it first when it fetches its CSRF token: the same, at once.
+        async with PrefectClient(s, retry=RetryPolicy(max_attempts=10)) as client:
+            with pytest.raises(Unreachable) as info:
+                await client.count_flow_runs()
+        assert str(info.value).startswith(
+            f"POST {server.api_url}/flow_runs/count: TLS certificate verification failed ("
+        )
+        assert client.stats.retries == 0
+        assert server.requests == []
+        # With the certificate named, the same server is reached.
+        trusted = ConnectionSettings(api_url=server.api_url, ssl_cert_file=str(server.cert_file))
+        async with PrefectClient(trusted, bulk=False) as client:
+            assert (await client.server_info()).version == "3.9.1"
+
+
+def test_a_certificate_file_that_cannot_be_read_is_a_settings_error(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(SettingsError) as info:
+        PrefectClient(settings(ssl_cert_file=str(missing)))
+    assert str(info.value) == (
+        f"PREFECT_API_SSL_CERT_FILE: cannot read {missing}: No such file or directory"
+    )
+    garbled = tmp_path / "garbled.pem"
+    garbled.write_text("not a certificate\n")
+    with pytest.raises(SettingsError) as info:
+        PrefectClient(settings(ssl_cert_file=str(garbled)))
+    assert str(info.value) == (
+        f"PREFECT_API_SSL_CERT_FILE: {garbled} holds no certificate in PEM format"
+    )
