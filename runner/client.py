@@ -70,6 +70,8 @@ _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
 _PROTECTED_HEADERS = frozenset(
     {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
 )
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: The methods whose successful answers always carry JSON (a DELETE or PATCH may be a 204).
 _JSON_METHODS = frozenset({"GET", "POST"})
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -185,6 +187,40 @@ def _describe_detail(detail: Any) -> str:
         return _TOO_DEEP
 
 
+def _unsendable(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP header value, or None when it can."""
+    if "\n" in value or "\r" in value:
+        return "a line break"
+    if not value.isascii():
+        return "a non-ASCII character"
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        return "a control character"
+    return None
+
+
+def _check_sendable(settings: ConnectionSettings) -> None:
+    """A clear :class:`SettingsError` for a header value httpx could not send (it would fail
+    deep inside the HTTP library, or on every request as if the server were down)."""
+    if settings.api_key is not None:
+        problem = _unsendable(settings.api_key.reveal())
+        if problem:
+            raise SettingsError(
+                f"PREFECT_API_KEY contains {problem}, which an HTTP header cannot carry;"
+                " set the key again without it (its value is not shown)"
+            )
+    for name, value in settings.custom_headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise SettingsError(
+                f"PREFECT_CLIENT_CUSTOM_HEADERS: {name!r} is not a valid HTTP header name"
+            )
+        problem = _unsendable(value)
+        if problem:
+            raise SettingsError(
+                f"PREFECT_CLIENT_CUSTOM_HEADERS: the value of {name!r} contains {problem},"
+                " which an HTTP header cannot carry (the value is not shown)"
+            )
+
+
 def _tls_verify(settings: ConnectionSettings) -> bool | ssl.SSLContext:
     if settings.tls_insecure_skip_verify:
         return False
@@ -247,6 +283,7 @@ class PrefectClient:
         on_backoff: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
+        _check_sendable(self.settings)
         # From here on, redact() removes these secrets from every log line and error text.
         register_settings(self.settings)
         #: Called with the status (None: a dropped connection) each time the server says

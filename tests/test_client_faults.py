@@ -411,3 +411,38 @@ def test_a_certificate_file_that_cannot_be_read_is_a_settings_error(tmp_path: Pa
     assert str(info.value) == (
         f"PREFECT_API_SSL_CERT_FILE: {garbled} holds no certificate in PEM format"
     )
+
+
+# -- header values httpx cannot send ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (KEY + "\n", "a line break"),
+        ("pnu_\r\nX-Injected: 1", "a line break"),
+        ("pnu_clé0123456789", "a non-ASCII character"),
+        ("pnu_\x00abc0123456", "a control character"),
+    ],
+)
+def test_an_api_key_that_cannot_be_sent_is_a_settings_error(key: str, problem: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        PrefectClient(ConnectionSettings(api_url="http://prefect.test/api", api_key=Secret(key)))
+    assert str(info.value) == (
+        f"PREFECT_API_KEY contains {problem}, which an HTTP header cannot carry;"
+        " set the key again without it (its value is not shown)"
+    )
+
+
+def test_a_custom_header_that_cannot_be_sent_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError) as info:
+        PrefectClient(settings(custom_headers={"X-Team": "öps"}))
+    assert str(info.value) == (
+        "PREFECT_CLIENT_CUSTOM_HEADERS: the value of 'X-Team' contains a non-ASCII character,"
+        " which an HTTP header cannot carry (the value is not shown)"
+    )
+    with pytest.raises(SettingsError) as info:
+        PrefectClient(settings(custom_headers={"X Team": "ops"}))
+    assert str(info.value) == (
+        "PREFECT_CLIENT_CUSTOM_HEADERS: 'X Team' is not a valid HTTP header name"
+    )
