@@ -368,17 +368,24 @@ def completion(shell: str) -> None:
 def _configure_logging() -> None:
     """``RUNNER_LOG=debug|info|warning``: log requests (method, URL, status) to stderr.
 
-    Never headers or bodies, so never a key or an auth string."""
+    Every record on the way out (runner's, httpx's, httpcore's) passes through
+    :class:`runner.redact.RedactingFilter`: no key, auth string, URL credentials,
+    Authorization value or token in a query string is ever printed. Without ``RUNNER_LOG``,
+    warnings are printed as Python's last-resort handler would, cleaned the same way."""
     import logging
     import os
 
+    from runner.redact import RedactingFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
     level = os.environ.get("RUNNER_LOG", "").upper()
     if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        logging.basicConfig(
-            level=getattr(logging, level),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    else:
+        handler.setLevel(logging.WARNING)
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def main() -> None:

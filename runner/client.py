@@ -13,13 +13,15 @@ import functools
 import json as json_module
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 from uuid import UUID
 
 import anyio
@@ -33,6 +35,7 @@ from runner.errors import (
     NotFound,
     OrchestrationRejected,
     ServerError,
+    SettingsError,
     Unauthorized,
     Unreachable,
     UnsupportedByServer,
@@ -50,6 +53,7 @@ from runner.models import (
     StateType,
 )
 from runner.ratelimit import RateLimiter
+from runner.redact import redact, register_secret, register_settings
 from runner.retry import MalformedAnswer, RetryableStatus, RetryPolicy, retrying
 from runner.settings import ConnectionSettings, resolve_settings
 
@@ -68,6 +72,16 @@ _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
 _PROTECTED_HEADERS = frozenset(
     {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
 )
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: The methods whose successful answers always carry JSON (a DELETE or PATCH may be a 204).
+_JSON_METHODS = frozenset({"GET", "POST"})
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_NOT_THE_API = (
+    "; check that PREFECT_API_URL is the Prefect API (it usually ends in /api)"
+    " and that no login page or proxy answers in its place"
+)
+_TOO_DEEP = "an answer nested too deeply to read"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -133,11 +147,32 @@ def _body(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _media_type(response: httpx.Response) -> str:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _describe_page(response: httpx.Response) -> str:
+    """What a non-JSON answer is, in a few words: "an HTML page titled 'Sign in'"."""
+    media = _media_type(response)
+    if media == "text/html" or response.text.lstrip()[:15].lower().startswith(
+        ("<!doctype html", "<html")
+    ):
+        match = _TITLE.search(response.text[:10_000])
+        title = " ".join(match.group(1).split())[:80] if match else ""
+        return f"an HTML page titled {title!r}" if title else "an HTML page"
+    return f"a {media} answer" if media else "an answer that is not JSON"
+
+
 def _detail(response: httpx.Response) -> Any:
     try:
         body = _body(response)
+    except RecursionError:
+        return _TOO_DEEP
     except ValueError:
-        return response.text[:500]
+        if response.text and _describe_page(response).startswith("an HTML page"):
+            return _describe_page(response)
+        return redact(response.text[:500])
     if isinstance(body, dict):
         for key in ("detail", "exception_detail", "exception_message"):
             if key in body:
@@ -146,16 +181,91 @@ def _detail(response: httpx.Response) -> Any:
 
 
 def _describe_detail(detail: Any) -> str:
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict) and "msg" in item:
-                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
-                parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    return str(detail)
+    """The server's reason, as one line of text, with every secret form removed."""
+    try:
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict) and "msg" in item:
+                    loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                    parts.append(f"{loc}: {item['msg']}" if loc else str(item["msg"]))
+                else:
+                    parts.append(str(item))
+            return redact("; ".join(parts))
+        return redact(str(detail))
+    except RecursionError:
+        return _TOO_DEEP
+
+
+def _unsendable(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP header value, or None when it can."""
+    if "\n" in value or "\r" in value:
+        return "a line break"
+    if not value.isascii():
+        return "a non-ASCII character"
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        return "a control character"
+    return None
+
+
+def _check_sendable(settings: ConnectionSettings) -> None:
+    """A clear :class:`SettingsError` for a header value httpx could not send (it would fail
+    deep inside the HTTP library, or on every request as if the server were down)."""
+    if settings.api_key is not None:
+        problem = _unsendable(settings.api_key.reveal())
+        if problem:
+            raise SettingsError(
+                f"PREFECT_API_KEY contains {problem}, which an HTTP header cannot carry;"
+                " set the key again without it (its value is not shown)"
+            )
+    for name, value in settings.custom_headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise SettingsError(
+                f"PREFECT_CLIENT_CUSTOM_HEADERS: {name!r} is not a valid HTTP header name"
+            )
+        problem = _unsendable(value)
+        if problem:
+            raise SettingsError(
+                f"PREFECT_CLIENT_CUSTOM_HEADERS: the value of {name!r} contains {problem},"
+                " which an HTTP header cannot carry (the value is not shown)"
+            )
+
+
+def _tls_verify(settings: ConnectionSettings) -> bool | ssl.SSLContext:
+    if settings.tls_insecure_skip_verify:
+        return False
+    if not settings.ssl_cert_file:
+        return True
+    path = settings.ssl_cert_file
+    try:
+        if Path(path).is_dir():
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # before OSError, its base class
+        raise SettingsError(
+            f"PREFECT_API_SSL_CERT_FILE: {path} holds no certificate in PEM format"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"PREFECT_API_SSL_CERT_FILE: cannot read {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is its cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        nested = [a for a in current.args if isinstance(a, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return None
+
+
+def _mentions_csrf(response: httpx.Response) -> bool:
+    return "csrf" in response.text.lower()
 
 
 class PrefectClient:
@@ -183,6 +293,9 @@ class PrefectClient:
         on_backoff: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
+        _check_sendable(self.settings)
+        # From here on, redact() removes these secrets from every log line and error text.
+        register_settings(self.settings)
         #: Called with the status (None: a dropped connection) each time the server says
         #: "not now"; the executor slows down on it.
         self.on_backoff = on_backoff
@@ -208,16 +321,19 @@ class PrefectClient:
                 **_auth_headers(self.settings),
             }
         )
-        verify: bool | str = True
-        if self.settings.tls_insecure_skip_verify:
-            verify = False
-        elif self.settings.ssl_cert_file:
-            verify = self.settings.ssl_cert_file
+        # Credentials in the URL are sent as basic auth (taking precedence, as httpx did when
+        # they were left in the URL), and kept out of the URL httpx logs every request under.
+        url = urlsplit(self.settings.api_url)
+        if url.username is not None or url.password is not None:
+            userinfo = f"{unquote(url.username or '')}:{unquote(url.password or '')}"
+            token = base64.b64encode(userinfo.encode()).decode()
+            register_secret(token)
+            headers["Authorization"] = f"Basic {token}"
         self._http = httpx.AsyncClient(
-            base_url=self.settings.api_url.rstrip("/") + "/",
+            base_url=self.settings.display_url.rstrip("/") + "/",
             headers=headers,
             timeout=self.settings.request_timeout,
-            verify=verify,
+            verify=_tls_verify(self.settings),
             transport=transport,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -244,7 +360,56 @@ class PrefectClient:
     # -- sending ---------------------------------------------------------------------------
 
     def _url_for(self, path: str) -> str:
-        return f"{self.settings.display_url.rstrip('/')}/{path.lstrip('/')}"
+        """The URL to show for ``path``: relative to the API URL (``flow_runs/filter``), or
+        from the server's root (a request's own path, ``/api/flow_runs/filter``)."""
+        base = self.settings.display_url.rstrip("/")
+        if path.startswith("/"):
+            prefix = urlsplit(base).path.rstrip("/")
+            if prefix and (path == prefix or path.startswith(prefix + "/")):
+                path = path[len(prefix) :]
+        return redact(f"{base}/{path.lstrip('/')}")
+
+    def _where(self, response: httpx.Response) -> dict[str, Any]:
+        """The method, URL and status of the request ``response`` answers, for an error."""
+        try:
+            request = response.request
+        except RuntimeError:  # an answer made up in place of a lost one: no request
+            return {"status_code": response.status_code}
+        return {
+            "method": request.method,
+            "url": self._url_for(request.url.path),
+            "status_code": response.status_code,
+        }
+
+    def _json_answer(self, method: str, path: str, response: httpx.Response) -> Any:
+        """The JSON of a successful answer that must carry JSON, or a clear error.
+
+        A body cut off mid-JSON is :class:`MalformedAnswer` (sent again); an empty body, an
+        HTML page (a login page, a proxy's) or JSON nested too deeply to parse is a
+        :class:`ServerError` at once: sending again gets the same.
+        """
+        status = response.status_code
+        where: dict[str, Any] = {
+            "method": method,
+            "url": self._url_for(path),
+            "status_code": status,
+        }
+        if not response.content:
+            raise ServerError(f"HTTP {status}: expected JSON, got an empty body", **where)
+        media = _media_type(response)
+        if media and "json" not in media:
+            raise ServerError(
+                f"HTTP {status}: expected JSON, got {_describe_page(response)}{_NOT_THE_API}",
+                **where,
+            )
+        try:
+            return json_module.loads(response.content)
+        except RecursionError:
+            self.stats.malformed += 1
+            raise ServerError(f"HTTP {status}: expected JSON, got {_TOO_DEEP}", **where) from None
+        except ValueError:
+            self.stats.malformed += 1
+            raise MalformedAnswer(response) from None
 
     async def _csrf_headers(self) -> dict[str, str]:
         if self._csrf_enabled is False:
@@ -263,8 +428,8 @@ class PrefectClient:
                 return {}
             if response.status_code != 200:
                 self._raise_for_status("GET", "csrf-token", response)
+            data = self._json_answer("GET", "csrf-token", response)
             try:
-                data = _body(response)
                 token, expiration = str(data["token"]), data.get("expiration")
             except (ValueError, KeyError, TypeError, AttributeError):
                 self.stats.malformed += 1
@@ -282,18 +447,27 @@ class PrefectClient:
         return {"Prefect-Csrf-Token": self._csrf_token, "Prefect-Csrf-Client": self._csrf_client}
 
     async def _send_once(
-        self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        csrf_refreshed: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
-        headers = await self._csrf_headers() if method != "GET" else {}
-        self.stats.requests += 1
         try:
+            headers = await self._csrf_headers() if method != "GET" else {}
+            self.stats.requests += 1
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers
             )
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             self.stats.transport_errors += 1
+            failure = _certificate_failure(exc)
+            if failure is not None:
+                raise self._certificate_error(method, path, failure) from None
             if self.on_backoff is not None:
                 self.on_backoff(None)
             raise
@@ -301,26 +475,49 @@ class PrefectClient:
             self.stats.by_status.get(response.status_code, 0) + 1
         )
         log.debug("%s %s -> %s", method, path, response.status_code)
-        if response.status_code == 403 and "csrf" in response.text.lower():
-            # The token expired or the server restarted: fetch a new one and send again.
+        if response.status_code == 403 and not csrf_refreshed and _mentions_csrf(response):
+            # The token expired or the server restarted: fetch a new one and send again, once;
+            # a second refusal is reported (_raise_for_status), not chased.
             self._csrf_token = None
             self._csrf_enabled = None
-            return await self._send_once(method, path, json=json, params=params)
+            return await self._send_once(
+                method, path, json=json, params=params, csrf_refreshed=True
+            )
         if response.status_code in self.retry_policy.statuses:
             if self.on_backoff is not None:
                 self.on_backoff(response.status_code)
             raise RetryableStatus(response)
-        if (
-            200 <= response.status_code < 300
-            and response.content
-            and "json" in response.headers.get("content-type", "json")
+        if 200 <= response.status_code < 300 and (
+            method in _JSON_METHODS or (response.content and "json" in _media_type(response))
         ):
-            try:
-                response.extensions[_PARSED] = json_module.loads(response.content)
-            except ValueError:
-                self.stats.malformed += 1
-                raise MalformedAnswer(response) from None
+            response.extensions[_PARSED] = self._json_answer(method, path, response)
         return response
+
+    def _certificate_error(
+        self, method: str, path: str, failure: ssl.SSLCertVerificationError
+    ) -> Unreachable:
+        """Not retried: a certificate that failed verification fails the same way again."""
+        reason = failure.verify_message or failure.reason or str(failure)
+        cert_file = self.settings.ssl_cert_file
+        if cert_file and not self.settings.tls_insecure_skip_verify:
+            hint = (
+                f"the certificates in PREFECT_API_SSL_CERT_FILE ({cert_file}) do not verify"
+                " the server's; point it at the CA certificate that signed it, or set"
+                " PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification"
+                " (for testing only)"
+            )
+        else:
+            hint = (
+                "if a private CA signed the server's certificate, set PREFECT_API_SSL_CERT_FILE"
+                " to that CA's certificate (a PEM file), or set"
+                " PREFECT_API_TLS_INSECURE_SKIP_VERIFY=true to skip verification"
+                " (for testing only)"
+            )
+        return Unreachable(
+            f"TLS certificate verification failed ({reason}); {hint}",
+            method=method,
+            url=self._url_for(path),
+        )
 
     async def _request(
         self,
@@ -384,6 +581,13 @@ class PrefectClient:
             "status_code": status,
         }
         detail = _detail(response)
+        if status == 403 and _mentions_csrf(response):
+            raise Unauthorized(
+                f"HTTP 403: the server refused the CSRF token, also after fetching a new one"
+                f" ({_describe_detail(detail)}); check that no proxy between runner and the"
+                " server drops the Prefect-Csrf-Token and Prefect-Csrf-Client headers",
+                **where,
+            )
         if status in (401, 403):
             raise Unauthorized(
                 f"HTTP {status}: the server refused the credentials."
@@ -404,23 +608,17 @@ class PrefectClient:
     def _parse(self, model: type[M], response: httpx.Response) -> M:
         try:
             return model.model_validate(_body(response))
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
-                f"unexpected answer: {type(exc).__name__}",
-                method=response.request.method,
-                url=self._url_for(response.request.url.path),
-                status_code=response.status_code,
+                f"unexpected answer: {type(exc).__name__}", **self._where(response)
             ) from None
 
     def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
         try:
             return TypeAdapter(list[model]).validate_python(_body(response))  # type: ignore[valid-type]
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
-                f"unexpected answer: {type(exc).__name__}",
-                method=response.request.method,
-                url=self._url_for(response.request.url.path),
-                status_code=response.status_code,
+                f"unexpected answer: {type(exc).__name__}", **self._where(response)
             ) from None
 
     # -- about the server ------------------------------------------------------------------
@@ -476,7 +674,18 @@ class PrefectClient:
 
     async def count_flow_runs(self, query: FlowRunQuery | None = None) -> int:
         body = (query or FlowRunQuery()).body()
-        return int(_body(await self._request("POST", "flow_runs/count", json=body)))
+        response = await self._request("POST", "flow_runs/count", json=body)
+        count = _body(response)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            shown = json_module.dumps(count)
+            raise ServerError(
+                "unexpected answer: expected a number of runs, got"
+                f" {shown if len(shown) <= 60 else shown[:57] + '...'}",
+                method="POST",
+                url=self._url_for("flow_runs/count"),
+                status_code=response.status_code,
+            )
+        return count
 
     async def read_flow_runs(
         self,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from runner.redact import redact
+
 
 class RunnerError(Exception):
     """Base class of every error runner raises on purpose."""
@@ -41,10 +43,12 @@ class APIError(RunnerError):
         url: str | None = None,
         status_code: int | None = None,
     ) -> None:
+        # Built from server answers and URLs: cleaned of every secret form here, once.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.method = method
-        self.url = url
+        self.url = redact(url) if url is not None else None
         self.status_code = status_code
 
     def __str__(self) -> str:

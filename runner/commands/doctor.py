@@ -8,13 +8,15 @@ import anyio
 
 from runner.client import PrefectClient
 from runner.errors import APIError
+from runner.redact import redact
 from runner.settings import ConnectionSettings
 
 
 def run(settings: ConnectionSettings, *, out: TextIO) -> int:
     """Print the resolved settings (never a secret) and the server's answers."""
     print(
-        f"API URL:      {settings.display_url}  ({settings.sources.get('PREFECT_API_URL', '')})",
+        f"API URL:      {redact(settings.display_url)}"
+        f"  ({settings.sources.get('PREFECT_API_URL', '')})",
         file=out,
     )
     auth = "API key" if settings.api_key else "auth string" if settings.auth_string else "none"
