@@ -100,6 +100,7 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
         work_pool=same(run.work_pool_name),
         parent_task_run_id=run.parent_task_run_id,
         parameters=dict(run.parameters) if keep_parameters else None,
+        idempotency_key=run.idempotency_key if keep_parameters else None,
     )
 
 

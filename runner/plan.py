@@ -51,6 +51,9 @@ class RunView:
     parent_task_run_id: UUID | None = None
     #: Only kept for runs a step will recreate (they carry over to the new run).
     parameters: dict[str, Any] | None = None
+    #: Only kept for runs a step will recreate: a run made by an earlier, unfinished
+    #: recreate carries the key of the run it replaces.
+    idempotency_key: str | None = None
 
     @property
     def scheduled_time(self) -> datetime | None:
@@ -181,6 +184,8 @@ def _run_to_json(run: RunView) -> dict[str, Any]:
     }
     if run.parameters is not None:
         data["parameters"] = run.parameters
+    if run.idempotency_key is not None:
+        data["idempotency_key"] = run.idempotency_key
     return data
 
 
@@ -205,6 +210,7 @@ def _run_from_json(data: dict[str, Any]) -> RunView:
             UUID(data["parent_task_run_id"]) if data.get("parent_task_run_id") else None
         ),
         parameters=data.get("parameters"),
+        idempotency_key=data.get("idempotency_key"),
     )
 
 

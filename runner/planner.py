@@ -137,6 +137,24 @@ def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], 
     return reschedule
 
 
+def _finishing_recreates(
+    plan_one: Callable[[int, Step, RunView, str, str], Change], selected: list[RunView]
+) -> Callable[[int, Step, RunView, str, str], Change]:
+    """A run made by an unfinished recreate of another run this step selects is left alone:
+    recreating it too would delete the run that carries the other's idempotency key, and the
+    other's create would then make a second new run. The other's recreate finishes instead
+    (its create returns this run)."""
+    made_for = {_idempotency_key(run): run for run in selected}
+
+    def plan(index: int, step: Step, run: RunView, message: str, plan_id: str) -> Change:
+        old = made_for.get(run.idempotency_key or "")
+        if old is not None and old.id != run.id:
+            return _noop(index, run, f"made by runner to replace {old.name}, recreated here")
+        return plan_one(index, step, run, message, plan_id)
+
+    return plan
+
+
 def _make_retry(now: datetime) -> Callable[[int, Step, RunView, str, str], Change]:
     def retry(index: int, step: Step, run: RunView, message: str, plan_id: str) -> Change:
         action = step.action
@@ -250,6 +268,8 @@ def make_plan(
         override = getattr(step.action, "message", None)
         message = playbook.message_for(step, override)
         plan_one = planners[type(step.action)]
+        if isinstance(step.action, Reschedule) and step.action.recreates:
+            plan_one = _finishing_recreates(plan_one, selected)
         changes = [plan_one(index, step, run, message, plan_id) for run in selected]
         violations += _step_violations(
             index, step, _guards_for(playbook, step), len(selected), changes

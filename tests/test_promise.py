@@ -533,3 +533,38 @@ async def test_a_run_that_starts_during_a_bulk_request_is_never_reported_done(
         assert names[-2] in ("Scheduled", "Cancelled")
     else:
         raise AssertionError(names)
+
+
+async def test_a_fresh_plan_after_a_half_done_recreate_finishes_it(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """An apply made the new runs and died before deleting the old ones; `--fresh` plans
+    again, and its selection (every Scheduled-type run) now holds the new runs too. They are
+    left alone, the old runs' recreates finish on them: one new run per old run, no more."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    old = seeder.late_runs(2, flow, deployment=deployment)
+    book = playbook(
+        f"{{deployments: '{flow['name']}/{deployment['name']}', state: {{type: SCHEDULED}}}}",
+        "{reschedule: {at: now+10m, strategy: recreate}}",
+    )
+    first = await make_plan(settings, book)
+    async with PrefectClient(settings) as client:
+        made = [
+            await client.create_flow_run_from_deployment(
+                change.run.deployment_id,  # type: ignore[arg-type]
+                parameters=change.run.parameters,
+                idempotency_key=change.idempotency_key,
+            )
+            for change in first.pending
+        ]
+    fresh = await make_plan(settings, book)
+    reasons = {str(c.run.id): c.reason for c in fresh.changes if c.is_noop}
+    assert reasons == {
+        str(new.id): f"made by runner to replace {change.run.name}, recreated here"
+        for new, change in zip(made, first.pending, strict=True)
+    }
+    assert {c.run.name for c in fresh.pending} == {o["name"] for o in old}
+    result = await execute(settings, fresh, tmp_path / "j")
+    assert result.complete
+    assert sorted(r["id"] for r in seeder.runs_of_flow(flow)) == sorted(str(m.id) for m in made)
