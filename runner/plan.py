@@ -9,16 +9,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NoReturn, TextIO, get_args
 from uuid import UUID, uuid4
 
 from runner.errors import RunnerError
+from runner.playbook import ACTION_TYPES
+from runner.states import StateType
+from runner.timeexpr import MAX_DURATION
 
 PLAN_FORMAT = "runner-plan"
 PLAN_VERSION = 1
+
+#: The largest plan file read (checked before reading): room for a million changes of about
+#: 1 KB each (a change's line is typically 0.5 to 1 KB; runs to recreate carry parameters).
+MAX_PLAN_BYTES = 1024**3
+#: A plan id names the plan's folder under the state dir: no separators, no dots. runner makes
+#: 12 lowercase hex digits.
+PLAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
 
@@ -178,28 +191,6 @@ def _run_to_json(run: RunView) -> dict[str, Any]:
     return data
 
 
-def _run_from_json(data: dict[str, Any]) -> RunView:
-    return RunView(
-        id=UUID(data["id"]),
-        name=data["name"],
-        flow=data["flow"],
-        deployment=data.get("deployment"),
-        deployment_id=UUID(data["deployment_id"]) if data.get("deployment_id") else None,
-        state_type=data.get("state_type"),
-        state_name=data.get("state_name"),
-        expected_start=_parse_dt(data.get("expected_start")),
-        next_scheduled_start=_parse_dt(data.get("next_scheduled_start")),
-        start=_parse_dt(data.get("start")),
-        end=_parse_dt(data.get("end")),
-        tags=tuple(data.get("tags", ())),
-        work_queue=data.get("work_queue"),
-        parent_task_run_id=(
-            UUID(data["parent_task_run_id"]) if data.get("parent_task_run_id") else None
-        ),
-        parameters=data.get("parameters"),
-    )
-
-
 def change_to_json(change: Change) -> dict[str, Any]:
     data: dict[str, Any] = {
         "key": change.key,
@@ -221,27 +212,6 @@ def change_to_json(change: Change) -> dict[str, Any]:
     if change.idempotency_key is not None:
         data["idempotency_key"] = change.idempotency_key
     return data
-
-
-def _change_from_json(step: int, data: dict[str, Any]) -> Change:
-    state = data.get("state")
-    return Change(
-        step=step,
-        run=_run_from_json(data["run"]),
-        op=data["op"],
-        reason=data.get("reason"),
-        state=TargetState(
-            type=state["type"],
-            name=state["name"],
-            message=state.get("message"),
-            scheduled_time=_parse_dt(state.get("scheduled_time")),
-            force=bool(state.get("force", False)),
-        )
-        if state
-        else None,
-        tags=tuple(data["tags"]) if "tags" in data else None,
-        idempotency_key=data.get("idempotency_key"),
-    )
 
 
 def _outline(plan: Plan) -> dict[str, Any]:
@@ -382,64 +352,378 @@ def dumps(plan: Plan) -> str:
     return buffer.getvalue()
 
 
+def check_plan_id(plan_id: str, *, source: str = "plan") -> None:
+    """Refuse a plan id that could name a folder outside the state dir (``../x``, ``/tmp/x``)."""
+    if not PLAN_ID.fullmatch(plan_id):
+        raise PlanFileError(
+            f"{source}: id: {_got(plan_id)} is not a plan id (1 to 64 letters, digits, _ or -)"
+        )
+
+
 def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
-    """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply."""
+    """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply.
+
+    Every field is checked, naming its JSON path: a document whose checksum was recomputed
+    after an edit is still refused when a value is out of range or of the wrong kind.
+    """
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise PlanFileError(f'{source}: not a runner plan (no "format": "{PLAN_FORMAT}")')
     version = data.get("version")
     if version != PLAN_VERSION:
         raise PlanFileError(
-            f"{source}: plan format version {version!r}; this runner reads version {PLAN_VERSION}"
+            f"{source}: plan format version {_got(version)}; this runner reads version"
+            f" {PLAN_VERSION}"
         )
     checksum = data.get("checksum")
     body = {k: v for k, v in data.items() if k != "checksum"}
-    if checksum != _checksum(body):
-        raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
     try:
-        steps = tuple(
-            StepPlan(
-                index=s["index"],
-                name=s["name"],
-                action=s["action"],
-                selected=s["selected"],
-                changes=tuple(_change_from_json(s["index"], c) for c in s["changes"]),
-                concurrency=s["settings"]["concurrency"],
-                rate_limit=s["settings"]["rate_limit"],
-                max_attempts=s["settings"]["max_attempts"],
-                backoff_seconds=s["settings"].get("backoff_seconds", 0.25),
-                max_backoff_seconds=s["settings"].get("max_backoff_seconds", 20.0),
-            )
-            for s in data["steps"]
+        expected = _checksum(body)
+    except RecursionError:
+        raise PlanFileError(f"{source}: not a runner plan: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise PlanFileError(
+            f"{source}: not a runner plan: a string holds an unpaired surrogate (such as \\ud800)"
+        ) from None
+    if checksum != expected:
+        raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
+    return _Reader(source).plan(data)
+
+
+def _got(value: Any) -> str:
+    """A value as an error shows it: JSON, cut short."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    try:
+        text = json.dumps(value)
+    except ValueError:  # a whole number too long to print
+        return "a number too long to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_OPS: frozenset[str] = frozenset(get_args(Op))
+_STATE_TYPES = frozenset(t.value for t in StateType)
+_ACTIONS = frozenset(ACTION_TYPES)
+_MAX_BACKOFF = MAX_DURATION.total_seconds()
+_Path = tuple[str | int, ...]
+
+
+class _Reader:
+    """Checks and converts a plan document, field by field; the first problem is raised as a
+    :class:`PlanFileError` naming its JSON path (``steps[0].settings.max_attempts``)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.keys: set[str] = set()
+
+    def fail(self, path: _Path, message: str) -> NoReturn:
+        where = ""
+        for part in path:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        raise PlanFileError(f"{self.source}: {where}: {message}")
+
+    # -- values ----------------------------------------------------------------------------
+
+    def field(self, data: dict[str, Any], key: str, path: _Path, default: Any = ...) -> Any:
+        if key in data:
+            return data[key]
+        if default is ...:
+            self.fail((*path, key), "missing")
+        return default
+
+    def obj(self, value: Any, path: _Path) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected an object, got {_got(value)}")
+        return value
+
+    def array(self, value: Any, path: _Path) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list, got {_got(value)}")
+        return value
+
+    def text(self, value: Any, path: _Path) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"expected a string, got {_got(value)}")
+        return value
+
+    def optional_text(self, value: Any, path: _Path) -> str | None:
+        return None if value is None else self.text(value, path)
+
+    def texts(self, value: Any, path: _Path) -> tuple[str, ...]:
+        return tuple(self.text(v, (*path, i)) for i, v in enumerate(self.array(value, path)))
+
+    def choice(self, value: Any, path: _Path, options: frozenset[str]) -> str:
+        if not isinstance(value, str) or value not in options:
+            self.fail(path, f"expected one of {', '.join(sorted(options))}; got {_got(value)}")
+        return value
+
+    def integer(self, value: Any, path: _Path, low: int, high: int | None = None) -> int:
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            self.fail(path, f"expected a whole number {span}, got {_got(value)}")
+        return value
+
+    def number(self, value: Any, path: _Path, *, low: float, high: float, above: bool) -> float:
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < low
+            or (above and value == low)
+            or value > high
+        ):
+            span = f"more than {low:g}" if above else f"from {low:g} to {high:,.0f}"
+            self.fail(path, f"expected a number {span}, got {_got(value)}")
+        return float(value)
+
+    def boolean(self, value: Any, path: _Path) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path, f"expected true or false, got {_got(value)}")
+        return value
+
+    def uuid(self, value: Any, path: _Path) -> UUID:
+        if isinstance(value, str):
+            try:
+                return UUID(value)
+            except ValueError:
+                pass
+        self.fail(path, f"expected a UUID, got {_got(value)}")
+
+    def optional_uuid(self, value: Any, path: _Path) -> UUID | None:
+        return None if value is None else self.uuid(value, path)
+
+    def when(self, value: Any, path: _Path) -> datetime:
+        problem = "expected an ISO 8601 date-time with a timezone"
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is not None:
+                parsed.astimezone(timezone.utc)  # out of range in UTC: OverflowError
+                return parsed
+        except (AttributeError, ValueError, OverflowError):
+            pass
+        self.fail(path, f"{problem}, got {_got(value)}")
+
+    def optional_when(self, value: Any, path: _Path) -> datetime | None:
+        return None if value is None else self.when(value, path)
+
+    # -- the document ----------------------------------------------------------------------
+
+    def plan(self, data: dict[str, Any]) -> Plan:
+        plan_id = self.text(self.field(data, "id", ()), ("id",))
+        check_plan_id(plan_id, source=self.source)
+        playbook = self.obj(self.field(data, "playbook", ()), ("playbook",))
+        variables = self.obj(
+            self.field(playbook, "variables", ("playbook",)), ("playbook", "variables")
         )
-        created = _parse_dt(data["created_at"])
-        assert created is not None
+        for name, value in variables.items():
+            if not isinstance(value, (str, int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                self.fail(
+                    ("playbook", "variables", name),
+                    f"expected a string, number or true/false, got {_got(value)}",
+                )
+        server = self.obj(self.field(data, "server", ()), ("server",))
+        summary = self.obj(self.field(data, "summary", (), {}), ("summary",))
+        for name, count in summary.items():
+            self.integer(count, ("summary", name), 0)
+        steps = self.array(self.field(data, "steps", ()), ("steps",))
         return Plan(
-            id=data["id"],
-            created_at=created,
-            playbook_name=data["playbook"]["name"],
-            playbook_path=data["playbook"]["path"],
-            playbook_digest=data["playbook"]["digest"],
-            variables=data["playbook"]["variables"],
-            server_url=data["server"]["url"],
-            server_version=data["server"]["version"],
-            steps=steps,
-            violations=tuple(data.get("violations", ())),
-            notes=tuple(data.get("notes", ())),
+            id=plan_id,
+            created_at=self.when(self.field(data, "created_at", ()), ("created_at",)),
+            playbook_name=self.text(
+                self.field(playbook, "name", ("playbook",)), ("playbook", "name")
+            ),
+            playbook_path=self.text(
+                self.field(playbook, "path", ("playbook",)), ("playbook", "path")
+            ),
+            playbook_digest=self.text(
+                self.field(playbook, "digest", ("playbook",)), ("playbook", "digest")
+            ),
+            variables=variables,
+            server_url=self.text(self.field(server, "url", ("server",)), ("server", "url")),
+            server_version=self.optional_text(
+                self.field(server, "version", ("server",), None), ("server", "version")
+            ),
+            steps=tuple(self.step(index, step) for index, step in enumerate(steps)),
+            violations=self.texts(self.field(data, "violations", (), []), ("violations",)),
+            notes=self.texts(self.field(data, "notes", (), []), ("notes",)),
         )
-    except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise PlanFileError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from None
+
+    def step(self, index: int, value: Any) -> StepPlan:
+        path: _Path = ("steps", index)
+        data = self.obj(value, path)
+        position = self.field(data, "index", path)
+        if position != index or isinstance(position, bool):
+            self.fail(
+                (*path, "index"), f"expected {index} (the step's place), got {_got(position)}"
+            )
+        settings_path: _Path = (*path, "settings")
+        settings = self.obj(self.field(data, "settings", path), settings_path)
+        rate_limit = self.field(settings, "rate_limit", settings_path, None)
+        changes = self.array(self.field(data, "changes", path), (*path, "changes"))
+        return StepPlan(
+            index=index,
+            name=self.text(self.field(data, "name", path), (*path, "name")),
+            action=self.choice(self.field(data, "action", path), (*path, "action"), _ACTIONS),
+            selected=self.integer(self.field(data, "selected", path), (*path, "selected"), 0),
+            changes=tuple(
+                self.change(index, (*path, "changes", i), c) for i, c in enumerate(changes)
+            ),
+            concurrency=self.integer(
+                self.field(settings, "concurrency", settings_path),
+                (*settings_path, "concurrency"),
+                1,
+                256,
+            ),
+            rate_limit=None
+            if rate_limit is None
+            else self.number(
+                rate_limit, (*settings_path, "rate_limit"), low=0, high=math.inf, above=True
+            ),
+            max_attempts=self.integer(
+                self.field(settings, "max_attempts", settings_path),
+                (*settings_path, "max_attempts"),
+                1,
+                100,
+            ),
+            backoff_seconds=self.number(
+                self.field(settings, "backoff_seconds", settings_path, 0.25),
+                (*settings_path, "backoff_seconds"),
+                low=0,
+                high=_MAX_BACKOFF,
+                above=False,
+            ),
+            max_backoff_seconds=self.number(
+                self.field(settings, "max_backoff_seconds", settings_path, 20.0),
+                (*settings_path, "max_backoff_seconds"),
+                low=0,
+                high=_MAX_BACKOFF,
+                above=False,
+            ),
+        )
+
+    def change(self, step: int, path: _Path, value: Any) -> Change:
+        data = self.obj(value, path)
+        run = self.run(self.field(data, "run", path), (*path, "run"))
+        op = self.choice(self.field(data, "op", path), (*path, "op"), _OPS)
+        key = f"{step}:{run.id}"
+        if self.field(data, "key", path) != key:
+            self.fail((*path, "key"), f"expected {_got(key)}, got {_got(data['key'])}")
+        if key in self.keys:
+            self.fail((*path, "run", "id"), f"run {run.id} has two changes in this step")
+        self.keys.add(key)
+        raw_state = self.field(data, "state", path, None)
+        state = None if raw_state is None else self.state(raw_state, (*path, "state"))
+        if op in ("set_state", "recreate") and state is None:
+            self.fail((*path, "state"), f"missing: a {op} change needs the state it proposes")
+        if op == "recreate" and run.deployment_id is None:
+            self.fail(
+                (*path, "run", "deployment_id"),
+                "missing: a recreate change needs the deployment to create the new run from",
+            )
+        raw_tags = self.field(data, "tags", path, None)
+        return Change(
+            step=step,
+            run=run,
+            op=op,  # type: ignore[arg-type]  # checked against Op's values
+            reason=self.optional_text(self.field(data, "reason", path, None), (*path, "reason")),
+            state=state,
+            tags=None if raw_tags is None else self.texts(raw_tags, (*path, "tags")),
+            idempotency_key=self.optional_text(
+                self.field(data, "idempotency_key", path, None), (*path, "idempotency_key")
+            ),
+        )
+
+    def state(self, value: Any, path: _Path) -> TargetState:
+        data = self.obj(value, path)
+        return TargetState(
+            type=self.choice(self.field(data, "type", path), (*path, "type"), _STATE_TYPES),
+            name=self.text(self.field(data, "name", path), (*path, "name")),
+            message=self.optional_text(self.field(data, "message", path, None), (*path, "message")),
+            scheduled_time=self.optional_when(
+                self.field(data, "scheduled_time", path, None), (*path, "scheduled_time")
+            ),
+            force=self.boolean(self.field(data, "force", path, False), (*path, "force")),
+        )
+
+    def run(self, value: Any, path: _Path) -> RunView:
+        data = self.obj(value, path)
+
+        def optional(key: str) -> Any:
+            return self.field(data, key, path, None)
+
+        state_type = optional("state_type")
+        parameters = optional("parameters")
+        return RunView(
+            id=self.uuid(self.field(data, "id", path), (*path, "id")),
+            name=self.text(self.field(data, "name", path), (*path, "name")),
+            flow=self.text(self.field(data, "flow", path), (*path, "flow")),
+            deployment=self.optional_text(optional("deployment"), (*path, "deployment")),
+            deployment_id=self.optional_uuid(optional("deployment_id"), (*path, "deployment_id")),
+            state_type=None
+            if state_type is None
+            else self.choice(state_type, (*path, "state_type"), _STATE_TYPES),
+            state_name=self.optional_text(optional("state_name"), (*path, "state_name")),
+            expected_start=self.optional_when(
+                optional("expected_start"), (*path, "expected_start")
+            ),
+            next_scheduled_start=self.optional_when(
+                optional("next_scheduled_start"), (*path, "next_scheduled_start")
+            ),
+            start=self.optional_when(optional("start"), (*path, "start")),
+            end=self.optional_when(optional("end"), (*path, "end")),
+            tags=self.texts(self.field(data, "tags", path, []), (*path, "tags")),
+            work_queue=self.optional_text(optional("work_queue"), (*path, "work_queue")),
+            parent_task_run_id=self.optional_uuid(
+                optional("parent_task_run_id"), (*path, "parent_task_run_id")
+            ),
+            parameters=None if parameters is None else self.obj(parameters, (*path, "parameters")),
+        )
 
 
 def read_plan(path: str | Path) -> Plan:
+    """Read and check a saved plan; files over ``MAX_PLAN_BYTES`` are refused unread."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_PLAN_BYTES:
+                raise PlanFileError(_too_large(path, size))
+            raw = handle.read(MAX_PLAN_BYTES + 1)  # never more (a pipe has no size)
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanFileError(_too_large(path, None))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanFileError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start:,})"
+        ) from None
+    del raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlanFileError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a runner plan: nested too deeply") from None
+    except ValueError:  # Python reads whole numbers of at most 4,300 digits
+        raise PlanFileError(f"{path}: not a runner plan: a whole number too long to read") from None
     return plan_from_json(data, source=str(path))
+
+
+def _too_large(path: str | Path, size: int | None) -> str:
+    what = f"{size:,} bytes" if size is not None else f"over {MAX_PLAN_BYTES:,} bytes"
+    return (
+        f"{path}: too large ({what}): a plan file is at most"
+        f" {MAX_PLAN_BYTES // 1024**3} GiB ({MAX_PLAN_BYTES:,} bytes, about a million changes)"
+    )
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:

@@ -6,7 +6,9 @@ test_settings.py. No Prefect server is needed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -205,3 +207,325 @@ def test_a_playbook_over_the_size_limit_is_refused_before_it_is_read(tmp_path: P
     code, out, err = invoke("validate", str(path))
     assert (code, out) == (1, "")
     assert err == f"{expected}\n1 of 1 playbook invalid, 1 problem\n"
+
+
+# -- saved plans ---------------------------------------------------------------------------
+
+API_URL = "http://runner.invalid/api"
+RUN_ID = "00000000-0000-4000-8000-000000000001"
+
+
+class Sent(BaseException):
+    """A request left runner (a BaseException: no retry loop or handler swallows it)."""
+
+
+@pytest.fixture
+def nothing_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any request runner tries to send fails the test."""
+    import httpx
+
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: object) -> None:
+        raise Sent(f"{request.method} {request.url}")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", send)
+    monkeypatch.setenv("PREFECT_API_URL", API_URL)
+    monkeypatch.setenv("PREFECT_HOME", "/nonexistent")
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def plan_document(
+    action: str = "delete", state: tuple[str, str] = ("COMPLETED", "Completed")
+) -> dict[str, Any]:
+    """A valid plan document (as ``runner plan -o`` writes it) for one run."""
+    from datetime import datetime, timezone
+    from uuid import UUID
+
+    from runner.observe import Observation, StepObservation
+    from runner.plan import RunView, dumps
+    from runner.planner import make_plan
+
+    playbook = load_text(
+        f"version: 1\nname: p\nsteps:\n  - name: s\n    select: {{}}\n    action: {action}\n",
+        name="p.yaml",
+        env={},
+    )
+    now = datetime.now(timezone.utc)
+    run = RunView(
+        id=UUID(RUN_ID),
+        name="brave-otter",
+        flow="etl",
+        state_type=state[0],
+        state_name=state[1],
+        expected_start=now,
+    )
+    observation = Observation(
+        now=now, server_url=API_URL, server_version="3.9.1", steps=(StepObservation(runs=(run,)),)
+    )
+    document: dict[str, Any] = json.loads(
+        dumps(make_plan(playbook, observation, plan_id="0123456789ab"))
+    )
+    return document
+
+
+def write_document(path: Path, document: dict[str, Any]) -> Path:
+    """Write ``document`` with its checksum recomputed, as someone editing a plan could."""
+    from runner.plan import _checksum
+
+    body = {k: v for k, v in document.items() if k != "checksum"}
+    path.write_text(json.dumps({**body, "checksum": _checksum(body)}))
+    return path
+
+
+def edit(document: dict[str, Any], where: str, value: Any) -> dict[str, Any]:
+    """Set (or with ``DELETE``, remove) the field at a path such as ``steps.0.settings.x``."""
+    *parents, last = [int(p) if p.isdigit() else p for p in where.split(".")]
+    node: Any = document
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return document
+
+
+DELETE = object()
+CHANGE = "steps.0.changes.0"
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "expected"),
+    [
+        ("id", "../../x", 'id: "../../x" is not a plan id (1 to 64 letters, digits, _ or -)'),
+        ("id", "/tmp/x", 'id: "/tmp/x" is not a plan id (1 to 64 letters, digits, _ or -)'),
+        ("id", "", 'id: "" is not a plan id (1 to 64 letters, digits, _ or -)'),
+        ("id", 7, "id: expected a string, got 7"),
+        (
+            "created_at",
+            "yesterday",
+            'created_at: expected an ISO 8601 date-time with a timezone, got "yesterday"',
+        ),
+        (
+            "created_at",
+            "2026-11-22T00:00:00",
+            'created_at: expected an ISO 8601 date-time with a timezone, got "2026-11-22T00:00:00"',
+        ),
+        ("playbook.variables", [], "playbook.variables: expected an object, got a list"),
+        (
+            "playbook.variables",
+            {"keep": None},
+            "playbook.variables.keep: expected a string, number or true/false, got null",
+        ),
+        ("server.url", None, "server.url: expected a string, got null"),
+        ("summary.delete", -1, "summary.delete: expected a whole number of at least 0, got -1"),
+        ("violations", "none", 'violations: expected a list, got "none"'),
+        ("steps.0", [], "steps[0]: expected an object, got a list"),
+        ("steps.0.index", 1, "steps[0].index: expected 0 (the step's place), got 1"),
+        (
+            "steps.0.action",
+            "explode",
+            "steps[0].action: expected one of cancel, delete, reschedule, resume, retry,"
+            ' set_state, tag; got "explode"',
+        ),
+        (
+            "steps.0.selected",
+            -1,
+            "steps[0].selected: expected a whole number of at least 0, got -1",
+        ),
+        (
+            "steps.0.settings.max_attempts",
+            0,
+            "steps[0].settings.max_attempts: expected a whole number from 1 to 100, got 0",
+        ),
+        (
+            "steps.0.settings.max_attempts",
+            True,
+            "steps[0].settings.max_attempts: expected a whole number from 1 to 100, got true",
+        ),
+        (
+            "steps.0.settings.rate_limit",
+            -1,
+            "steps[0].settings.rate_limit: expected a number more than 0, got -1",
+        ),
+        (
+            "steps.0.settings.concurrency",
+            0,
+            "steps[0].settings.concurrency: expected a whole number from 1 to 256, got 0",
+        ),
+        (
+            "steps.0.settings.concurrency",
+            "8",
+            'steps[0].settings.concurrency: expected a whole number from 1 to 256, got "8"',
+        ),
+        (
+            "steps.0.settings.backoff_seconds",
+            -0.5,
+            "steps[0].settings.backoff_seconds: expected a number from 0 to 31,536,000,000, got"
+            " -0.5",
+        ),
+        ("steps.0.settings.max_attempts", DELETE, "steps[0].settings.max_attempts: missing"),
+        (
+            f"{CHANGE}.op",
+            "explode",
+            f"{CHANGE.replace('.0', '[0]')}.op: expected one of delete, noop, recreate, resume,"
+            ' set_state, tag; got "explode"',
+        ),
+        (f"{CHANGE}.key", "0:x", f'steps[0].changes[0].key: expected "0:{RUN_ID}", got "0:x"'),
+        (f"{CHANGE}.run.id", "nope", 'steps[0].changes[0].run.id: expected a UUID, got "nope"'),
+        (
+            f"{CHANGE}.run.state_type",
+            "WAITING",
+            "steps[0].changes[0].run.state_type: expected one of CANCELLED, CANCELLING,"
+            ' COMPLETED, CRASHED, FAILED, PAUSED, PENDING, RUNNING, SCHEDULED; got "WAITING"',
+        ),
+        (
+            f"{CHANGE}.run.end",
+            "2026-13-01T00:00:00Z",
+            "steps[0].changes[0].run.end: expected an ISO 8601 date-time with a timezone, got"
+            ' "2026-13-01T00:00:00Z"',
+        ),
+        (
+            f"{CHANGE}.run.tags",
+            [1],
+            "steps[0].changes[0].run.tags[0]: expected a string, got 1",
+        ),
+        (
+            f"{CHANGE}.run.parameters",
+            "x",
+            'steps[0].changes[0].run.parameters: expected an object, got "x"',
+        ),
+    ],
+)
+def test_plan_fields_are_checked_even_with_a_recomputed_checksum(
+    tmp_path: Path, nothing_sent: None, where: str, value: Any, expected: str
+) -> None:
+    path = write_document(tmp_path / "plan.json", edit(plan_document(), where, value))
+    code, out, err = invoke("show", str(path))
+    assert (code, out, err) == (1, "", f"runner: {path}: {expected}\n")
+    code, out, err = invoke("apply", str(path), "--yes", "--state-dir", str(tmp_path / "state"))
+    assert (code, out, err) == (1, "", f"runner: {path}: {expected}\n")
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "expected"),
+    [
+        (
+            f"{CHANGE}.state.type",
+            "WAITING",
+            "steps[0].changes[0].state.type: expected one of CANCELLED, CANCELLING, COMPLETED,"
+            ' CRASHED, FAILED, PAUSED, PENDING, RUNNING, SCHEDULED; got "WAITING"',
+        ),
+        (
+            f"{CHANGE}.state.scheduled_time",
+            "soon",
+            "steps[0].changes[0].state.scheduled_time: expected an ISO 8601 date-time with a"
+            ' timezone, got "soon"',
+        ),
+        (
+            f"{CHANGE}.state.force",
+            "yes",
+            'steps[0].changes[0].state.force: expected true or false, got "yes"',
+        ),
+        (
+            f"{CHANGE}.state",
+            DELETE,
+            "steps[0].changes[0].state: missing: a set_state change needs the state it proposes",
+        ),
+        (
+            "steps.0.settings.max_backoff_seconds",
+            1e309,
+            "steps[0].settings.max_backoff_seconds: expected a number from 0 to 31,536,000,000,"
+            " got Infinity",
+        ),
+    ],
+)
+def test_plan_states_are_checked(tmp_path: Path, where: str, value: Any, expected: str) -> None:
+    from runner.plan import PlanFileError, read_plan
+
+    document = plan_document("{reschedule: {delay: 1h}}", ("SCHEDULED", "Late"))
+    path = write_document(tmp_path / "plan.json", edit(document, where, value))
+    with pytest.raises(PlanFileError) as info:
+        read_plan(path)
+    assert str(info.value) == f"{path}: {expected}"
+
+
+def test_a_run_twice_in_a_step_is_refused(tmp_path: Path) -> None:
+    from runner.plan import PlanFileError, read_plan
+
+    document = plan_document()
+    document["steps"][0]["changes"].append(document["steps"][0]["changes"][0])
+    path = write_document(tmp_path / "plan.json", document)
+    with pytest.raises(PlanFileError) as info:
+        read_plan(path)
+    assert str(info.value) == (
+        f"{path}: steps[0].changes[1].run.id: run {RUN_ID} has two changes in this step"
+    )
+
+
+def test_a_valid_plan_reads_back_the_same(tmp_path: Path) -> None:
+    from runner.plan import dumps, read_plan
+
+    for document in (plan_document(), plan_document("{reschedule: {delay: 1h}}")):
+        path = tmp_path / "plan.json"
+        path.write_text(json.dumps(document))
+        assert json.loads(dumps(read_plan(path))) == document
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "not a runner plan: nested too deeply"),
+        (
+            b'{"format": "runner-plan", "version": "\xff"}',
+            "not UTF-8 text (invalid start byte at byte 38)",
+        ),
+        (
+            b'{"format": "runner-plan", "version": 1, "x": ' + b"9" * 5000 + b"}",
+            "not a runner plan: a whole number too long to read",
+        ),
+        (
+            b'{"format": "runner-plan", "version": 1, "id": "\\ud800"}',
+            "not a runner plan: a string holds an unpaired surrogate (such as \\ud800)",
+        ),
+    ],
+)
+def test_broken_plan_files(
+    tmp_path: Path, nothing_sent: None, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "plan.json"
+    path.write_bytes(content)
+    code, out, err = invoke("show", str(path))
+    assert (code, out, err) == (1, "", f"runner: {path}: {expected}\n")
+    code, out, err = invoke("apply", str(path), "--yes", "--state-dir", str(tmp_path / "state"))
+    assert (code, out, err) == (1, "", f"runner: {path}: {expected}\n")
+
+
+def test_a_plan_file_over_the_limit_is_refused_unread(tmp_path: Path, nothing_sent: None) -> None:
+    from runner.plan import MAX_PLAN_BYTES
+
+    path = tmp_path / "plan.json"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_PLAN_BYTES + 1)  # sparse: costs no disk, and is never read
+    code, out, err = invoke("show", str(path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"runner: {path}: too large (1,073,741,825 bytes): a plan file is at most 1 GiB"
+        " (1,073,741,824 bytes, about a million changes)\n"
+    )
+
+
+def test_resuming_from_a_plan_whose_id_is_a_path_is_refused(
+    tmp_path: Path, nothing_sent: None
+) -> None:
+    workdir = tmp_path / "state" / "0123456789ab"
+    workdir.mkdir(parents=True)
+    write_document(workdir / "plan.json", edit(plan_document(), "id", "../../escaped"))
+    code, out, err = invoke("apply", "--resume", str(workdir), "--yes")
+    assert (code, out) == (1, "")
+    assert err == (
+        f'runner: {workdir / "plan.json"}: id: "../../escaped" is not a plan id (1 to 64'
+        " letters, digits, _ or -)\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["0123456789ab", "plan.json", "state"]

@@ -27,7 +27,7 @@ from runner.errors import RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
 from runner.journal import Journal, read_journal
 from runner.loader import load_playbook
-from runner.plan import Plan, check_applicable, read_plan, write_plan
+from runner.plan import Plan, check_applicable, check_plan_id, read_plan, write_plan
 from runner.planning import plan_playbook
 from runner.render import render, summary_line
 from runner.retry import RetryPolicy, policy_for
@@ -67,6 +67,7 @@ class Applied:
 
 
 def _workdir(state_dir: Path, plan: Plan) -> Path:
+    check_plan_id(plan.id)  # a folder of the state dir, never a path out of it
     return state_dir / plan.id
 
 
