@@ -7,6 +7,7 @@ test_settings.py. No Prefect server is needed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,9 +236,9 @@ def nothing_sent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def plan_document(
-    action: str = "delete", state: tuple[str, str] = ("COMPLETED", "Completed")
+    action: str = "delete", state: tuple[str, str] = ("COMPLETED", "Completed"), runs: int = 1
 ) -> dict[str, Any]:
-    """A valid plan document (as ``runner plan -o`` writes it) for one run."""
+    """A valid plan document (as ``runner plan -o`` writes it) for ``runs`` runs."""
     from datetime import datetime, timezone
     from uuid import UUID
 
@@ -251,16 +252,19 @@ def plan_document(
         env={},
     )
     now = datetime.now(timezone.utc)
-    run = RunView(
-        id=UUID(RUN_ID),
-        name="brave-otter",
-        flow="etl",
-        state_type=state[0],
-        state_name=state[1],
-        expected_start=now,
+    seen = tuple(
+        RunView(
+            id=UUID(int=UUID(RUN_ID).int + i),
+            name=f"brave-otter-{i}",
+            flow="etl",
+            state_type=state[0],
+            state_name=state[1],
+            expected_start=now,
+        )
+        for i in range(runs)
     )
     observation = Observation(
-        now=now, server_url=API_URL, server_version="3.9.1", steps=(StepObservation(runs=(run,)),)
+        now=now, server_url=API_URL, server_version="3.9.1", steps=(StepObservation(runs=seen),)
     )
     document: dict[str, Any] = json.loads(
         dumps(make_plan(playbook, observation, plan_id="0123456789ab"))
@@ -529,3 +533,147 @@ def test_resuming_from_a_plan_whose_id_is_a_path_is_refused(
         " letters, digits, _ or -)\n"
     )
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["0123456789ab", "plan.json", "state"]
+
+
+# -- where runner writes -------------------------------------------------------------------
+
+
+class FakeServer:
+    """Just enough of the Prefect API to apply a delete, one run at a time."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.runs = {
+            change["run"]["id"]: {
+                "id": change["run"]["id"],
+                "name": change["run"]["name"],
+                "flow_id": "00000000-0000-4000-8000-00000000f10e",
+                "state": {"type": "COMPLETED", "name": "Completed"},
+            }
+            for change in document["steps"][0]["changes"]
+        }
+        self.requests: list[str] = []
+
+    def handle(self, request: Any) -> Any:
+        import httpx
+
+        path = request.url.path.removeprefix("/api/")
+        self.requests.append(f"{request.method} {path}")
+        answers = {"admin/version": "3.9.1", "version": "0.8.4"}
+        if path in answers:
+            return httpx.Response(200, json=answers[path])
+        if path == "flow_runs/filter":
+            return httpx.Response(200, json=list(self.runs.values()))
+        if request.method == "DELETE" and path.startswith("flow_runs/"):
+            gone = self.runs.pop(path.removeprefix("flow_runs/"), None)
+            return httpx.Response(204 if gone else 404)
+        return httpx.Response(404, json={"detail": "Not Found"})  # csrf-token, bulk routes
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServer]:
+    """A saved plan deleting three runs (``tmp_path/plan.json``) and the server it is for."""
+    import functools
+
+    import httpx
+
+    from runner.client import PrefectClient
+    from runner.commands import apply
+
+    document = plan_document(runs=3)
+    write_document(tmp_path / "plan.json", document)
+    fake = FakeServer(document)
+    transport = httpx.MockTransport(fake.handle)
+    monkeypatch.setattr(
+        apply, "PrefectClient", functools.partial(PrefectClient, transport=transport)
+    )
+    monkeypatch.setenv("PREFECT_API_URL", API_URL)
+    monkeypatch.setenv("PREFECT_HOME", "/nonexistent")
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield fake
+
+
+def test_the_fake_server_takes_an_apply(server: FakeServer, tmp_path: Path) -> None:
+    code, out, err = invoke("apply", "plan.json", "--yes", "--report", "report.json")
+    assert (code, err) == (0, "")
+    assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
+    assert server.runs == {}
+    assert json.loads((tmp_path / "report.json").read_text())["counts"]["done"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("--state-dir", "plan.json/state"),
+            "runner: --state-dir plan.json/state: plan.json is not a folder\n",
+        ),
+        (
+            ("--report", "missing/report.json"),
+            "runner: --report missing/report.json: no such folder: missing\n",
+        ),
+        (
+            ("--report", "plan.json/report.json"),
+            "runner: --report plan.json/report.json: plan.json is not a folder\n",
+        ),
+    ],
+)
+def test_unwritable_output_paths_are_refused_before_anything_is_sent(
+    server: FakeServer, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    code, out, err = invoke("apply", "plan.json", "--yes", *args)
+    assert (code, out, err) == (1, "", expected)
+    assert server.requests == []
+    assert len(server.runs) == 3
+
+
+def test_a_read_only_state_dir_is_refused_before_anything_is_sent(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    code, out, err = invoke("apply", "plan.json", "--yes", "--state-dir", "state")
+    assert (code, out) == (1, "")
+    assert err == "runner: --state-dir state: cannot write in .: Read-only file system\n"
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("missing/plan.json", "runner: -o missing/plan.json: no such folder: missing\n"),
+        ("/dev/full", "runner: -o /dev/full: not a regular file (it would be replaced)\n"),
+        ("/dev/null/plan.json", "runner: -o /dev/null/plan.json: /dev/null is not a folder\n"),
+    ],
+)
+def test_plan_output_that_cannot_be_written_is_refused_before_anything_is_sent(
+    tmp_path: Path, nothing_sent: None, output: str, expected: str
+) -> None:
+    playbook = tmp_path / "p.yaml"
+    playbook.write_text("version: 1\nsteps:\n  - {name: s, select: {}, action: delete}\n")
+    code, out, err = invoke("plan", str(playbook), "-o", output)
+    assert (code, out, err) == (1, "", expected)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_report_that_cannot_be_written_keeps_the_summary(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """The changes are made before the report is written: its failure must not hide them."""
+    code, out, err = invoke("apply", "plan.json", "--yes", "--report", "/dev/full")
+    assert code == 1
+    assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
+    (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
+    assert err == (
+        "runner: --report /dev/full: cannot write: No space left on device; the outcome of"
+        f" every run is in the checkpoint: runner status {journal}\n"
+    )
+    assert server.runs == {}
+    code, out, _ = invoke("status", str(journal))
+    assert (code, out.splitlines()[-1]) == (0, "done 3, drifted 0, failed 0, pending 0")
