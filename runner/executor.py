@@ -33,7 +33,7 @@ from runner.client import MAX_BULK_SIZE, MAX_PAGE_SIZE, PrefectClient, ProposedS
 from runner.concurrency import AdaptiveLimit
 from runner.errors import APIError, ServerError, Unauthorized, Unreachable
 from runner.filters import FlowRunFilter, FlowRunQuery, NamesAnyNotAny, StateFilter, by_ids
-from runner.journal import Journal, JournalState
+from runner.journal import CheckpointWriteError, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 
@@ -271,6 +271,8 @@ class Executor:
             self._stop_unauthorized(exc)
         except APIError as exc:
             self._fail_all(changes, exc)
+        except CheckpointWriteError:
+            raise  # nothing more can be recorded: the apply stops, a resume goes on
         except Exception as exc:  # a bug must not lose the journal: record and go on
             self._fail_all(changes, exc)
         finally:

@@ -6,6 +6,7 @@ test_settings.py. No Prefect server is needed.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -677,3 +678,79 @@ def test_a_report_that_cannot_be_written_keeps_the_summary(
     assert server.runs == {}
     code, out, _ = invoke("status", str(journal))
     assert (code, out.splitlines()[-1]) == (0, "done 3, drifted 0, failed 0, pending 0")
+
+
+class FullDisk:
+    """A checkpoint file on a disk that fills after ``room`` writes."""
+
+    def __init__(self, handle: Any, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, text: str) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= 1
+        return int(self.handle.write(text))
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def fileno(self) -> int:
+        return int(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """The checkpoint's disk fills after ``room`` writes (the first is the header)."""
+    import builtins
+
+    from runner import journal
+
+    def open_(path: Any, mode: str = "r", **kwargs: Any) -> Any:
+        handle = builtins.open(path, mode, **kwargs)  # noqa: SIM115 (the journal closes it)
+        if str(path).endswith("checkpoint.jsonl") and mode == "a":
+            return FullDisk(handle, room)
+        return handle
+
+    monkeypatch.setattr(journal, "open", open_, raising=False)
+
+
+def test_a_full_disk_while_journaling_stops_with_the_resume_hint(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner import journal as journal_module
+
+    fill_the_disk(monkeypatch, room=2)  # the header and one record
+    code, out, err = invoke("apply", "plan.json", "--yes", "--strategy", "per-run")
+    (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
+    assert code == 1
+    assert err == (
+        f"runner: {journal}: cannot write the checkpoint: No space left on device; the apply"
+        " stopped. What the checkpoint recorded stays; with room again, resume with: runner"
+        f" apply --resume {journal}\n"
+    )
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["status"] == "done"
+    assert 1 <= 3 - len(server.runs) <= 2  # the run whose record failed may be gone too
+
+    monkeypatch.delattr(journal_module, "open")  # room again
+    code, out, err = invoke("apply", "--resume", str(journal), "--yes")
+    assert (code, err) == (0, "")
+    assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
+    assert server.runs == {}
+
+
+def test_a_full_disk_when_the_checkpoint_is_started(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_the_disk(monkeypatch, room=0)
+    code, _, err = invoke("apply", "plan.json", "--yes")
+    assert code == 1
+    assert err == (
+        "runner: .runner/0123456789ab/checkpoint.jsonl: cannot write the checkpoint: No space"
+        " left on device\n"
+    )
+    assert [r for r in server.requests if not r.startswith("GET")] == []
+    assert len(server.runs) == 3

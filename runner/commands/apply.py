@@ -26,7 +26,7 @@ from runner.client import PrefectClient
 from runner.commands.output import check_file, check_folder
 from runner.errors import OutputError, RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
-from runner.journal import Journal, read_journal
+from runner.journal import CheckpointWriteError, Journal, read_journal
 from runner.loader import load_playbook
 from runner.plan import Plan, check_applicable, check_plan_id, read_plan, write_plan
 from runner.planning import plan_playbook
@@ -254,6 +254,13 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
                     error = exc
                 finally:
                     group.cancel_scope.cancel()
+            failure = _checkpoint_failure(error)
+            if failure is not None:
+                err.write(
+                    f"runner: {failure}; the apply stopped. What the checkpoint recorded stays;"
+                    f" with room again, resume with: runner apply --resume {journal_path}\n"
+                )
+                return Applied(EXIT_ERROR, plan)
             if error is not None:
                 raise error
         code = _summarise(result, plan, journal_path, out, err)
@@ -264,6 +271,17 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
             if not stored and code == EXIT_OK:
                 code = EXIT_ERROR
         return Applied(code, plan, result)
+
+
+def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | None:
+    """The checkpoint write failure in ``error`` (or in the exception groups it holds)."""
+    if isinstance(error, CheckpointWriteError):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _checkpoint_failure(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _write_report(path: str, result: ApplyResult, plan: Plan, journal: Path, err: TextIO) -> bool:
