@@ -110,6 +110,15 @@ def test_durations_and_times_out_of_range(select: str, action: str, expected: st
     assert problems(STEP.format(select=select, action=action)) == [expected]
 
 
+def test_a_max_plan_age_out_of_range_is_a_usage_error(tmp_path: Path, nothing_sent: None) -> None:
+    code, out, err = invoke("apply", "plan.json", "--max-plan-age", "99999999999w")
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        "Error: Invalid value for --max-plan-age: '99999999999w' is too long (at most 365000d,"
+        " about 1,000 years)\n"
+    )
+
+
 def test_a_retry_backoff_out_of_range() -> None:
     text = "version: 1\ndefaults: {retry: {max_backoff: 9999999999999999d}}\n" + STEP.format(
         select="", action="delete"
