@@ -182,6 +182,20 @@ def test_long_strings() -> None:
     assert problems(
         f"version: 1\nsteps:\n  - {{name: {long_name}, select: {{}}, action: delete}}\n"
     ) == ["p.yaml:3:12: steps[0].name: too long: 65,536 characters (a name takes at most 256)"]
+    text = (
+        f"version: 1\nname: {long_name}\nsteps:\n  - name: s\n"
+        f"    select: {{flows: [etl, {long_name}], tags: {{any: {long_name}}}}}\n"
+        f"    action: {{tag: {{add: [{long_name}]}}}}\n"
+    )
+    assert problems(text) == [
+        "p.yaml:2:7: name: too long: 65,536 characters (a name takes at most 256)",
+        "p.yaml:5:27: steps[0].select.flows[1]: too long: 65,536 characters (a name takes at"
+        " most 256)",
+        "p.yaml:5:65578: steps[0].select.tags.any: too long: 65,536 characters (a name takes at"
+        " most 256)",
+        "p.yaml:6:26: steps[0].action.tag.add[0]: too long: 65,536 characters (a name takes at"
+        " most 256)",
+    ]
     text = f"version: 1\ndescription: {'y' * 4097}\nsteps:\n  - {{name: s, select: {{}}, action: delete}}\n"
     assert problems(text) == [
         "p.yaml:2:14: description: too long: 4,097 characters (a text takes at most 4,096)"
