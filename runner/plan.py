@@ -411,7 +411,11 @@ _Path = tuple[str | int, ...]
 
 class _Reader:
     """Checks and converts a plan document, field by field; the first problem is raised as a
-    :class:`PlanFileError` naming its JSON path (``steps[0].settings.max_attempts``)."""
+    :class:`PlanFileError` naming its JSON path (``steps[0].settings.max_attempts``).
+
+    Each checker takes the object, the key and the object's path, and builds the field's path
+    only to report a problem: a plan can hold a million changes.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -423,42 +427,58 @@ class _Reader:
             where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
         raise PlanFileError(f"{self.source}: {where}: {message}")
 
-    # -- values ----------------------------------------------------------------------------
+    # -- values: data[key], at path + (key,) ----------------------------------------------
 
-    def field(self, data: dict[str, Any], key: str, path: _Path, default: Any = ...) -> Any:
-        if key in data:
+    def get(self, data: dict[str, Any], key: str, path: _Path) -> Any:
+        try:
             return data[key]
-        if default is ...:
+        except KeyError:
             self.fail((*path, key), "missing")
-        return default
 
-    def obj(self, value: Any, path: _Path) -> dict[str, Any]:
+    def as_obj(self, value: Any, path: _Path) -> dict[str, Any]:
         if not isinstance(value, dict):
             self.fail(path, f"expected an object, got {_got(value)}")
         return value
 
-    def array(self, value: Any, path: _Path) -> list[Any]:
+    def obj(self, data: dict[str, Any], key: str, path: _Path) -> dict[str, Any]:
+        return self.as_obj(self.get(data, key, path), (*path, key))
+
+    def array(self, data: dict[str, Any], key: str, path: _Path) -> list[Any]:
+        value = self.get(data, key, path)
         if not isinstance(value, list):
-            self.fail(path, f"expected a list, got {_got(value)}")
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
         return value
 
-    def text(self, value: Any, path: _Path) -> str:
+    def text(self, data: dict[str, Any], key: str, path: _Path) -> str:
+        value = self.get(data, key, path)
         if not isinstance(value, str):
-            self.fail(path, f"expected a string, got {_got(value)}")
+            self.fail((*path, key), f"expected a string, got {_got(value)}")
         return value
 
-    def optional_text(self, value: Any, path: _Path) -> str | None:
-        return None if value is None else self.text(value, path)
+    def optional_text(self, data: dict[str, Any], key: str, path: _Path) -> str | None:
+        return None if data.get(key) is None else self.text(data, key, path)
 
-    def texts(self, value: Any, path: _Path) -> tuple[str, ...]:
-        return tuple(self.text(v, (*path, i)) for i, v in enumerate(self.array(value, path)))
+    def texts(self, data: dict[str, Any], key: str, path: _Path) -> tuple[str, ...]:
+        value = self.get(data, key, path)
+        if not isinstance(value, list):
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail((*path, key, index), f"expected a string, got {_got(item)}")
+        return tuple(value)
 
-    def choice(self, value: Any, path: _Path, options: frozenset[str]) -> str:
+    def choice(self, data: dict[str, Any], key: str, path: _Path, options: frozenset[str]) -> str:
+        value = self.get(data, key, path)
         if not isinstance(value, str) or value not in options:
-            self.fail(path, f"expected one of {', '.join(sorted(options))}; got {_got(value)}")
+            self.fail(
+                (*path, key), f"expected one of {', '.join(sorted(options))}; got {_got(value)}"
+            )
         return value
 
-    def integer(self, value: Any, path: _Path, low: int, high: int | None = None) -> int:
+    def integer(
+        self, data: dict[str, Any], key: str, path: _Path, low: int, high: int | None = None
+    ) -> int:
+        value = self.get(data, key, path)
         if (
             not isinstance(value, int)
             or isinstance(value, bool)
@@ -466,10 +486,21 @@ class _Reader:
             or (high is not None and value > high)
         ):
             span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            self.fail(path, f"expected a whole number {span}, got {_got(value)}")
+            self.fail((*path, key), f"expected a whole number {span}, got {_got(value)}")
         return value
 
-    def number(self, value: Any, path: _Path, *, low: float, high: float, above: bool) -> float:
+    def number(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        low: float,
+        high: float,
+        above: bool = False,
+        default: float | None = None,
+    ) -> float:
+        value = data.get(key, default) if default is not None else self.get(data, key, path)
         if (
             not isinstance(value, (int, float))
             or isinstance(value, bool)
@@ -479,27 +510,29 @@ class _Reader:
             or value > high
         ):
             span = f"more than {low:g}" if above else f"from {low:g} to {high:,.0f}"
-            self.fail(path, f"expected a number {span}, got {_got(value)}")
+            self.fail((*path, key), f"expected a number {span}, got {_got(value)}")
         return float(value)
 
-    def boolean(self, value: Any, path: _Path) -> bool:
+    def boolean(self, data: dict[str, Any], key: str, path: _Path) -> bool:
+        value = data.get(key, False)
         if not isinstance(value, bool):
-            self.fail(path, f"expected true or false, got {_got(value)}")
+            self.fail((*path, key), f"expected true or false, got {_got(value)}")
         return value
 
-    def uuid(self, value: Any, path: _Path) -> UUID:
+    def uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID:
+        value = self.get(data, key, path)
         if isinstance(value, str):
             try:
                 return UUID(value)
             except ValueError:
                 pass
-        self.fail(path, f"expected a UUID, got {_got(value)}")
+        self.fail((*path, key), f"expected a UUID, got {_got(value)}")
 
-    def optional_uuid(self, value: Any, path: _Path) -> UUID | None:
-        return None if value is None else self.uuid(value, path)
+    def optional_uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID | None:
+        return None if data.get(key) is None else self.uuid(data, key, path)
 
-    def when(self, value: Any, path: _Path) -> datetime:
-        problem = "expected an ISO 8601 date-time with a timezone"
+    def when(self, data: dict[str, Any], key: str, path: _Path) -> datetime:
+        value = self.get(data, key, path)
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             if parsed.tzinfo is not None:
@@ -507,20 +540,21 @@ class _Reader:
                 return parsed
         except (AttributeError, ValueError, OverflowError):
             pass
-        self.fail(path, f"{problem}, got {_got(value)}")
+        self.fail(
+            (*path, key),
+            f"expected an ISO 8601 date-time with a timezone, got {_got(value)}",
+        )
 
-    def optional_when(self, value: Any, path: _Path) -> datetime | None:
-        return None if value is None else self.when(value, path)
+    def optional_when(self, data: dict[str, Any], key: str, path: _Path) -> datetime | None:
+        return None if data.get(key) is None else self.when(data, key, path)
 
     # -- the document ----------------------------------------------------------------------
 
     def plan(self, data: dict[str, Any]) -> Plan:
-        plan_id = self.text(self.field(data, "id", ()), ("id",))
+        plan_id = self.text(data, "id", ())
         check_plan_id(plan_id, source=self.source)
-        playbook = self.obj(self.field(data, "playbook", ()), ("playbook",))
-        variables = self.obj(
-            self.field(playbook, "variables", ("playbook",)), ("playbook", "variables")
-        )
+        playbook = self.obj(data, "playbook", ())
+        variables = self.obj(playbook, "variables", ("playbook",))
         for name, value in variables.items():
             if not isinstance(value, (str, int, float)) or (
                 isinstance(value, float) and not math.isfinite(value)
@@ -529,97 +563,68 @@ class _Reader:
                     ("playbook", "variables", name),
                     f"expected a string, number or true/false, got {_got(value)}",
                 )
-        server = self.obj(self.field(data, "server", ()), ("server",))
-        summary = self.obj(self.field(data, "summary", (), {}), ("summary",))
-        for name, count in summary.items():
-            self.integer(count, ("summary", name), 0)
-        steps = self.array(self.field(data, "steps", ()), ("steps",))
+        server = self.obj(data, "server", ())
+        summary = self.as_obj(data.get("summary", {}), ("summary",))
+        for name in summary:
+            self.integer(summary, name, ("summary",), 0)
+        steps = self.array(data, "steps", ())
         return Plan(
             id=plan_id,
-            created_at=self.when(self.field(data, "created_at", ()), ("created_at",)),
-            playbook_name=self.text(
-                self.field(playbook, "name", ("playbook",)), ("playbook", "name")
-            ),
-            playbook_path=self.text(
-                self.field(playbook, "path", ("playbook",)), ("playbook", "path")
-            ),
-            playbook_digest=self.text(
-                self.field(playbook, "digest", ("playbook",)), ("playbook", "digest")
-            ),
+            created_at=self.when(data, "created_at", ()),
+            playbook_name=self.text(playbook, "name", ("playbook",)),
+            playbook_path=self.text(playbook, "path", ("playbook",)),
+            playbook_digest=self.text(playbook, "digest", ("playbook",)),
             variables=variables,
-            server_url=self.text(self.field(server, "url", ("server",)), ("server", "url")),
-            server_version=self.optional_text(
-                self.field(server, "version", ("server",), None), ("server", "version")
-            ),
+            server_url=self.text(server, "url", ("server",)),
+            server_version=self.optional_text(server, "version", ("server",)),
             steps=tuple(self.step(index, step) for index, step in enumerate(steps)),
-            violations=self.texts(self.field(data, "violations", (), []), ("violations",)),
-            notes=self.texts(self.field(data, "notes", (), []), ("notes",)),
+            violations=self.texts(data, "violations", ()) if "violations" in data else (),
+            notes=self.texts(data, "notes", ()) if "notes" in data else (),
         )
 
     def step(self, index: int, value: Any) -> StepPlan:
         path: _Path = ("steps", index)
-        data = self.obj(value, path)
-        position = self.field(data, "index", path)
+        data = self.as_obj(value, path)
+        position = self.get(data, "index", path)
         if position != index or isinstance(position, bool):
             self.fail(
                 (*path, "index"), f"expected {index} (the step's place), got {_got(position)}"
             )
-        settings_path: _Path = (*path, "settings")
-        settings = self.obj(self.field(data, "settings", path), settings_path)
-        rate_limit = self.field(settings, "rate_limit", settings_path, None)
-        changes = self.array(self.field(data, "changes", path), (*path, "changes"))
+        settings = self.obj(data, "settings", path)
+        at: _Path = (*path, "settings")
+        changes = self.array(data, "changes", path)
         return StepPlan(
             index=index,
-            name=self.text(self.field(data, "name", path), (*path, "name")),
-            action=self.choice(self.field(data, "action", path), (*path, "action"), _ACTIONS),
-            selected=self.integer(self.field(data, "selected", path), (*path, "selected"), 0),
+            name=self.text(data, "name", path),
+            action=self.choice(data, "action", path, _ACTIONS),
+            selected=self.integer(data, "selected", path, 0),
             changes=tuple(
                 self.change(index, (*path, "changes", i), c) for i, c in enumerate(changes)
             ),
-            concurrency=self.integer(
-                self.field(settings, "concurrency", settings_path),
-                (*settings_path, "concurrency"),
-                1,
-                256,
-            ),
+            concurrency=self.integer(settings, "concurrency", at, 1, 256),
             rate_limit=None
-            if rate_limit is None
-            else self.number(
-                rate_limit, (*settings_path, "rate_limit"), low=0, high=math.inf, above=True
-            ),
-            max_attempts=self.integer(
-                self.field(settings, "max_attempts", settings_path),
-                (*settings_path, "max_attempts"),
-                1,
-                100,
-            ),
+            if settings.get("rate_limit") is None
+            else self.number(settings, "rate_limit", at, low=0, high=math.inf, above=True),
+            max_attempts=self.integer(settings, "max_attempts", at, 1, 100),
             backoff_seconds=self.number(
-                self.field(settings, "backoff_seconds", settings_path, 0.25),
-                (*settings_path, "backoff_seconds"),
-                low=0,
-                high=_MAX_BACKOFF,
-                above=False,
+                settings, "backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=0.25
             ),
             max_backoff_seconds=self.number(
-                self.field(settings, "max_backoff_seconds", settings_path, 20.0),
-                (*settings_path, "max_backoff_seconds"),
-                low=0,
-                high=_MAX_BACKOFF,
-                above=False,
+                settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
             ),
         )
 
     def change(self, step: int, path: _Path, value: Any) -> Change:
-        data = self.obj(value, path)
-        run = self.run(self.field(data, "run", path), (*path, "run"))
-        op = self.choice(self.field(data, "op", path), (*path, "op"), _OPS)
+        data = self.as_obj(value, path)
+        run = self.run(self.as_obj(self.get(data, "run", path), (*path, "run")), (*path, "run"))
+        op = self.choice(data, "op", path, _OPS)
         key = f"{step}:{run.id}"
-        if self.field(data, "key", path) != key:
+        if self.get(data, "key", path) != key:
             self.fail((*path, "key"), f"expected {_got(key)}, got {_got(data['key'])}")
         if key in self.keys:
             self.fail((*path, "run", "id"), f"run {run.id} has two changes in this step")
         self.keys.add(key)
-        raw_state = self.field(data, "state", path, None)
+        raw_state = data.get("state")
         state = None if raw_state is None else self.state(raw_state, (*path, "state"))
         if op in ("set_state", "recreate") and state is None:
             self.fail((*path, "state"), f"missing: a {op} change needs the state it proposes")
@@ -628,63 +633,48 @@ class _Reader:
                 (*path, "run", "deployment_id"),
                 "missing: a recreate change needs the deployment to create the new run from",
             )
-        raw_tags = self.field(data, "tags", path, None)
         return Change(
             step=step,
             run=run,
             op=op,  # type: ignore[arg-type]  # checked against Op's values
-            reason=self.optional_text(self.field(data, "reason", path, None), (*path, "reason")),
+            reason=self.optional_text(data, "reason", path),
             state=state,
-            tags=None if raw_tags is None else self.texts(raw_tags, (*path, "tags")),
-            idempotency_key=self.optional_text(
-                self.field(data, "idempotency_key", path, None), (*path, "idempotency_key")
-            ),
+            tags=None if data.get("tags") is None else self.texts(data, "tags", path),
+            idempotency_key=self.optional_text(data, "idempotency_key", path),
         )
 
     def state(self, value: Any, path: _Path) -> TargetState:
-        data = self.obj(value, path)
+        data = self.as_obj(value, path)
         return TargetState(
-            type=self.choice(self.field(data, "type", path), (*path, "type"), _STATE_TYPES),
-            name=self.text(self.field(data, "name", path), (*path, "name")),
-            message=self.optional_text(self.field(data, "message", path, None), (*path, "message")),
-            scheduled_time=self.optional_when(
-                self.field(data, "scheduled_time", path, None), (*path, "scheduled_time")
-            ),
-            force=self.boolean(self.field(data, "force", path, False), (*path, "force")),
+            type=self.choice(data, "type", path, _STATE_TYPES),
+            name=self.text(data, "name", path),
+            message=self.optional_text(data, "message", path),
+            scheduled_time=self.optional_when(data, "scheduled_time", path),
+            force=self.boolean(data, "force", path),
         )
 
-    def run(self, value: Any, path: _Path) -> RunView:
-        data = self.obj(value, path)
-
-        def optional(key: str) -> Any:
-            return self.field(data, key, path, None)
-
-        state_type = optional("state_type")
-        parameters = optional("parameters")
+    def run(self, data: dict[str, Any], path: _Path) -> RunView:
+        parameters = data.get("parameters")
         return RunView(
-            id=self.uuid(self.field(data, "id", path), (*path, "id")),
-            name=self.text(self.field(data, "name", path), (*path, "name")),
-            flow=self.text(self.field(data, "flow", path), (*path, "flow")),
-            deployment=self.optional_text(optional("deployment"), (*path, "deployment")),
-            deployment_id=self.optional_uuid(optional("deployment_id"), (*path, "deployment_id")),
+            id=self.uuid(data, "id", path),
+            name=self.text(data, "name", path),
+            flow=self.text(data, "flow", path),
+            deployment=self.optional_text(data, "deployment", path),
+            deployment_id=self.optional_uuid(data, "deployment_id", path),
             state_type=None
-            if state_type is None
-            else self.choice(state_type, (*path, "state_type"), _STATE_TYPES),
-            state_name=self.optional_text(optional("state_name"), (*path, "state_name")),
-            expected_start=self.optional_when(
-                optional("expected_start"), (*path, "expected_start")
-            ),
-            next_scheduled_start=self.optional_when(
-                optional("next_scheduled_start"), (*path, "next_scheduled_start")
-            ),
-            start=self.optional_when(optional("start"), (*path, "start")),
-            end=self.optional_when(optional("end"), (*path, "end")),
-            tags=self.texts(self.field(data, "tags", path, []), (*path, "tags")),
-            work_queue=self.optional_text(optional("work_queue"), (*path, "work_queue")),
-            parent_task_run_id=self.optional_uuid(
-                optional("parent_task_run_id"), (*path, "parent_task_run_id")
-            ),
-            parameters=None if parameters is None else self.obj(parameters, (*path, "parameters")),
+            if data.get("state_type") is None
+            else self.choice(data, "state_type", path, _STATE_TYPES),
+            state_name=self.optional_text(data, "state_name", path),
+            expected_start=self.optional_when(data, "expected_start", path),
+            next_scheduled_start=self.optional_when(data, "next_scheduled_start", path),
+            start=self.optional_when(data, "start", path),
+            end=self.optional_when(data, "end", path),
+            tags=self.texts(data, "tags", path) if "tags" in data else (),
+            work_queue=self.optional_text(data, "work_queue", path),
+            parent_task_run_id=self.optional_uuid(data, "parent_task_run_id", path),
+            parameters=None
+            if parameters is None
+            else self.as_obj(parameters, (*path, "parameters")),
         )
 
 
