@@ -5,6 +5,7 @@
     RunnerError
     ├── SettingsError            a connection setting is malformed
     ├── PlaybookError            a playbook failed to load (carries every Problem found)
+    ├── OutputError              a file or folder runner must write cannot be written
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
         ├── Unauthorized         401/403 (with a hint about the API key or auth string)
@@ -30,6 +31,10 @@ class RunnerError(Exception):
 
 class SettingsError(RunnerError):
     """A connection setting (argument, environment variable or profile) is malformed."""
+
+
+class OutputError(RunnerError):
+    """A file or folder runner must write (``-o``, ``--report``, ``--state-dir``) cannot be."""
 
 
 class APIError(RunnerError):

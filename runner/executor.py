@@ -46,7 +46,7 @@ from runner.filters import (
     TimeWindow,
     by_ids,
 )
-from runner.journal import FINISHED, Journal, JournalState
+from runner.journal import FINISHED, CheckpointWriteError, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 
@@ -382,6 +382,8 @@ class Executor:
             self._stop_unauthorized(exc)
         except APIError as exc:
             self._fail_all(changes, exc)
+        except CheckpointWriteError:
+            raise  # nothing more can be recorded: the apply stops, a resume goes on
         except Exception as exc:  # a bug must not lose the journal: record and go on
             self._fail_all(changes, exc)
         finally:

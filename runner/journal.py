@@ -42,6 +42,11 @@ class CheckpointError(RunnerError):
     """A checkpoint cannot be used: another plan's, a newer format, locked by another apply."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
+    written before stays; a resume redoes the rest."""
+
+
 @dataclass
 class Entry:
     key: str
@@ -135,11 +140,32 @@ class Journal:
         self._lock: TextIO | None = None
         self._unsynced = 0
         self._last_sync = time.monotonic()
+        self._broken: CheckpointWriteError | None = None
+
+    def _failed(self, exc: OSError) -> CheckpointWriteError:
+        """Remember the first write failure: nothing more is written after it."""
+        if self._broken is None:
+            reason = exc.strerror or type(exc).__name__
+            self._broken = CheckpointWriteError(
+                f"{self.path}: cannot write the checkpoint: {reason}"
+            )
+        return self._broken
 
     def __enter__(self) -> Journal:
+        try:
+            return self._open()
+        except BaseException as exc:
+            failure = self._failed(exc) if isinstance(exc, OSError) else None
+            with contextlib.suppress(CheckpointWriteError):
+                self.close()  # the lock is released
+            if failure is not None:  # a full disk, a read-only folder, ...
+                raise failure from None
+            raise
+
+    def _open(self) -> Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock = open(lock_path, "a+")
+        self._lock = open(lock_path, "a+")  # noqa: SIM115 (held until close())
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,7 +186,7 @@ class Journal:
             # Refuses another plan's journal, or one started for a different plan file.
             read_journal(self.path, plan_id=self.plan_id, plan_checksum=self.plan_checksum)
             self._repair_torn_tail()
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (as the lock)
         if fresh:
             self._write(
                 {
@@ -187,23 +213,37 @@ class Journal:
                 handle.flush()
                 os.fsync(handle.fileno())
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        try:
+            self.close()
+        except CheckpointWriteError:
+            if exc_type is None:
+                raise  # else the error on its way out says more (often the same full disk)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self.sync()
-            self._handle.close()
-            self._handle = None
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+        """Sync and close; the lock is released even when the last sync fails."""
+        try:
+            if self._handle is not None and self._broken is None:  # else raised already
+                self.sync()
+        finally:
+            if self._handle is not None:
+                with contextlib.suppress(OSError):  # a failed sync left bytes it cannot write
+                    self._handle.close()
+                self._handle = None
+            if self._lock is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._lock, fcntl.LOCK_UN)
+                self._lock.close()
+                self._lock = None
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None, "the journal is not open"
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        if self._broken is not None:
+            raise self._broken
+        try:
+            self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._unsynced += 1
 
     def record(
@@ -233,7 +273,12 @@ class Journal:
     def sync(self) -> None:
         if self._handle is None or self._unsynced == 0:
             return
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._broken is not None:
+            raise self._broken
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._unsynced = 0
         self._last_sync = time.monotonic()

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import lru_cache
@@ -48,6 +49,14 @@ KeyPath = tuple[str | int, ...]
 
 MAX_NODES = 100_000  # a YAML alias bomb stops here
 MAX_DEPTH = 64
+#: The largest playbook file read; a larger one is refused before it is parsed.
+MAX_PLAYBOOK_BYTES = 1024 * 1024
+#: The longest name (and any other string but a description, a message or a variable's value).
+MAX_NAME_LENGTH = 256
+#: The longest description, message or variable value (and any string once variables are in).
+MAX_TEXT_LENGTH = 4096
+#: The most digits a whole number may have (Python refuses to read past 4,300).
+MAX_INTEGER_DIGITS = 100
 ENV_PREFIX = "RUNNER_VAR_"
 _VAR_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -202,6 +211,9 @@ def _scalar(node: yaml.ScalarNode, path: KeyPath, src: _Source) -> Any:
         return node.value
     if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
         return node.value  # times are parsed by runner, not by YAML
+    if _too_many_digits(node):
+        src.problem(path, _TOO_MANY_DIGITS.format(count=_digits(node)))
+        return None
     # The constructor function alone: construct_object would cache every node it sees.
     value = _SCALAR_CONSTRUCTOR.yaml_constructors[node.tag](_SCALAR_CONSTRUCTOR, node)
     if isinstance(value, float) and not math.isfinite(value):
@@ -210,6 +222,16 @@ def _scalar(node: yaml.ScalarNode, path: KeyPath, src: _Source) -> Any:
 
 
 _SCALAR_CONSTRUCTOR = yaml.SafeLoader("")
+_TOO_MANY_DIGITS = f"a whole number of {{count:,}} digits (at most {MAX_INTEGER_DIGITS})"
+
+
+def _digits(node: yaml.ScalarNode) -> int:
+    return sum(ch.isalnum() for ch in node.value)
+
+
+def _too_many_digits(node: yaml.ScalarNode) -> bool:
+    """A whole number too long to read: checked on the text, before Python converts it."""
+    return node.tag == "tag:yaml.org,2002:int" and _digits(node) > MAX_INTEGER_DIGITS
 
 
 class _TooLarge(Exception):
@@ -261,9 +283,17 @@ def _parse_yaml(text: str, src: _Source) -> Any:
 
 
 def _parse_override(raw: str) -> str | int | float | bool:
+    """A ``--var`` or ``RUNNER_VAR_`` value read as a YAML scalar (else kept as text);
+    ValueError for a whole number of more than ``MAX_INTEGER_DIGITS`` digits."""
+    try:
+        node = yaml.compose(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(node, yaml.ScalarNode) and _too_many_digits(node):
+        raise ValueError(_TOO_MANY_DIGITS.format(count=_digits(node)))
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError):  # e.g. a date that does not exist
         return raw
     if isinstance(value, (str, int, float, bool)) and not (
         isinstance(value, float) and not math.isfinite(value)
@@ -281,9 +311,16 @@ def _resolve_vars(
     if not isinstance(declared, dict):
         return {}  # the schema reports it
     values = dict(declared)
+
+    def override(name: str, raw: str, source: str) -> None:
+        try:
+            values[name] = _parse_override(raw)
+        except ValueError as exc:
+            src.problem(("vars",), f"{source}: {exc}", key=True)
+
     for name in declared:
         if f"{ENV_PREFIX}{name}" in env:
-            values[name] = _parse_override(env[f"{ENV_PREFIX}{name}"])
+            override(name, env[f"{ENV_PREFIX}{name}"], f"{ENV_PREFIX}{name}")
     for name, raw in overrides.items():
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -293,7 +330,7 @@ def _resolve_vars(
                 key=True,
             )
             continue
-        values[name] = _parse_override(raw)
+        override(name, raw, f"--var {name}")
     return values
 
 
@@ -312,12 +349,74 @@ def _substitute(value: Any, path: KeyPath, variables: Mapping[str, Any], src: _S
         name = whole.group(1)
         return _lookup(name, path, variables, src, value)
 
+    length = [len(value)]
+
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        return str(_lookup(match.group(1), path, variables, src, value))
+        text = str(_lookup(match.group(1), path, variables, src, value))
+        length[0] += len(text) - len(match.group(0))
+        if length[0] > MAX_TEXT_LENGTH:  # ${a}${a}${a}... must not grow without bound
+            raise _TooLong
+        return text
 
-    return _VAR_RE.sub(replace, value)
+    try:
+        return _VAR_RE.sub(replace, value)
+    except _TooLong:
+        src.problem(
+            path, f"too long once its variables are in (over {MAX_TEXT_LENGTH:,} characters)"
+        )
+        return value
+
+
+class _TooLong(Exception):
+    pass
+
+
+#: Strings that may hold tabs and line breaks, and be up to ``MAX_TEXT_LENGTH`` long.
+_TEXT_KEYS = frozenset({"description", "message"})
+_LINE_BREAKS = "\t\n\r"
+
+
+def _check_strings(value: Any, path: KeyPath, src: _Source, skip: set[KeyPath]) -> None:
+    """Lengths and control characters of every string, after variables are substituted.
+
+    A name (every string but a description, a message or a variable's value) is at most
+    ``MAX_NAME_LENGTH`` characters, with no control character (tab and line breaks included);
+    those texts are at most ``MAX_TEXT_LENGTH`` and may hold tabs and line breaks. Strings
+    at a path in ``skip`` already have a problem (an undefined variable, say).
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(item, (*path, key), src, skip)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, (*path, index), src, skip)
+    elif isinstance(value, str) and path not in skip:
+        text = path[:1] == ("vars",) or (bool(path) and path[-1] in _TEXT_KEYS)
+        limit = MAX_TEXT_LENGTH if text else MAX_NAME_LENGTH
+        if len(value) > limit:
+            what = "text" if text else "name"
+            src.problem(
+                path, f"too long: {len(value):,} characters (a {what} takes at most {limit:,})"
+            )
+            return
+        for position, char in enumerate(value, 1):
+            if text and char in _LINE_BREAKS:
+                continue
+            if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+                allowed = (
+                    "tabs and line breaks are allowed, other control characters are not"
+                    if text
+                    else "a name cannot hold tabs, line breaks or other control characters"
+                )
+                src.problem(path, f"{_char_name(char)} at character {position}: {allowed}")
+                return
+
+
+def _char_name(char: str) -> str:
+    names = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
+    return names.get(char, f"the control character U+{ord(char):04X}")
 
 
 def _lookup(name: str, path: KeyPath, variables: Mapping[str, Any], src: _Source, text: str) -> Any:
@@ -705,12 +804,15 @@ def load_playbook(
     """
     name = os.fspath(path)
     try:
-        raw = Path(name).read_bytes()
+        with open(name, "rb") as handle:
+            raw = handle.read(MAX_PLAYBOOK_BYTES + 1)  # never more, whatever the file holds
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise PlaybookError(
             [Problem(file=name, line=1, column=1, path="", message=f"cannot read: {reason}")]
         ) from None
+    if len(raw) > MAX_PLAYBOOK_BYTES:
+        raise PlaybookError([_too_large(name)])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -723,6 +825,17 @@ def load_playbook(
     return dataclasses.replace(playbook, digest="sha256:" + hashlib.sha256(raw).hexdigest())
 
 
+def _too_large(name: str) -> Problem:
+    return Problem(
+        file=name,
+        line=1,
+        column=1,
+        path="",
+        message=f"too large: a playbook is at most {MAX_PLAYBOOK_BYTES // 1024 // 1024} MiB"
+        f" ({MAX_PLAYBOOK_BYTES:,} bytes)",
+    )
+
+
 def load_text(
     text: str,
     *,
@@ -733,6 +846,8 @@ def load_text(
 ) -> Playbook:
     """Like :func:`load_playbook`, from a string."""
     src = _Source(name)
+    if len(text) > MAX_PLAYBOOK_BYTES:
+        raise PlaybookError([_too_large(name)])
     data = _parse_yaml(text, src)
     if not src.problems and not isinstance(data, dict):
         src.problem((), f"a playbook is a mapping (version, steps, ...), got {describe(data)}")
@@ -740,6 +855,7 @@ def load_text(
         raise PlaybookError(src.problems)
     values = _resolve_vars(data, variables or {}, os.environ if env is None else env, src)
     data = _substitute(data, (), values, src)
+    _check_strings(data, (), src, skip=set(src.problem_paths))
     # Report everything at once: the schema skips what a variable problem already explains,
     # and the semantic checks run on every part the schema found no fault in.
     _schema_problems(data, src, skip={p for p in src.problem_paths})

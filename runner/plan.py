@@ -9,16 +9,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NoReturn, TextIO, get_args
 from uuid import UUID, uuid4
 
 from runner.errors import RunnerError
+from runner.playbook import ACTION_TYPES
+from runner.states import StateType
+from runner.timeexpr import MAX_DURATION
 
 PLAN_FORMAT = "runner-plan"
 PLAN_VERSION = 1
+
+#: The largest plan file read (checked before reading): room for a million changes of about
+#: 1 KB each (a change's line is typically 0.5 to 1 KB; runs to recreate carry parameters).
+MAX_PLAN_BYTES = 1024**3
+#: A plan id names the plan's folder under the state dir: no separators, no dots. runner makes
+#: 12 lowercase hex digits.
+PLAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
 
@@ -189,31 +202,6 @@ def _run_to_json(run: RunView) -> dict[str, Any]:
     return data
 
 
-def _run_from_json(data: dict[str, Any]) -> RunView:
-    return RunView(
-        id=UUID(data["id"]),
-        name=data["name"],
-        flow=data["flow"],
-        deployment=data.get("deployment"),
-        deployment_id=UUID(data["deployment_id"]) if data.get("deployment_id") else None,
-        state_type=data.get("state_type"),
-        state_name=data.get("state_name"),
-        state_id=UUID(data["state_id"]) if data.get("state_id") else None,
-        expected_start=_parse_dt(data.get("expected_start")),
-        next_scheduled_start=_parse_dt(data.get("next_scheduled_start")),
-        start=_parse_dt(data.get("start")),
-        end=_parse_dt(data.get("end")),
-        tags=tuple(data.get("tags", ())),
-        work_queue=data.get("work_queue"),
-        work_pool=data.get("work_pool"),
-        parent_task_run_id=(
-            UUID(data["parent_task_run_id"]) if data.get("parent_task_run_id") else None
-        ),
-        parameters=data.get("parameters"),
-        idempotency_key=data.get("idempotency_key"),
-    )
-
-
 def change_to_json(change: Change) -> dict[str, Any]:
     data: dict[str, Any] = {
         "key": change.key,
@@ -235,27 +223,6 @@ def change_to_json(change: Change) -> dict[str, Any]:
     if change.idempotency_key is not None:
         data["idempotency_key"] = change.idempotency_key
     return data
-
-
-def _change_from_json(step: int, data: dict[str, Any]) -> Change:
-    state = data.get("state")
-    return Change(
-        step=step,
-        run=_run_from_json(data["run"]),
-        op=data["op"],
-        reason=data.get("reason"),
-        state=TargetState(
-            type=state["type"],
-            name=state["name"],
-            message=state.get("message"),
-            scheduled_time=_parse_dt(state.get("scheduled_time")),
-            force=bool(state.get("force", False)),
-        )
-        if state
-        else None,
-        tags=tuple(data["tags"]) if "tags" in data else None,
-        idempotency_key=data.get("idempotency_key"),
-    )
 
 
 def _outline(plan: Plan) -> dict[str, Any]:
@@ -396,64 +363,371 @@ def dumps(plan: Plan) -> str:
     return buffer.getvalue()
 
 
+def check_plan_id(plan_id: str, *, source: str = "plan") -> None:
+    """Refuse a plan id that could name a folder outside the state dir (``../x``, ``/tmp/x``)."""
+    if not PLAN_ID.fullmatch(plan_id):
+        raise PlanFileError(
+            f"{source}: id: {_got(plan_id)} is not a plan id (1 to 64 letters, digits, _ or -)"
+        )
+
+
 def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
-    """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply."""
+    """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply.
+
+    Every field is checked, naming its JSON path: a document whose checksum was recomputed
+    after an edit is still refused when a value is out of range or of the wrong kind.
+    """
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise PlanFileError(f'{source}: not a runner plan (no "format": "{PLAN_FORMAT}")')
     version = data.get("version")
     if version != PLAN_VERSION:
         raise PlanFileError(
-            f"{source}: plan format version {version!r}; this runner reads version {PLAN_VERSION}"
+            f"{source}: plan format version {_got(version)}; this runner reads version"
+            f" {PLAN_VERSION}"
         )
     checksum = data.get("checksum")
     body = {k: v for k, v in data.items() if k != "checksum"}
-    if checksum != _checksum(body):
-        raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
     try:
-        steps = tuple(
-            StepPlan(
-                index=s["index"],
-                name=s["name"],
-                action=s["action"],
-                selected=s["selected"],
-                changes=tuple(_change_from_json(s["index"], c) for c in s["changes"]),
-                concurrency=s["settings"]["concurrency"],
-                rate_limit=s["settings"]["rate_limit"],
-                max_attempts=s["settings"]["max_attempts"],
-                backoff_seconds=s["settings"].get("backoff_seconds", 0.25),
-                max_backoff_seconds=s["settings"].get("max_backoff_seconds", 20.0),
+        expected = _checksum(body)
+    except RecursionError:
+        raise PlanFileError(f"{source}: not a runner plan: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise PlanFileError(
+            f"{source}: not a runner plan: a string holds an unpaired surrogate (such as \\ud800)"
+        ) from None
+    if checksum != expected:
+        raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
+    return _Reader(source).plan(data)
+
+
+def _got(value: Any) -> str:
+    """A value as an error shows it: JSON, cut short."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    try:
+        text = json.dumps(value)
+    except ValueError:  # a whole number too long to print
+        return "a number too long to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_OPS: frozenset[str] = frozenset(get_args(Op))
+_STATE_TYPES = frozenset(t.value for t in StateType)
+_ACTIONS = frozenset(ACTION_TYPES)
+_MAX_BACKOFF = MAX_DURATION.total_seconds()
+_Path = tuple[str | int, ...]
+
+
+class _Reader:
+    """Checks and converts a plan document, field by field; the first problem is raised as a
+    :class:`PlanFileError` naming its JSON path (``steps[0].settings.max_attempts``).
+
+    Each checker takes the object, the key and the object's path, and builds the field's path
+    only to report a problem: a plan can hold a million changes.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.keys: set[str] = set()
+
+    def fail(self, path: _Path, message: str) -> NoReturn:
+        where = ""
+        for part in path:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        raise PlanFileError(f"{self.source}: {where}: {message}")
+
+    # -- values: data[key], at path + (key,) ----------------------------------------------
+
+    def get(self, data: dict[str, Any], key: str, path: _Path) -> Any:
+        try:
+            return data[key]
+        except KeyError:
+            self.fail((*path, key), "missing")
+
+    def as_obj(self, value: Any, path: _Path) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected an object, got {_got(value)}")
+        return value
+
+    def obj(self, data: dict[str, Any], key: str, path: _Path) -> dict[str, Any]:
+        return self.as_obj(self.get(data, key, path), (*path, key))
+
+    def array(self, data: dict[str, Any], key: str, path: _Path) -> list[Any]:
+        value = self.get(data, key, path)
+        if not isinstance(value, list):
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
+        return value
+
+    def text(self, data: dict[str, Any], key: str, path: _Path) -> str:
+        value = self.get(data, key, path)
+        if not isinstance(value, str):
+            self.fail((*path, key), f"expected a string, got {_got(value)}")
+        return value
+
+    def optional_text(self, data: dict[str, Any], key: str, path: _Path) -> str | None:
+        return None if data.get(key) is None else self.text(data, key, path)
+
+    def texts(self, data: dict[str, Any], key: str, path: _Path) -> tuple[str, ...]:
+        value = self.get(data, key, path)
+        if not isinstance(value, list):
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail((*path, key, index), f"expected a string, got {_got(item)}")
+        return tuple(value)
+
+    def choice(self, data: dict[str, Any], key: str, path: _Path, options: frozenset[str]) -> str:
+        value = self.get(data, key, path)
+        if not isinstance(value, str) or value not in options:
+            self.fail(
+                (*path, key), f"expected one of {', '.join(sorted(options))}; got {_got(value)}"
             )
-            for s in data["steps"]
+        return value
+
+    def integer(
+        self, data: dict[str, Any], key: str, path: _Path, low: int, high: int | None = None
+    ) -> int:
+        value = self.get(data, key, path)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            self.fail((*path, key), f"expected a whole number {span}, got {_got(value)}")
+        return value
+
+    def number(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        low: float,
+        high: float,
+        above: bool = False,
+        default: float | None = None,
+    ) -> float:
+        value = data.get(key, default) if default is not None else self.get(data, key, path)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < low
+            or (above and value == low)
+            or value > high
+        ):
+            span = f"more than {low:g}" if above else f"from {low:g} to {high:,.0f}"
+            self.fail((*path, key), f"expected a number {span}, got {_got(value)}")
+        return float(value)
+
+    def boolean(self, data: dict[str, Any], key: str, path: _Path) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            self.fail((*path, key), f"expected true or false, got {_got(value)}")
+        return value
+
+    def uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID:
+        value = self.get(data, key, path)
+        if isinstance(value, str):
+            try:
+                return UUID(value)
+            except ValueError:
+                pass
+        self.fail((*path, key), f"expected a UUID, got {_got(value)}")
+
+    def optional_uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID | None:
+        return None if data.get(key) is None else self.uuid(data, key, path)
+
+    def when(self, data: dict[str, Any], key: str, path: _Path) -> datetime:
+        value = self.get(data, key, path)
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is not None:
+                parsed.astimezone(timezone.utc)  # out of range in UTC: OverflowError
+                return parsed
+        except (AttributeError, ValueError, OverflowError):
+            pass
+        self.fail(
+            (*path, key),
+            f"expected an ISO 8601 date-time with a timezone, got {_got(value)}",
         )
-        created = _parse_dt(data["created_at"])
-        assert created is not None
+
+    def optional_when(self, data: dict[str, Any], key: str, path: _Path) -> datetime | None:
+        return None if data.get(key) is None else self.when(data, key, path)
+
+    # -- the document ----------------------------------------------------------------------
+
+    def plan(self, data: dict[str, Any]) -> Plan:
+        plan_id = self.text(data, "id", ())
+        check_plan_id(plan_id, source=self.source)
+        playbook = self.obj(data, "playbook", ())
+        variables = self.obj(playbook, "variables", ("playbook",))
+        for name, value in variables.items():
+            if not isinstance(value, (str, int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                self.fail(
+                    ("playbook", "variables", name),
+                    f"expected a string, number or true/false, got {_got(value)}",
+                )
+        server = self.obj(data, "server", ())
+        summary = self.as_obj(data.get("summary", {}), ("summary",))
+        for name in summary:
+            self.integer(summary, name, ("summary",), 0)
+        steps = self.array(data, "steps", ())
         return Plan(
-            id=data["id"],
-            created_at=created,
-            playbook_name=data["playbook"]["name"],
-            playbook_path=data["playbook"]["path"],
-            playbook_digest=data["playbook"]["digest"],
-            variables=data["playbook"]["variables"],
-            server_url=data["server"]["url"],
-            server_version=data["server"]["version"],
-            steps=steps,
-            violations=tuple(data.get("violations", ())),
-            notes=tuple(data.get("notes", ())),
+            id=plan_id,
+            created_at=self.when(data, "created_at", ()),
+            playbook_name=self.text(playbook, "name", ("playbook",)),
+            playbook_path=self.text(playbook, "path", ("playbook",)),
+            playbook_digest=self.text(playbook, "digest", ("playbook",)),
+            variables=variables,
+            server_url=self.text(server, "url", ("server",)),
+            server_version=self.optional_text(server, "version", ("server",)),
+            steps=tuple(self.step(index, step) for index, step in enumerate(steps)),
+            violations=self.texts(data, "violations", ()) if "violations" in data else (),
+            notes=self.texts(data, "notes", ()) if "notes" in data else (),
         )
-    except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise PlanFileError(f"{source}: malformed plan ({type(exc).__name__}: {exc})") from None
+
+    def step(self, index: int, value: Any) -> StepPlan:
+        path: _Path = ("steps", index)
+        data = self.as_obj(value, path)
+        position = self.get(data, "index", path)
+        if position != index or isinstance(position, bool):
+            self.fail(
+                (*path, "index"), f"expected {index} (the step's place), got {_got(position)}"
+            )
+        settings = self.obj(data, "settings", path)
+        at: _Path = (*path, "settings")
+        changes = self.array(data, "changes", path)
+        return StepPlan(
+            index=index,
+            name=self.text(data, "name", path),
+            action=self.choice(data, "action", path, _ACTIONS),
+            selected=self.integer(data, "selected", path, 0),
+            changes=tuple(
+                self.change(index, (*path, "changes", i), c) for i, c in enumerate(changes)
+            ),
+            concurrency=self.integer(settings, "concurrency", at, 1, 256),
+            rate_limit=None
+            if settings.get("rate_limit") is None
+            else self.number(settings, "rate_limit", at, low=0, high=math.inf, above=True),
+            max_attempts=self.integer(settings, "max_attempts", at, 1, 100),
+            backoff_seconds=self.number(
+                settings, "backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=0.25
+            ),
+            max_backoff_seconds=self.number(
+                settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
+            ),
+        )
+
+    def change(self, step: int, path: _Path, value: Any) -> Change:
+        data = self.as_obj(value, path)
+        run = self.run(self.as_obj(self.get(data, "run", path), (*path, "run")), (*path, "run"))
+        op = self.choice(data, "op", path, _OPS)
+        key = f"{step}:{run.id}"
+        if self.get(data, "key", path) != key:
+            self.fail((*path, "key"), f"expected {_got(key)}, got {_got(data['key'])}")
+        if key in self.keys:
+            self.fail((*path, "run", "id"), f"run {run.id} has two changes in this step")
+        self.keys.add(key)
+        raw_state = data.get("state")
+        state = None if raw_state is None else self.state(raw_state, (*path, "state"))
+        if op in ("set_state", "recreate") and state is None:
+            self.fail((*path, "state"), f"missing: a {op} change needs the state it proposes")
+        if op == "recreate" and run.deployment_id is None:
+            self.fail(
+                (*path, "run", "deployment_id"),
+                "missing: a recreate change needs the deployment to create the new run from",
+            )
+        return Change(
+            step=step,
+            run=run,
+            op=op,  # type: ignore[arg-type]  # checked against Op's values
+            reason=self.optional_text(data, "reason", path),
+            state=state,
+            tags=None if data.get("tags") is None else self.texts(data, "tags", path),
+            idempotency_key=self.optional_text(data, "idempotency_key", path),
+        )
+
+    def state(self, value: Any, path: _Path) -> TargetState:
+        data = self.as_obj(value, path)
+        return TargetState(
+            type=self.choice(data, "type", path, _STATE_TYPES),
+            name=self.text(data, "name", path),
+            message=self.optional_text(data, "message", path),
+            scheduled_time=self.optional_when(data, "scheduled_time", path),
+            force=self.boolean(data, "force", path),
+        )
+
+    def run(self, data: dict[str, Any], path: _Path) -> RunView:
+        parameters = data.get("parameters")
+        return RunView(
+            id=self.uuid(data, "id", path),
+            name=self.text(data, "name", path),
+            flow=self.text(data, "flow", path),
+            deployment=self.optional_text(data, "deployment", path),
+            deployment_id=self.optional_uuid(data, "deployment_id", path),
+            state_type=None
+            if data.get("state_type") is None
+            else self.choice(data, "state_type", path, _STATE_TYPES),
+            state_name=self.optional_text(data, "state_name", path),
+            state_id=self.optional_uuid(data, "state_id", path),
+            expected_start=self.optional_when(data, "expected_start", path),
+            next_scheduled_start=self.optional_when(data, "next_scheduled_start", path),
+            start=self.optional_when(data, "start", path),
+            end=self.optional_when(data, "end", path),
+            tags=self.texts(data, "tags", path) if "tags" in data else (),
+            work_queue=self.optional_text(data, "work_queue", path),
+            work_pool=self.optional_text(data, "work_pool", path),
+            parent_task_run_id=self.optional_uuid(data, "parent_task_run_id", path),
+            parameters=None
+            if parameters is None
+            else self.as_obj(parameters, (*path, "parameters")),
+            idempotency_key=self.optional_text(data, "idempotency_key", path),
+        )
 
 
 def read_plan(path: str | Path) -> Plan:
+    """Read and check a saved plan; files over ``MAX_PLAN_BYTES`` are refused unread."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_PLAN_BYTES:
+                raise PlanFileError(_too_large(path, size))
+            raw = handle.read(MAX_PLAN_BYTES + 1)  # never more (a pipe has no size)
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanFileError(_too_large(path, None))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanFileError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start:,})"
+        ) from None
+    del raw
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlanFileError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a runner plan: nested too deeply") from None
+    except ValueError:  # Python reads whole numbers of at most 4,300 digits
+        raise PlanFileError(f"{path}: not a runner plan: a whole number too long to read") from None
     return plan_from_json(data, source=str(path))
+
+
+def _too_large(path: str | Path, size: int | None) -> str:
+    what = f"{size:,} bytes" if size is not None else f"over {MAX_PLAN_BYTES:,} bytes"
+    return (
+        f"{path}: too large ({what}): a plan file is at most"
+        f" {MAX_PLAN_BYTES // 1024**3} GiB ({MAX_PLAN_BYTES:,} bytes, about a million changes)"
+    )
 
 
 def write_plan(plan: Plan, path: str | Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,11 +102,9 @@ class ConnectionSettings:
 def redact_url(url: str) -> str:
     """Drop ``user:password@`` from a URL so it can be shown."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # host and port as written
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
@@ -140,17 +139,94 @@ def _parse_headers(name: str, raw: str | Mapping[str, Any]) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):
         raise SettingsError(f"{name}: expected a JSON object of string names to string values")
+    for header, value in data.items():
+        if not _HEADER_NAME.fullmatch(header):
+            raise SettingsError(f"{name}: {header!r} is not a header name")
+        problem = _bad_character(value, ascii_only=True)
+        if problem is not None:  # a header's value may be a token: not shown
+            raise SettingsError(f"{name}: the value of {header} holds {problem}")
     return data
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 def _parse_url(name: str, raw: str) -> str:
     url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
+    expected = f"expected an http(s) URL such as {DEFAULT_API_URL}"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        # Not shown: the URL may hold credentials, and the broken part could be among them.
+        raise SettingsError(f"{name}: {expected}; this one holds a space or control character")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": a bracket left open
         raise SettingsError(
-            f"{name}: expected an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(url)!r}"
+            f"{name}: {expected}; its host is not valid (an IPv6 address is written in"
+            " brackets: http://[::1]:4200/api)"
+        ) from None
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise SettingsError(f"{name}: {expected}, got {redact_url(url)!r}")
+    host = parts.netloc.rpartition("@")[2]  # host and port: the credentials stay out
+    if not parts.hostname:
+        raise SettingsError(f"{name}: {expected}; {host!r} names no host")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if port == 0:
+        raise SettingsError(
+            f"{name}: {expected}; the port of {parts.hostname} is not a number from 1 to 65535"
         )
+    try:
+        import httpx
+
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        raise SettingsError(f"{name}: {expected}; {host!r} is not a valid host") from None
     return url
+
+
+def _parse_secret(name: str, raw: str, *, header: bool) -> Secret:
+    """An API key goes into a header as it is: printable ASCII only. An auth string is sent
+    base64-encoded (as UTF-8, as Prefect does): anything but control characters."""
+    problem = _bad_character(raw, ascii_only=header)
+    if problem is not None:
+        rule = "an API key is printable ASCII" if header else "it cannot hold control characters"
+        raise SettingsError(f"{name}: holds {problem}; {rule}")
+    return Secret(raw)
+
+
+def _bad_character(text: str, *, ascii_only: bool) -> str | None:
+    """What is wrong in ``text`` and where, without showing it (it may be a secret)."""
+    names = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
+    for position, char in enumerate(text, 1):
+        if not char.isprintable():
+            what = names.get(char, "a control character")
+        elif ascii_only and not char.isascii():
+            what = "a non-ASCII character"
+        else:
+            continue
+        return f"{what} (character {position} of {len(text)})"
+    return None
+
+
+def _parse_cert_file(name: str, raw: str) -> str:
+    """The CA bundle must exist and hold certificates: found now, not after 48 s of retries."""
+    path = Path(raw)  # as httpx will open it
+    if path.is_dir():
+        return raw
+    try:
+        import ssl
+
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise SettingsError(f"{name}: no such file: {raw}") from None
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise SettingsError(
+            f"{name}: cannot be read as PEM CA certificates: {raw} ({reason})"
+        ) from None
+    return raw
 
 
 def prefect_home(env: Mapping[str, str]) -> Path:
@@ -237,21 +313,32 @@ def resolve_settings(
     skip_verify = pick("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")
     cert = pick("PREFECT_API_SSL_CERT_FILE")
     timeout = pick("PREFECT_API_REQUEST_TIMEOUT")
+    skip_verify_value = (
+        skip_verify
+        if isinstance(skip_verify, bool)
+        else _parse_bool("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", str(skip_verify))
+        if skip_verify is not None
+        else False
+    )
     return ConnectionSettings(
         api_url=_parse_url("PREFECT_API_URL", str(url)) if url is not None else DEFAULT_API_URL,
-        api_key=Secret(str(key)) if key is not None else None,
-        auth_string=Secret(str(auth)) if auth is not None else None,
+        api_key=_parse_secret("PREFECT_API_KEY", str(key), header=True)
+        if key is not None
+        else None,
+        auth_string=(
+            _parse_secret("PREFECT_API_AUTH_STRING", str(auth), header=False)
+            if auth is not None
+            else None
+        ),
         custom_headers=(
             _parse_headers("PREFECT_CLIENT_CUSTOM_HEADERS", headers) if headers is not None else {}
         ),
-        tls_insecure_skip_verify=(
-            skip_verify
-            if isinstance(skip_verify, bool)
-            else _parse_bool("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", str(skip_verify))
-            if skip_verify is not None
-            else False
+        tls_insecure_skip_verify=skip_verify_value,
+        ssl_cert_file=(
+            _parse_cert_file("PREFECT_API_SSL_CERT_FILE", str(cert))
+            if cert is not None and not skip_verify_value
+            else (str(cert) if cert is not None else None)
         ),
-        ssl_cert_file=str(cert) if cert is not None else None,
         request_timeout=(
             _parse_timeout("PREFECT_API_REQUEST_TIMEOUT", timeout)
             if timeout is not None

@@ -24,11 +24,30 @@ _RELATIVE_RE = re.compile(r"^(?:now)?(?:([+-])(.+))?$")
 DURATION_EXAMPLES = "90s, 6h, 1d12h, PT6H"
 TIME_EXAMPLES = "now, -30d, now-6h, 2026-01-31T00:00:00Z"
 
+#: The longest duration (and the farthest a relative time reaches from now): about 1,000
+#: years, so that times computed from one stay within what a datetime can hold.
+MAX_DURATION = timedelta(days=365_000)
+_MAX_DURATION_TEXT = f"{MAX_DURATION.days}d, about 1,000 years"
+
 
 def parse_duration(text: str) -> timedelta:
     """A duration: ``90s``, ``15m``, ``6h``, ``1d12h``, ``2w`` or ISO 8601 ``PT6H``."""
     if not re.match(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration (examples: {DURATION_EXAMPLES})")
+    try:
+        value = _duration_of(text)
+    except (OverflowError, ValueError):  # past timedelta's range, or too many digits for int()
+        value = None
+    if value is None or value > MAX_DURATION:
+        raise ValueError(f"{_short(text)!r} is too long (at most {_MAX_DURATION_TEXT})")
+    return value
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _duration_of(text: str) -> timedelta:
     short = _SHORT.match(text)
     if short and text[0] != "P":
         w, d, h, m, s = (int(g or 0) for g in short.groups())
@@ -82,7 +101,12 @@ def parse_time(text: str) -> TimeExpr:
         sign, rest = match.groups()
         offset = timedelta(0)
         if rest:
-            offset = parse_duration(rest)
+            try:
+                offset = parse_duration(rest)
+            except ValueError:
+                raise ValueError(
+                    f"{_short(text)!r} is too far from now (at most {_MAX_DURATION_TEXT})"
+                ) from None
             if sign == "-":
                 offset = -offset
         return TimeExpr(text=text, offset=offset)
@@ -92,4 +116,8 @@ def parse_time(text: str) -> TimeExpr:
         raise ValueError(f"{text!r} is not a time (examples: {TIME_EXAMPLES})") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)  # a date alone: midnight UTC
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+        raise ValueError(f"{text!r} is out of range (years 1 to 9999, in UTC)") from None
     return TimeExpr(text=text, absolute=value)

@@ -462,10 +462,42 @@ def test_runner_error_is_the_base_of_selection_errors() -> None:
 
 
 def test_state_ids_are_kept_in_the_plan_document() -> None:
-    from runner.plan import RunView, _run_from_json, _run_to_json
+    from datetime import datetime, timezone
 
-    view = RunView(id=UUID(int=1), name="r", flow="f", state_id=UUID(int=2), work_pool="p")
-    assert _run_from_json(_run_to_json(view)) == view
+    from runner.plan import Change, RunView, StepPlan, plan_from_json, plan_to_json
+
+    view = RunView(
+        id=UUID(int=1),
+        name="r",
+        flow="f",
+        state_type="SCHEDULED",
+        state_name="Late",
+        state_id=UUID(int=2),
+        work_pool="p",
+        idempotency_key="runner:recreate:x:y",
+    )
+    step = StepPlan(
+        index=0,
+        name="s",
+        action="delete",
+        selected=1,
+        changes=(Change(step=0, run=view, op="delete"),),
+        concurrency=1,
+        rate_limit=None,
+        max_attempts=1,
+    )
+    plan = Plan(
+        id="abc",
+        created_at=datetime(2026, 11, 29, tzinfo=timezone.utc),
+        playbook_name="p",
+        playbook_path="p.yaml",
+        playbook_digest="sha256:0",
+        variables={},
+        server_url="http://x/api",
+        server_version="3.9.1",
+        steps=(step,),
+    )
+    assert plan_from_json(plan_to_json(plan)).steps[0].changes[0].run == view
 
 
 # -- 1b. a write that lands on a state the plan did not see is reported ------------------------

@@ -120,6 +120,81 @@ def test_every_environment_variable() -> None:
             '["a"]',
             "PREFECT_CLIENT_CUSTOM_HEADERS: expected a JSON object of string names to string values",
         ),
+        (
+            "PREFECT_API_URL",
+            "http://127.0.0.1:abc/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; the port of 127.0.0.1 is not a number from 1 to 65535",
+        ),
+        (
+            "PREFECT_API_URL",
+            "http://127.0.0.1:99999/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; the port of 127.0.0.1 is not a number from 1 to 65535",
+        ),
+        (
+            "PREFECT_API_URL",
+            "http://user:urlpass@prefect.internal:0/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; the port of prefect.internal is not a number from 1 to 65535",
+        ),
+        (
+            "PREFECT_API_URL",
+            "http://[::1/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; its host is not valid (an IPv6 address is written in brackets: http://[::1]:4200/api)",
+        ),
+        (
+            "PREFECT_API_URL",
+            "http://:4200/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; ':4200' names no host",
+        ),
+        (
+            "PREFECT_API_URL",
+            "http://user:url pass@prefect.internal/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api; this one holds a space or control character",
+        ),
+        (
+            "PREFECT_API_URL",
+            "ftp://user:urlpass@prefect.internal:abc/api",
+            "PREFECT_API_URL: expected an http(s) URL such as http://127.0.0.1:4200/api, got 'ftp://prefect.internal:abc/api'",
+        ),
+        (
+            "PREFECT_API_KEY",
+            "pnu_secret\n",
+            "PREFECT_API_KEY: holds a line break (character 11 of 11); an API key is printable ASCII",
+        ),
+        (
+            "PREFECT_API_KEY",
+            "pnu_s\x00cret",
+            "PREFECT_API_KEY: holds a control character (character 6 of 10); an API key is printable ASCII",
+        ),
+        (
+            "PREFECT_API_KEY",
+            "pnu_sécret",
+            "PREFECT_API_KEY: holds a non-ASCII character (character 6 of 10); an API key is printable ASCII",
+        ),
+        (
+            "PREFECT_API_AUTH_STRING",
+            "admin:pass\r\n",
+            "PREFECT_API_AUTH_STRING: holds a carriage return (character 11 of 12); it cannot hold control characters",
+        ),
+        (
+            "PREFECT_API_SSL_CERT_FILE",
+            "/nonexistent/ca.pem",
+            "PREFECT_API_SSL_CERT_FILE: no such file: /nonexistent/ca.pem",
+        ),
+        (
+            "PREFECT_API_SSL_CERT_FILE",
+            __file__,
+            f"PREFECT_API_SSL_CERT_FILE: cannot be read as PEM CA certificates: {__file__} (NO_CERTIFICATE_OR_CRL_FOUND)",
+        ),
+        (
+            "PREFECT_CLIENT_CUSTOM_HEADERS",
+            '{"X-Team": "ops\\nX-Evil: 1"}',
+            "PREFECT_CLIENT_CUSTOM_HEADERS: the value of X-Team holds a line break (character 4 of 13)",
+        ),
+        (
+            "PREFECT_CLIENT_CUSTOM_HEADERS",
+            '{"X Team": "ops"}',
+            "PREFECT_CLIENT_CUSTOM_HEADERS: 'X Team' is not a header name",
+        ),
     ],
 )
 def test_bad_values_are_named(name: str, value: str, message: str) -> None:
@@ -154,3 +229,49 @@ def test_secrets_never_show() -> None:
 def test_cloud_urls() -> None:
     s = ConnectionSettings(api_url="https://api.prefect.cloud/api/accounts/abc/workspaces/def")
     assert s.is_cloud
+
+
+def test_a_non_ascii_auth_string_is_sent_as_prefect_sends_it() -> None:
+    """Base64 of its UTF-8 bytes, as Prefect's own client does: not an error."""
+    s = resolve_settings(
+        env={"PREFECT_HOME": "/nonexistent", "PREFECT_API_AUTH_STRING": "admin:pässword"}
+    )
+    assert s.auth_string == Secret("admin:pässword")
+
+
+def test_the_cert_file_is_not_checked_when_verification_is_off() -> None:
+    s = resolve_settings(
+        env={
+            "PREFECT_HOME": "/nonexistent",
+            "PREFECT_API_SSL_CERT_FILE": "/nonexistent/ca.pem",
+            "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true",
+        }
+    )
+    assert s.tls_insecure_skip_verify is True
+
+
+def test_bad_settings_fail_the_cli_before_anything_is_sent() -> None:
+    """A newline in the key used to be retried for 48 s, then called "is the server running?"."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PREFECT_HOME": "/nonexistent",
+            "PREFECT_API_URL": "http://127.0.0.1:9/api",
+            "PREFECT_API_KEY": "pnu_topsecret\n",
+        },
+    )
+    assert time.monotonic() - started < 20
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "runner: PREFECT_API_KEY: holds a line break (character 14 of 14); an API key is"
+        " printable ASCII\n"
+    )

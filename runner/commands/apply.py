@@ -23,11 +23,12 @@ import anyio
 
 from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
-from runner.errors import RunnerError
+from runner.commands.output import check_file, check_folder
+from runner.errors import OutputError, RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
-from runner.journal import FINISHED, Journal, read_journal
+from runner.journal import FINISHED, CheckpointWriteError, Journal, read_journal
 from runner.loader import load_playbook
-from runner.plan import Plan, check_applicable, read_plan, write_plan
+from runner.plan import Plan, check_applicable, check_plan_id, read_plan, write_plan
 from runner.planning import plan_playbook
 from runner.render import render, summary_line
 from runner.retry import RetryPolicy, policy_for
@@ -68,6 +69,7 @@ class Applied:
 
 
 def _workdir(state_dir: Path, plan: Plan) -> Path:
+    check_plan_id(plan.id)  # a folder of the state dir, never a path out of it
     return state_dir / plan.id
 
 
@@ -162,6 +164,14 @@ def run(request: ApplyRequest, *, out: TextIO, err: TextIO) -> int:
 
 async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
     """Plan (or read the saved plan), show it, confirm, apply with the journal, report."""
+    if not request.dry_run:  # where the apply writes, checked before the server is asked
+        if request.resume:
+            resumed = Path(request.resume)
+            check_folder(resumed.parent if resumed.is_file() else resumed, "--resume")
+        else:
+            check_folder(request.state_dir, "--state-dir")
+        if request.report:
+            check_file(request.report, "--report", replaced=False)
     policy = RetryPolicy()
     async with PrefectClient(request.settings, retry=policy) as client:
         now = datetime.now(timezone.utc)
@@ -219,9 +229,12 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
             return Applied(EXIT_OK, plan)
         if not _confirm(plan, request, out):
             return Applied(EXIT_ERROR, plan)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if not (workdir / "plan.json").exists():
-            write_plan(plan, workdir / "plan.json")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            if not (workdir / "plan.json").exists():
+                write_plan(plan, workdir / "plan.json")
+        except OSError as exc:  # nothing is sent yet
+            raise OutputError(f"{workdir}: cannot write the plan: {exc.strerror or exc}") from None
         checksum = json.loads((workdir / "plan.json").read_text())["checksum"]
         stop = anyio.Event()
         last_line = [0.0]
@@ -263,17 +276,48 @@ async def apply(request: ApplyRequest, out: TextIO, err: TextIO) -> Applied:
                     error = exc
                 finally:
                     group.cancel_scope.cancel()
+            failure = _checkpoint_failure(error)
+            if failure is not None:
+                err.write(
+                    f"runner: {failure}; the apply stopped. What the checkpoint recorded stays;"
+                    f" with room again, resume with: runner apply --resume {journal_path}\n"
+                )
+                return Applied(EXIT_ERROR, plan)
             if error is not None:
                 raise error
-        if request.report:
-            document = report_document(result, plan)
-            Path(request.report).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         code = _summarise(result, plan, journal_path, out, err)
+        if request.report and not _write_report(request.report, result, plan, journal_path, err):
+            code = code if code != EXIT_OK else EXIT_ERROR
         if request.artifact:
             stored = await _store_artifact(client, plan, result, out, err)
             if not stored and code == EXIT_OK:
                 code = EXIT_ERROR
         return Applied(code, plan, result)
+
+
+def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | None:
+    """The checkpoint write failure in ``error`` (or in the exception groups it holds)."""
+    if isinstance(error, CheckpointWriteError):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _checkpoint_failure(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _write_report(path: str, result: ApplyResult, plan: Plan, journal: Path, err: TextIO) -> bool:
+    """``--report``, written after the summary: a failure to write it loses nothing applied."""
+    text = json.dumps(report_document(result, plan), indent=2) + "\n"
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.write(
+            f"runner: --report {path}: cannot write: {exc.strerror or exc}; the outcome of"
+            f" every run is in the checkpoint: runner status {journal}\n"
+        )
+        return False
+    return True
 
 
 async def _store_artifact(

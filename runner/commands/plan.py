@@ -8,6 +8,8 @@ from typing import TextIO
 import anyio
 
 from runner.client import PrefectClient
+from runner.commands.output import check_file
+from runner.errors import OutputError
 from runner.loader import load_playbook
 from runner.plan import Plan, write_plan
 from runner.planning import plan_playbook
@@ -51,9 +53,14 @@ def run(
     colour: bool,
     out: TextIO,
 ) -> int:
+    if output:
+        check_file(output, "-o", replaced=True)  # before the server is asked anything
     plan = make(path, variables=variables, settings=settings)
     if output:
-        write_plan(plan, output)
+        try:
+            write_plan(plan, output)
+        except OSError as exc:
+            raise OutputError(f"-o {output}: cannot write: {exc.strerror or exc}") from None
     write_rendered(plan, fmt, out, full=full, colour=colour)
     if output and fmt == "text":
         out.write(f"Plan saved to {output}: apply exactly this with `runner apply {output}`.\n")
