@@ -563,7 +563,8 @@ def test_resuming_from_a_plan_whose_id_is_a_path_is_refused(
 
 
 class FakeServer:
-    """Just enough of the Prefect API to apply a delete, one run at a time."""
+    """Just enough of the Prefect API to apply a delete, one run at a time (a Prefect 2.x
+    server: no bulk routes; each run read back before its delete)."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.runs = {
@@ -582,11 +583,14 @@ class FakeServer:
 
         path = request.url.path.removeprefix("/api/")
         self.requests.append(f"{request.method} {path}")
-        answers = {"admin/version": "3.9.1", "version": "0.8.4"}
+        answers = {"admin/version": "2.20.26", "version": "0.8.4"}
         if path in answers:
             return httpx.Response(200, json=answers[path])
         if path == "flow_runs/filter":
             return httpx.Response(200, json=list(self.runs.values()))
+        if request.method == "GET" and path.startswith("flow_runs/"):
+            run = self.runs.get(path.removeprefix("flow_runs/"))
+            return httpx.Response(200, json=run) if run else httpx.Response(404)
         if request.method == "DELETE" and path.startswith("flow_runs/"):
             gone = self.runs.pop(path.removeprefix("flow_runs/"), None)
             return httpx.Response(204 if gone else 404)
