@@ -416,6 +416,17 @@ def _got(value: Any) -> str:
 _OPS: frozenset[str] = frozenset(get_args(Op))
 _STATE_TYPES = frozenset(t.value for t in StateType)
 _ACTIONS = frozenset(ACTION_TYPES)
+#: What each action's changes may be: their ops, and the state types they may propose
+#: (empty: any). A plan edited to make a tag step delete a run is refused.
+_ACTION_OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "delete": (frozenset({"delete", "noop"}), frozenset()),
+    "cancel": (frozenset({"set_state", "noop"}), frozenset({"CANCELLED", "CANCELLING"})),
+    "set_state": (frozenset({"set_state", "noop"}), frozenset()),
+    "reschedule": (frozenset({"set_state", "recreate", "noop"}), frozenset({"SCHEDULED"})),
+    "retry": (frozenset({"set_state", "noop"}), frozenset({"SCHEDULED"})),
+    "resume": (frozenset({"resume", "noop"}), frozenset()),
+    "tag": (frozenset({"tag", "noop"}), frozenset()),
+}
 _MAX_BACKOFF = MAX_DURATION.total_seconds()
 _Path = tuple[str | int, ...]
 
@@ -579,7 +590,7 @@ class _Reader:
         for name in summary:
             self.integer(summary, name, ("summary",), 0)
         steps = self.array(data, "steps", ())
-        return Plan(
+        plan = Plan(
             id=plan_id,
             created_at=self.when(data, "created_at", ()),
             playbook_name=self.text(playbook, "name", ("playbook",)),
@@ -592,6 +603,14 @@ class _Reader:
             violations=self.texts(data, "violations", ()) if "violations" in data else (),
             notes=self.texts(data, "notes", ()) if "notes" in data else (),
         )
+        if "summary" in data and summary != plan.counts():
+            counted = json.dumps(plan.counts(), sort_keys=True)
+            self.fail(
+                ("summary",),
+                f"{json.dumps(summary, sort_keys=True)} does not count the plan's changes"
+                f" ({counted})",
+            )
+        return plan
 
     def step(self, index: int, value: Any) -> StepPlan:
         path: _Path = ("steps", index)
@@ -603,15 +622,26 @@ class _Reader:
             )
         settings = self.obj(data, "settings", path)
         at: _Path = (*path, "settings")
-        changes = self.array(data, "changes", path)
+        action = self.choice(data, "action", path, _ACTIONS)
+        selected = self.integer(data, "selected", path, 0)
+        changes = tuple(
+            self.change(index, (*path, "changes", i), c)
+            for i, c in enumerate(self.array(data, "changes", path))
+        )
+        if selected != len(changes):
+            self.fail(
+                (*path, "selected"),
+                f"{selected} runs selected, but the step has {len(changes)} changes"
+                " (one a selected run)",
+            )
+        for i, change in enumerate(changes):
+            self.fits_action(action, change, (*path, "changes", i))
         return StepPlan(
             index=index,
             name=self.text(data, "name", path),
-            action=self.choice(data, "action", path, _ACTIONS),
-            selected=self.integer(data, "selected", path, 0),
-            changes=tuple(
-                self.change(index, (*path, "changes", i), c) for i, c in enumerate(changes)
-            ),
+            action=action,
+            selected=selected,
+            changes=changes,
             concurrency=self.integer(settings, "concurrency", at, 1, 256),
             rate_limit=None
             if settings.get("rate_limit") is None
@@ -624,6 +654,20 @@ class _Reader:
                 settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
             ),
         )
+
+    def fits_action(self, action: str, change: Change, path: _Path) -> None:
+        """A change is one its step's action makes: a ``tag`` step never deletes."""
+        ops, types = _ACTION_OPS[action]
+        if change.op not in ops:
+            self.fail(
+                (*path, "op"),
+                f"a {action} step makes {', '.join(sorted(ops))} changes, not {change.op}",
+            )
+        if change.state is not None and types and change.state.type not in types:
+            self.fail(
+                (*path, "state", "type"),
+                f"a {action} step proposes {' or '.join(sorted(types))}, not {change.state.type}",
+            )
 
     def change(self, step: int, path: _Path, value: Any) -> Change:
         data = self.as_obj(value, path)

@@ -781,3 +781,78 @@ def test_a_full_disk_when_the_checkpoint_is_started(
     )
     assert [r for r in server.requests if not r.startswith("GET")] == []
     assert len(server.runs) == 3
+
+
+# -- a saved plan edited with its checksum recomputed --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "where", "value", "expected"),
+    [
+        (
+            "{tag: {add: [x]}}",
+            f"{CHANGE}.op",
+            "delete",
+            "steps[0].changes[0].op: a tag step makes noop, tag changes, not delete",
+        ),
+        (
+            "cancel",
+            f"{CHANGE}.state.type",
+            "COMPLETED",
+            "steps[0].changes[0].state.type: a cancel step proposes CANCELLED or CANCELLING,"
+            " not COMPLETED",
+        ),
+        (
+            "delete",
+            "steps.0.selected",
+            5,
+            "steps[0].selected: 5 runs selected, but the step has 1 changes (one a selected run)",
+        ),
+        (
+            "delete",
+            "summary.delete",
+            0,
+            'summary: {"delete": 0, "unchanged": 0} does not count the plan\'s changes'
+            ' ({"delete": 1, "unchanged": 0})',
+        ),
+    ],
+)
+def test_a_plan_edited_out_of_step_with_itself_is_refused(
+    tmp_path: Path, nothing_sent: None, action: str, where: str, value: Any, expected: str
+) -> None:
+    """A checksum is no signature: whoever edits a plan can recompute it. What an edit cannot
+    do is make a step act outside its action (a tag step that deletes a Running run, found
+    by an adversarial test), or make the counts a reviewer reads disagree with the changes."""
+    state = ("RUNNING", "Running") if action == "cancel" else ("COMPLETED", "Completed")
+    document = edit(plan_document(action=action, state=state), where, value)
+    path = write_document(tmp_path / "plan.json", document)
+    for command in (("apply", str(path), "--yes"), ("show", str(path))):
+        code, out, err = invoke(*command)
+        assert (code, out, err) == (1, "", f"runner: {path}: {expected}\n")
+
+
+def test_a_plan_that_changes_states_needs_yes_whatever_its_steps_are_called(
+    tmp_path: Path, nothing_sent: None
+) -> None:
+    """`retry` sets states: off a terminal, applying it needs --yes like any state change."""
+    document = plan_document(action="retry", state=("FAILED", "Failed"))
+    change = document["steps"][0]["changes"][0]
+    change.pop("reason", None)
+    change.update(
+        op="set_state",
+        state={
+            "type": "SCHEDULED",
+            "name": "AwaitingRetry",
+            "message": None,
+            "scheduled_time": "2026-11-29T00:00:00Z",
+            "force": False,
+        },
+    )
+    document["summary"] = {"retry": 1, "unchanged": 0}
+    path = write_document(tmp_path / "plan.json", document)
+    code, _, err = invoke("apply", str(path))
+    assert code == 1
+    assert err.endswith(
+        "runner: not a terminal: pass --yes to apply changes that delete, cancel or change the"
+        " state of runs\n"
+    )

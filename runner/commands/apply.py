@@ -35,7 +35,7 @@ from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
-DESTRUCTIVE = frozenset({"delete", "cancel", "set_state", "reschedule"})
+DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
 STATUSES = ("done", "drifted", "raced", "failed", "pending", "created")
 
 
@@ -114,7 +114,8 @@ def _find_unfinished(
 def _confirm(plan: Plan, request: ApplyRequest, out: TextIO) -> bool:
     if request.yes:
         return True
-    destructive = any(s.action in DESTRUCTIVE and s.pending for s in plan.steps)
+    # By what the changes do, not what their steps are called (a saved plan is data).
+    destructive = any(c.op in DESTRUCTIVE_OPS for c in plan.pending)
     if not request.interactive:
         if destructive:
             print(
