@@ -5,6 +5,12 @@
     RunnerError
     ├── SettingsError            a connection setting is malformed
     ├── PlaybookError            a playbook failed to load (carries every Problem found)
+    ├── SelectionError           a selection names what the server lacks, or the server
+    │                            returned a run the selection does not match
+    ├── PlanFileError            a saved plan cannot be used (unreadable, edited out of step
+    │                            with itself, another server's, too old, breaks its guards)
+    ├── CheckpointError          a checkpoint cannot be used (another plan's, locked)
+    │   └── CheckpointWriteError   it cannot be written (a full disk): the apply stops
     ├── OutputError              a file or folder runner must write cannot be written
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
@@ -16,6 +22,19 @@
         └── OrchestrationRejected  the server refused a state change (carries the reason)
 
 Messages never contain an API key, an auth string or URL credentials.
+
+Any other exception is a bug in runner: the CLI shows its traceback and asks for a report
+(:func:`exit_code_for` and ``runner.cli``); it is never passed off as a problem of the input.
+
+Exit codes, for every command (:data:`EXIT_CODES`):
+
+====  ==========================================================================
+0     success, or nothing to change
+1     an error: invalid input, a guard refused the plan, a change failed or raced,
+      the server failed
+2     wrong usage; with ``--detailed-exitcode``, changes are pending
+130   interrupted (Ctrl-C, SIGTERM): the resume command was printed
+====  ==========================================================================
 """
 
 from __future__ import annotations
@@ -24,9 +43,40 @@ from typing import Any
 
 from runner.redact import redact
 
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CHANGES = 2
+EXIT_INTERRUPTED = 130
+#: Every exit code and its meaning (the table above, as data).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success, or nothing to change",
+    EXIT_ERROR: "an error: invalid input, a refused plan, a failed or raced change",
+    EXIT_USAGE: "wrong usage; with --detailed-exitcode, changes are pending",
+    EXIT_INTERRUPTED: "interrupted: the resume command was printed",
+}
+
 
 class RunnerError(Exception):
     """Base class of every error runner raises on purpose."""
+
+
+class SelectionError(RunnerError):
+    """A selection names something the server does not have (a deployment, say), or the
+    server returned a run the selection does not match (a filter it ignored)."""
+
+
+class PlanFileError(RunnerError):
+    """A saved plan cannot be used: unreadable, tampered, from another server, too old."""
+
+
+class CheckpointError(RunnerError):
+    """A checkpoint cannot be used: another plan's, a newer format, locked by another apply."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
+    written before stays; a resume redoes the rest."""
 
 
 class SettingsError(RunnerError):
@@ -133,3 +183,12 @@ class PlaybookError(RunnerError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one place an exception becomes an exit code. A :class:`RunnerError` is the
+    input's or the server's; ``KeyboardInterrupt`` an interruption; anything else is a bug
+    (the caller shows its traceback)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR

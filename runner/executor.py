@@ -35,7 +35,14 @@ import anyio
 
 from runner.client import MAX_BULK_SIZE, PrefectClient, ProposedState
 from runner.concurrency import AdaptiveLimit
-from runner.errors import APIError, NotFound, ServerError, Unauthorized, Unreachable
+from runner.errors import (
+    APIError,
+    CheckpointWriteError,
+    NotFound,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+)
 from runner.filters import (
     FlowRunFilter,
     FlowRunQuery,
@@ -46,7 +53,7 @@ from runner.filters import (
     TimeWindow,
     by_ids,
 )
-from runner.journal import FINISHED, CheckpointWriteError, Journal, JournalState
+from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 

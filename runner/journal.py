@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from runner.errors import RunnerError
+from runner.errors import CheckpointError, CheckpointWriteError
 
 JOURNAL_FORMAT = "runner-checkpoint"
 JOURNAL_VERSION = 1
@@ -36,15 +36,6 @@ JOURNAL_VERSION = 1
 Status = Literal["done", "created", "drifted", "raced", "failed"]
 #: Statuses a resume does not touch again.
 FINISHED: frozenset[str] = frozenset({"done", "drifted", "raced"})
-
-
-class CheckpointError(RunnerError):
-    """A checkpoint cannot be used: another plan's, a newer format, locked by another apply."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
-    written before stays; a resume redoes the rest."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Observe: read, for every step, the runs its selection matches, before anything changes.
+"""Observe: read, for every step, the runs its selection matches, before anything changes;
+and :func:`plan_playbook`, which observes and hands the observation to the pure planner.
 
 This is the I/O half of planning; :mod:`runner.planner` is the pure half.
 """
@@ -6,15 +7,17 @@ This is the I/O half of planning; :mod:`runner.planner` is the pure half.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from datetime import datetime
+import uuid
+from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import TypeVar
 from uuid import UUID
 
 from runner.client import PrefectClient
-from runner.errors import NotFound, RunnerError
+from runner.errors import NotFound, SelectionError
 from runner.models import FlowRun
-from runner.plan import RunView
+from runner.plan import Observation, Plan, RunView, StepObservation
+from runner.planner import make_plan
 from runner.playbook import Playbook, Reschedule
 from runner.selection import Capabilities, ServerQuery, build_query, failed_keys
 
@@ -24,25 +27,6 @@ from runner.selection import Capabilities, ServerQuery, build_query, failed_keys
 READ_CONCURRENCY = 4
 
 _T = TypeVar("_T")
-
-
-class SelectionError(RunnerError):
-    """A selection names something the server does not have (a deployment, say)."""
-
-
-@dataclass(frozen=True)
-class StepObservation:
-    #: Every run the step's selection matched, by run id (before claims and limit).
-    runs: tuple[RunView, ...]
-
-
-@dataclass(frozen=True)
-class Observation:
-    now: datetime
-    server_url: str
-    server_version: str | None
-    steps: tuple[StepObservation, ...]
-    notes: tuple[str, ...] = ()
 
 
 async def _resolve_deployments(client: PrefectClient, playbook: Playbook) -> dict[str, UUID]:
@@ -190,3 +174,20 @@ def _named(
     flow_name = flows.get(UUID(view.flow), view.flow)
     deployment = deployments.get(view.deployment_id) if view.deployment_id else None
     return dataclasses.replace(view, flow=flow_name, deployment=deployment)
+
+
+def new_plan_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def plan_playbook(
+    playbook: Playbook,
+    client: PrefectClient,
+    *,
+    now: datetime | None = None,
+    exclude: Collection[UUID] = (),
+) -> Plan:
+    """Read what the playbook selects and return the plan. Sends no write to the server."""
+    moment = now or datetime.now(timezone.utc)
+    observation = await observe(client, playbook, now=moment)
+    return make_plan(playbook, observation, plan_id=new_plan_id(), exclude=exclude)

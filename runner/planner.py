@@ -12,8 +12,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from runner.observe import Observation
-from runner.plan import Change, Plan, RunView, StepPlan, TargetState
+from runner.plan import Change, Observation, Plan, RunView, StepPlan, TargetState
 from runner.playbook import (
     Cancel,
     Delete,
@@ -27,7 +26,6 @@ from runner.playbook import (
     Tag,
 )
 from runner.selection import order
-from runner.timeexpr import format_duration
 
 ACTIVE_STATE_TYPES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELLING"})
 TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -308,27 +306,3 @@ def make_plan(
         violations=tuple(violations),
         notes=observation.notes,
     )
-
-
-def describe_after(change: Change) -> str:
-    """What the run will be after the change, in a few words (for diffs)."""
-    if change.op == "noop":
-        return f"unchanged: {change.reason}"
-    if change.op == "delete":
-        return "deleted"
-    if change.op == "resume":
-        return "resumed"
-    if change.op == "tag":
-        return "tags " + ", ".join(change.tags or ()) if change.tags else "no tags"
-    assert change.state is not None
-    text = change.state.name
-    if change.state.scheduled_time is not None:
-        text += f" at {change.state.scheduled_time.strftime('%Y-%m-%d %H:%M:%S')}Z"
-        if change.run.expected_start is not None and change.op in ("set_state", "recreate"):
-            delta = change.state.scheduled_time - change.run.expected_start
-            text += f" ({'+' if delta >= timedelta(0) else ''}{format_duration(delta)})"
-    if change.op == "recreate":
-        text = "new run, " + text + "; old run deleted"
-    if change.state.force:
-        text += " (forced)"
-    return text

@@ -1,12 +1,14 @@
-"""Plans as people and tools read them: a terminal diff, markdown for PRs, JSON."""
+"""Plans as people and tools read them: a terminal diff, markdown for PRs, JSON, and the few
+words that say what a run will be after its change (:func:`describe_after`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TextIO
 
-from runner.plan import Change, Plan, StepPlan, dumps, write_document
-from runner.planner import describe_after
+from runner.plan import Change, Plan, StepPlan
+from runner.planfile import dumps, write_document
+from runner.timeexpr import format_duration
 
 DEFAULT_ROWS = 25
 _COLOURS = {"delete": "31", "noop": "2", "set_state": "33", "recreate": "36", "tag": "34"}
@@ -162,3 +164,27 @@ def write_rendered(
         write_document(plan, out)
     else:
         out.write(render(plan, fmt, full=full, colour=colour))
+
+
+def describe_after(change: Change) -> str:
+    """What the run will be after the change, in a few words (for diffs)."""
+    if change.op == "noop":
+        return f"unchanged: {change.reason}"
+    if change.op == "delete":
+        return "deleted"
+    if change.op == "resume":
+        return "resumed"
+    if change.op == "tag":
+        return "tags " + ", ".join(change.tags or ()) if change.tags else "no tags"
+    assert change.state is not None
+    text = change.state.name
+    if change.state.scheduled_time is not None:
+        text += f" at {change.state.scheduled_time.strftime('%Y-%m-%d %H:%M:%S')}Z"
+        if change.run.expected_start is not None and change.op in ("set_state", "recreate"):
+            delta = change.state.scheduled_time - change.run.expected_start
+            text += f" ({'+' if delta >= timedelta(0) else ''}{format_duration(delta)})"
+    if change.op == "recreate":
+        text = "new run, " + text + "; old run deleted"
+    if change.state.force:
+        text += " (forced)"
+    return text

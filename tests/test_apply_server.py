@@ -12,11 +12,12 @@ import httpx
 import pytest
 
 from runner.client import PrefectClient
+from runner.errors import CheckpointError
 from runner.executor import ApplyOptions, ApplyResult, Executor
-from runner.journal import CheckpointError, Journal, read_journal
+from runner.journal import Journal, read_journal
 from runner.loader import load_text
+from runner.observe import plan_playbook
 from runner.plan import Plan
-from runner.planning import plan_playbook
 from runner.retry import RetryPolicy
 from runner.settings import ConnectionSettings
 from tests.seed import Seeder, utcnow

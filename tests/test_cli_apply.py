@@ -301,8 +301,8 @@ def test_a_resume_honours_max_plan_age(api_url: str, seeder: Seeder, tmp_path: P
     from runner.client import PrefectClient
     from runner.journal import Journal
     from runner.loader import load_playbook
-    from runner.plan import write_plan
-    from runner.planning import plan_playbook
+    from runner.observe import plan_playbook
+    from runner.planfile import write_plan
     from runner.settings import ConnectionSettings
     from tests.seed import utcnow
 

@@ -266,8 +266,8 @@ def plan_document(
     from datetime import datetime, timezone
     from uuid import UUID
 
-    from runner.observe import Observation, StepObservation
-    from runner.plan import RunView, dumps
+    from runner.plan import Observation, RunView, StepObservation
+    from runner.planfile import dumps
     from runner.planner import make_plan
 
     playbook = load_text(
@@ -298,7 +298,7 @@ def plan_document(
 
 def write_document(path: Path, document: dict[str, Any]) -> Path:
     """Write ``document`` with its checksum recomputed, as someone editing a plan could."""
-    from runner.plan import _checksum
+    from runner.planfile import _checksum
 
     body = {k: v for k, v in document.items() if k != "checksum"}
     path.write_text(json.dumps({**body, "checksum": _checksum(body)}))
@@ -470,7 +470,8 @@ def test_plan_fields_are_checked_even_with_a_recomputed_checksum(
     ],
 )
 def test_plan_states_are_checked(tmp_path: Path, where: str, value: Any, expected: str) -> None:
-    from runner.plan import PlanFileError, read_plan
+    from runner.errors import PlanFileError
+    from runner.planfile import read_plan
 
     document = plan_document("{reschedule: {delay: 1h}}", ("SCHEDULED", "Late"))
     path = write_document(tmp_path / "plan.json", edit(document, where, value))
@@ -480,7 +481,8 @@ def test_plan_states_are_checked(tmp_path: Path, where: str, value: Any, expecte
 
 
 def test_a_run_twice_in_a_step_is_refused(tmp_path: Path) -> None:
-    from runner.plan import PlanFileError, read_plan
+    from runner.errors import PlanFileError
+    from runner.planfile import read_plan
 
     document = plan_document()
     document["steps"][0]["changes"].append(document["steps"][0]["changes"][0])
@@ -493,7 +495,7 @@ def test_a_run_twice_in_a_step_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_valid_plan_reads_back_the_same(tmp_path: Path) -> None:
-    from runner.plan import dumps, read_plan
+    from runner.planfile import dumps, read_plan
 
     for document in (plan_document(), plan_document("{reschedule: {delay: 1h}}")):
         path = tmp_path / "plan.json"
@@ -531,7 +533,7 @@ def test_broken_plan_files(
 
 
 def test_a_plan_file_over_the_limit_is_refused_unread(tmp_path: Path, nothing_sent: None) -> None:
-    from runner.plan import MAX_PLAN_BYTES
+    from runner.planfile import MAX_PLAN_BYTES
 
     path = tmp_path / "plan.json"
     with path.open("wb") as handle:

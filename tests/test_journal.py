@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.journal import CheckpointError, Journal, read_journal
+from runner.errors import CheckpointError
+from runner.journal import Journal, read_journal
 
 
 def write(path: Path, plan_id: str = "p1", checksum: str = "c1", n: int = 3) -> None:
@@ -112,9 +113,10 @@ def test_truncated_tampered_and_newer_plans_are_refused(tmp_path: Path) -> None:
     import json
     from datetime import datetime, timezone
 
+    from runner.errors import PlanFileError
     from runner.loader import load_text
-    from runner.observe import Observation, StepObservation
-    from runner.plan import PlanFileError, dumps, read_plan
+    from runner.plan import Observation, StepObservation
+    from runner.planfile import dumps, read_plan
     from runner.planner import make_plan
 
     playbook = load_text(

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from runner.client import PrefectClient
+from runner.errors import PlanFileError, SelectionError
 from runner.loader import load_text
-from runner.observe import SelectionError
-from runner.plan import PlanFileError, check_applicable, read_plan, write_plan
-from runner.planning import plan_playbook
+from runner.observe import plan_playbook
+from runner.planfile import check_applicable, read_plan, write_plan
 from runner.settings import ConnectionSettings
 from tests.seed import Seeder, unique
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from runner.loader import load_text
-from runner.observe import Observation, StepObservation
-from runner.plan import RunView
-from runner.planner import describe_after, make_plan
+from runner.plan import Observation, RunView, StepObservation
+from runner.planner import make_plan
+from runner.render import describe_after
 from tests.seed import STATES
 
 CASES = Path(__file__).parent / "planner_cases"
@@ -96,7 +96,7 @@ def test_planner_case(case: str) -> None:
         )
         assert by_name[name].idempotency_key == expected_key
     # The plan survives its own JSON form.
-    from runner.plan import dumps, plan_from_json, plan_to_json
+    from runner.planfile import dumps, plan_from_json, plan_to_json
 
     assert plan_from_json(plan_to_json(plan)) == plan
     # Written with one change a line, read back the same.

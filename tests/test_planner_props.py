@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from runner.errors import PlaybookError
 from runner.loader import load_text
-from runner.observe import Observation, StepObservation
-from runner.plan import RunView, dumps, plan_from_json, plan_to_json
+from runner.plan import Observation, RunView, StepObservation
+from runner.planfile import dumps, plan_from_json, plan_to_json
 from runner.planner import make_plan
 from runner.render import render
 from tests.seed import STATES

@@ -22,13 +22,12 @@ import httpx
 import pytest
 
 from runner.client import PrefectClient
-from runner.errors import RunnerError
+from runner.errors import RunnerError, SelectionError
 from runner.executor import ApplyOptions, ApplyResult, Executor
 from runner.journal import Journal, read_journal
 from runner.loader import load_text
-from runner.observe import SelectionError
+from runner.observe import plan_playbook
 from runner.plan import Plan
-from runner.planning import plan_playbook
 from runner.settings import ConnectionSettings
 from tests.seed import Seeder, unique, utcnow
 
@@ -464,7 +463,8 @@ def test_runner_error_is_the_base_of_selection_errors() -> None:
 def test_state_ids_are_kept_in_the_plan_document() -> None:
     from datetime import datetime, timezone
 
-    from runner.plan import Change, RunView, StepPlan, plan_from_json, plan_to_json
+    from runner.plan import Change, RunView, StepPlan
+    from runner.planfile import plan_from_json, plan_to_json
 
     view = RunView(
         id=UUID(int=1),

@@ -24,12 +24,13 @@ import anyio
 from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
 from runner.commands.output import check_file, check_folder
-from runner.errors import OutputError, RunnerError
+from runner.errors import CheckpointWriteError, OutputError, RunnerError
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
-from runner.journal import FINISHED, CheckpointWriteError, Journal, read_journal
+from runner.journal import FINISHED, Journal, read_journal
 from runner.loader import load_playbook
-from runner.plan import Plan, check_applicable, check_plan_id, read_plan, write_plan
-from runner.planning import plan_playbook
+from runner.observe import plan_playbook
+from runner.plan import Plan
+from runner.planfile import check_applicable, check_plan_id, read_plan, write_plan
 from runner.render import render, summary_line
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings

@@ -11,8 +11,9 @@ from runner.client import PrefectClient
 from runner.commands.output import check_file
 from runner.errors import OutputError
 from runner.loader import load_playbook
-from runner.plan import Plan, write_plan
-from runner.planning import plan_playbook
+from runner.observe import plan_playbook
+from runner.plan import Plan
+from runner.planfile import write_plan
 from runner.render import write_rendered
 from runner.retry import policy_for
 from runner.settings import ConnectionSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from runner.plan import read_plan
+from runner.planfile import read_plan
 from runner.render import write_rendered
 
 

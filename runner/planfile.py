@@ -1,0 +1,681 @@
+"""The plan document (``docs/plan-format.md``): written by ``runner plan -o``, read by
+``runner apply plan.json``. Versioned, checksummed, one change a line; every field is
+checked when it is read, and a plan made elsewhere, too long ago or breaking its guards is
+refused by :func:`check_applicable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, get_args
+from uuid import UUID, uuid4
+
+from runner.errors import PlanFileError
+from runner.plan import Change, Op, Plan, RunView, StepPlan, TargetState
+from runner.playbook import ACTION_TYPES
+from runner.states import StateType
+from runner.timeexpr import MAX_DURATION
+
+PLAN_FORMAT = "runner-plan"
+PLAN_VERSION = 1
+
+#: The largest plan file read (checked before reading): room for a million changes of about
+#: 1 KB each (a change's line is typically 0.5 to 1 KB; runs to recreate carry parameters).
+MAX_PLAN_BYTES = 1024**3
+#: A plan id names the plan's folder under the state dir: no separators, no dots. runner makes
+#: 12 lowercase hex digits.
+PLAN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _run_to_json(run: RunView) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(run.id),
+        "name": run.name,
+        "flow": run.flow,
+        "deployment": run.deployment,
+        "deployment_id": str(run.deployment_id) if run.deployment_id else None,
+        "state_type": run.state_type,
+        "state_name": run.state_name,
+        "state_id": str(run.state_id) if run.state_id else None,
+        "expected_start": _dt(run.expected_start),
+        "next_scheduled_start": _dt(run.next_scheduled_start),
+        "start": _dt(run.start),
+        "end": _dt(run.end),
+        "tags": list(run.tags),
+        "work_queue": run.work_queue,
+        "work_pool": run.work_pool,
+        "parent_task_run_id": str(run.parent_task_run_id) if run.parent_task_run_id else None,
+    }
+    if run.parameters is not None:
+        data["parameters"] = run.parameters
+    if run.idempotency_key is not None:
+        data["idempotency_key"] = run.idempotency_key
+    return data
+
+
+def change_to_json(change: Change) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "key": change.key,
+        "op": change.op,
+        "run": _run_to_json(change.run),
+    }
+    if change.reason is not None:
+        data["reason"] = change.reason
+    if change.state is not None:
+        data["state"] = {
+            "type": change.state.type,
+            "name": change.state.name,
+            "message": change.state.message,
+            "scheduled_time": _dt(change.state.scheduled_time),
+            "force": change.state.force,
+        }
+    if change.tags is not None:
+        data["tags"] = list(change.tags)
+    if change.idempotency_key is not None:
+        data["idempotency_key"] = change.idempotency_key
+    return data
+
+
+def _outline(plan: Plan) -> dict[str, Any]:
+    """The plan document without its changes (each step's ``changes`` is empty)."""
+    return {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "id": plan.id,
+        "created_at": _dt(plan.created_at),
+        "playbook": {
+            "name": plan.playbook_name,
+            "path": plan.playbook_path,
+            "digest": plan.playbook_digest,
+            "variables": plan.variables,
+        },
+        "server": {"url": plan.server_url, "version": plan.server_version},
+        "summary": plan.counts(),
+        "violations": list(plan.violations),
+        "notes": list(plan.notes),
+        "steps": [
+            {
+                "index": step.index,
+                "name": step.name,
+                "action": step.action,
+                "selected": step.selected,
+                "settings": {
+                    "concurrency": step.concurrency,
+                    "rate_limit": step.rate_limit,
+                    "max_attempts": step.max_attempts,
+                    "backoff_seconds": step.backoff_seconds,
+                    "max_backoff_seconds": step.max_backoff_seconds,
+                },
+                "changes": [],
+            }
+            for step in plan.steps
+        ],
+    }
+
+
+def _body(plan: Plan) -> dict[str, Any]:
+    body = _outline(plan)
+    for step_doc, step in zip(body["steps"], plan.steps, strict=True):
+        step_doc["changes"] = [change_to_json(c) for c in step.changes]
+    return body
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
+
+
+class _Checksum:
+    """The checksum of a document fed piece by piece, in canonical order: the same digest as
+    :func:`_checksum` of the whole body, without holding the body."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def feed(self, text: str) -> None:
+        self._hash.update(text.encode("utf-8"))
+
+    def value(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _canonical_around(items: dict[str, Any], skip: str) -> tuple[str, str]:
+    """The canonical text of ``items`` before and after the value of key ``skip``."""
+    before: list[str] = []
+    after: list[str] = []
+    into = before
+    for i, key in enumerate(sorted(items)):
+        head = ("," if i else "{") + _canonical(key) + ":"
+        if key == skip:
+            into.append(head)
+            into = after
+        else:
+            into.append(head + _canonical(items[key]))
+    after.append("}")
+    return "".join(before), "".join(after)
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan document, with a checksum over everything else (tampering is detected)."""
+    body = _body(plan)
+    return {**body, "checksum": _checksum(body)}
+
+
+def write_document(plan: Plan, out: TextIO) -> None:
+    """Write the plan document to ``out``: indented, one change a line (a reviewer's diff
+    shows one line per run), the checksum last.
+
+    Each change is encoded, written and hashed in turn, so memory does not grow with the plan
+    (100,000 changes held as one document took ~270 MB more). Only the outline goes through
+    json's pure-Python indenting encoder; each change line is written by the C one.
+    """
+    outline = _outline(plan)
+    marker = f"changes-{uuid4()}"
+    checksum = _Checksum()
+    steps_docs = outline["steps"]
+    top_before, top_after = _canonical_around(outline, skip="steps")
+    for step_doc in steps_docs:
+        step_doc["changes"] = f"{marker}-{step_doc['index']}"
+    document = {**outline, "checksum": f"{marker}-checksum"}
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    checksum.feed(top_before + "[")
+    for number, (step_doc, step) in enumerate(zip(steps_docs, plan.steps, strict=True)):
+        key = f'"{step_doc["changes"]}"'
+        head, text = text.split(key, 1)
+        out.write(head)
+        before, after = _canonical_around(step_doc, skip="changes")
+        checksum.feed(("," if number else "") + before + "[")
+        if step.changes:
+            out.write("[\n")
+            for i, change in enumerate(step.changes):
+                data = change_to_json(change)
+                checksum.feed(("," if i else "") + _canonical(data))
+                out.write(
+                    ("" if i == 0 else ",\n")
+                    + "        "
+                    + json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+                )
+            out.write("\n      ]")
+        else:
+            out.write("[]")
+        checksum.feed("]" + after)
+    checksum.feed("]" + top_after)
+    head, tail = text.split(f'"{marker}-checksum"', 1)
+    out.write(head + json.dumps(checksum.value()) + tail + "\n")
+
+
+def dumps(plan: Plan) -> str:
+    """The plan document as :func:`write_document` writes it."""
+    buffer = io.StringIO()
+    write_document(plan, buffer)
+    return buffer.getvalue()
+
+
+def check_plan_id(plan_id: str, *, source: str = "plan") -> None:
+    """Refuse a plan id that could name a folder outside the state dir (``../x``, ``/tmp/x``)."""
+    if not PLAN_ID.fullmatch(plan_id):
+        raise PlanFileError(
+            f"{source}: id: {_got(plan_id)} is not a plan id (1 to 64 letters, digits, _ or -)"
+        )
+
+
+def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
+    """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply.
+
+    Every field is checked, naming its JSON path: a document whose checksum was recomputed
+    after an edit is still refused when a value is out of range or of the wrong kind.
+    """
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise PlanFileError(f'{source}: not a runner plan (no "format": "{PLAN_FORMAT}")')
+    version = data.get("version")
+    if version != PLAN_VERSION:
+        raise PlanFileError(
+            f"{source}: plan format version {_got(version)}; this runner reads version"
+            f" {PLAN_VERSION}"
+        )
+    checksum = data.get("checksum")
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    try:
+        expected = _checksum(body)
+    except RecursionError:
+        raise PlanFileError(f"{source}: not a runner plan: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise PlanFileError(
+            f"{source}: not a runner plan: a string holds an unpaired surrogate (such as \\ud800)"
+        ) from None
+    if checksum != expected:
+        raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
+    return _Reader(source).plan(data)
+
+
+def _got(value: Any) -> str:
+    """A value as an error shows it: JSON, cut short."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    try:
+        text = json.dumps(value)
+    except ValueError:  # a whole number too long to print
+        return "a number too long to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_OPS: frozenset[str] = frozenset(get_args(Op))
+_STATE_TYPES = frozenset(t.value for t in StateType)
+_ACTIONS = frozenset(ACTION_TYPES)
+#: What each action's changes may be: their ops, and the state types they may propose
+#: (empty: any). A plan edited to make a tag step delete a run is refused.
+_ACTION_OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "delete": (frozenset({"delete", "noop"}), frozenset()),
+    "cancel": (frozenset({"set_state", "noop"}), frozenset({"CANCELLED", "CANCELLING"})),
+    "set_state": (frozenset({"set_state", "noop"}), frozenset()),
+    "reschedule": (frozenset({"set_state", "recreate", "noop"}), frozenset({"SCHEDULED"})),
+    "retry": (frozenset({"set_state", "noop"}), frozenset({"SCHEDULED"})),
+    "resume": (frozenset({"resume", "noop"}), frozenset()),
+    "tag": (frozenset({"tag", "noop"}), frozenset()),
+}
+_MAX_BACKOFF = MAX_DURATION.total_seconds()
+_Path = tuple[str | int, ...]
+
+
+class _Reader:
+    """Checks and converts a plan document, field by field; the first problem is raised as a
+    :class:`PlanFileError` naming its JSON path (``steps[0].settings.max_attempts``).
+
+    Each checker takes the object, the key and the object's path, and builds the field's path
+    only to report a problem: a plan can hold a million changes.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.keys: set[str] = set()
+
+    def fail(self, path: _Path, message: str) -> NoReturn:
+        where = ""
+        for part in path:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        raise PlanFileError(f"{self.source}: {where}: {message}")
+
+    # -- values: data[key], at path + (key,) ----------------------------------------------
+
+    def get(self, data: dict[str, Any], key: str, path: _Path) -> Any:
+        try:
+            return data[key]
+        except KeyError:
+            self.fail((*path, key), "missing")
+
+    def as_obj(self, value: Any, path: _Path) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected an object, got {_got(value)}")
+        return value
+
+    def obj(self, data: dict[str, Any], key: str, path: _Path) -> dict[str, Any]:
+        return self.as_obj(self.get(data, key, path), (*path, key))
+
+    def array(self, data: dict[str, Any], key: str, path: _Path) -> list[Any]:
+        value = self.get(data, key, path)
+        if not isinstance(value, list):
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
+        return value
+
+    def text(self, data: dict[str, Any], key: str, path: _Path) -> str:
+        value = self.get(data, key, path)
+        if not isinstance(value, str):
+            self.fail((*path, key), f"expected a string, got {_got(value)}")
+        return value
+
+    def optional_text(self, data: dict[str, Any], key: str, path: _Path) -> str | None:
+        return None if data.get(key) is None else self.text(data, key, path)
+
+    def texts(self, data: dict[str, Any], key: str, path: _Path) -> tuple[str, ...]:
+        value = self.get(data, key, path)
+        if not isinstance(value, list):
+            self.fail((*path, key), f"expected a list, got {_got(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail((*path, key, index), f"expected a string, got {_got(item)}")
+        return tuple(value)
+
+    def choice(self, data: dict[str, Any], key: str, path: _Path, options: frozenset[str]) -> str:
+        value = self.get(data, key, path)
+        if not isinstance(value, str) or value not in options:
+            self.fail(
+                (*path, key), f"expected one of {', '.join(sorted(options))}; got {_got(value)}"
+            )
+        return value
+
+    def integer(
+        self, data: dict[str, Any], key: str, path: _Path, low: int, high: int | None = None
+    ) -> int:
+        value = self.get(data, key, path)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            self.fail((*path, key), f"expected a whole number {span}, got {_got(value)}")
+        return value
+
+    def number(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: _Path,
+        *,
+        low: float,
+        high: float,
+        above: bool = False,
+        default: float | None = None,
+    ) -> float:
+        value = data.get(key, default) if default is not None else self.get(data, key, path)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < low
+            or (above and value == low)
+            or value > high
+        ):
+            span = f"more than {low:g}" if above else f"from {low:g} to {high:,.0f}"
+            self.fail((*path, key), f"expected a number {span}, got {_got(value)}")
+        return float(value)
+
+    def boolean(self, data: dict[str, Any], key: str, path: _Path) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            self.fail((*path, key), f"expected true or false, got {_got(value)}")
+        return value
+
+    def uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID:
+        value = self.get(data, key, path)
+        if isinstance(value, str):
+            try:
+                return UUID(value)
+            except ValueError:
+                pass
+        self.fail((*path, key), f"expected a UUID, got {_got(value)}")
+
+    def optional_uuid(self, data: dict[str, Any], key: str, path: _Path) -> UUID | None:
+        return None if data.get(key) is None else self.uuid(data, key, path)
+
+    def when(self, data: dict[str, Any], key: str, path: _Path) -> datetime:
+        value = self.get(data, key, path)
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if parsed.tzinfo is not None:
+                parsed.astimezone(timezone.utc)  # out of range in UTC: OverflowError
+                return parsed
+        except (AttributeError, ValueError, OverflowError):
+            pass
+        self.fail(
+            (*path, key),
+            f"expected an ISO 8601 date-time with a timezone, got {_got(value)}",
+        )
+
+    def optional_when(self, data: dict[str, Any], key: str, path: _Path) -> datetime | None:
+        return None if data.get(key) is None else self.when(data, key, path)
+
+    # -- the document ----------------------------------------------------------------------
+
+    def plan(self, data: dict[str, Any]) -> Plan:
+        plan_id = self.text(data, "id", ())
+        check_plan_id(plan_id, source=self.source)
+        playbook = self.obj(data, "playbook", ())
+        variables = self.obj(playbook, "variables", ("playbook",))
+        for name, value in variables.items():
+            if not isinstance(value, (str, int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                self.fail(
+                    ("playbook", "variables", name),
+                    f"expected a string, number or true/false, got {_got(value)}",
+                )
+        server = self.obj(data, "server", ())
+        summary = self.as_obj(data.get("summary", {}), ("summary",))
+        for name in summary:
+            self.integer(summary, name, ("summary",), 0)
+        steps = self.array(data, "steps", ())
+        plan = Plan(
+            id=plan_id,
+            created_at=self.when(data, "created_at", ()),
+            playbook_name=self.text(playbook, "name", ("playbook",)),
+            playbook_path=self.text(playbook, "path", ("playbook",)),
+            playbook_digest=self.text(playbook, "digest", ("playbook",)),
+            variables=variables,
+            server_url=self.text(server, "url", ("server",)),
+            server_version=self.optional_text(server, "version", ("server",)),
+            steps=tuple(self.step(index, step) for index, step in enumerate(steps)),
+            violations=self.texts(data, "violations", ()) if "violations" in data else (),
+            notes=self.texts(data, "notes", ()) if "notes" in data else (),
+        )
+        if "summary" in data and summary != plan.counts():
+            counted = json.dumps(plan.counts(), sort_keys=True)
+            self.fail(
+                ("summary",),
+                f"{json.dumps(summary, sort_keys=True)} does not count the plan's changes"
+                f" ({counted})",
+            )
+        return plan
+
+    def step(self, index: int, value: Any) -> StepPlan:
+        path: _Path = ("steps", index)
+        data = self.as_obj(value, path)
+        position = self.get(data, "index", path)
+        if position != index or isinstance(position, bool):
+            self.fail(
+                (*path, "index"), f"expected {index} (the step's place), got {_got(position)}"
+            )
+        settings = self.obj(data, "settings", path)
+        at: _Path = (*path, "settings")
+        action = self.choice(data, "action", path, _ACTIONS)
+        selected = self.integer(data, "selected", path, 0)
+        changes = tuple(
+            self.change(index, (*path, "changes", i), c)
+            for i, c in enumerate(self.array(data, "changes", path))
+        )
+        if selected != len(changes):
+            self.fail(
+                (*path, "selected"),
+                f"{selected} runs selected, but the step has {len(changes)} changes"
+                " (one a selected run)",
+            )
+        for i, change in enumerate(changes):
+            self.fits_action(action, change, (*path, "changes", i))
+        return StepPlan(
+            index=index,
+            name=self.text(data, "name", path),
+            action=action,
+            selected=selected,
+            changes=changes,
+            concurrency=self.integer(settings, "concurrency", at, 1, 256),
+            rate_limit=None
+            if settings.get("rate_limit") is None
+            else self.number(settings, "rate_limit", at, low=0, high=math.inf, above=True),
+            max_attempts=self.integer(settings, "max_attempts", at, 1, 100),
+            backoff_seconds=self.number(
+                settings, "backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=0.25
+            ),
+            max_backoff_seconds=self.number(
+                settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
+            ),
+        )
+
+    def fits_action(self, action: str, change: Change, path: _Path) -> None:
+        """A change is one its step's action makes: a ``tag`` step never deletes."""
+        ops, types = _ACTION_OPS[action]
+        if change.op not in ops:
+            self.fail(
+                (*path, "op"),
+                f"a {action} step makes {', '.join(sorted(ops))} changes, not {change.op}",
+            )
+        if change.state is not None and types and change.state.type not in types:
+            self.fail(
+                (*path, "state", "type"),
+                f"a {action} step proposes {' or '.join(sorted(types))}, not {change.state.type}",
+            )
+
+    def change(self, step: int, path: _Path, value: Any) -> Change:
+        data = self.as_obj(value, path)
+        run = self.run(self.as_obj(self.get(data, "run", path), (*path, "run")), (*path, "run"))
+        op = self.choice(data, "op", path, _OPS)
+        key = f"{step}:{run.id}"
+        if self.get(data, "key", path) != key:
+            self.fail((*path, "key"), f"expected {_got(key)}, got {_got(data['key'])}")
+        if key in self.keys:
+            self.fail((*path, "run", "id"), f"run {run.id} has two changes in this step")
+        self.keys.add(key)
+        raw_state = data.get("state")
+        state = None if raw_state is None else self.state(raw_state, (*path, "state"))
+        if op in ("set_state", "recreate") and state is None:
+            self.fail((*path, "state"), f"missing: a {op} change needs the state it proposes")
+        if op == "recreate" and run.deployment_id is None:
+            self.fail(
+                (*path, "run", "deployment_id"),
+                "missing: a recreate change needs the deployment to create the new run from",
+            )
+        return Change(
+            step=step,
+            run=run,
+            op=op,  # type: ignore[arg-type]  # checked against Op's values
+            reason=self.optional_text(data, "reason", path),
+            state=state,
+            tags=None if data.get("tags") is None else self.texts(data, "tags", path),
+            idempotency_key=self.optional_text(data, "idempotency_key", path),
+        )
+
+    def state(self, value: Any, path: _Path) -> TargetState:
+        data = self.as_obj(value, path)
+        return TargetState(
+            type=self.choice(data, "type", path, _STATE_TYPES),
+            name=self.text(data, "name", path),
+            message=self.optional_text(data, "message", path),
+            scheduled_time=self.optional_when(data, "scheduled_time", path),
+            force=self.boolean(data, "force", path),
+        )
+
+    def run(self, data: dict[str, Any], path: _Path) -> RunView:
+        parameters = data.get("parameters")
+        return RunView(
+            id=self.uuid(data, "id", path),
+            name=self.text(data, "name", path),
+            flow=self.text(data, "flow", path),
+            deployment=self.optional_text(data, "deployment", path),
+            deployment_id=self.optional_uuid(data, "deployment_id", path),
+            state_type=None
+            if data.get("state_type") is None
+            else self.choice(data, "state_type", path, _STATE_TYPES),
+            state_name=self.optional_text(data, "state_name", path),
+            state_id=self.optional_uuid(data, "state_id", path),
+            expected_start=self.optional_when(data, "expected_start", path),
+            next_scheduled_start=self.optional_when(data, "next_scheduled_start", path),
+            start=self.optional_when(data, "start", path),
+            end=self.optional_when(data, "end", path),
+            tags=self.texts(data, "tags", path) if "tags" in data else (),
+            work_queue=self.optional_text(data, "work_queue", path),
+            work_pool=self.optional_text(data, "work_pool", path),
+            parent_task_run_id=self.optional_uuid(data, "parent_task_run_id", path),
+            parameters=None
+            if parameters is None
+            else self.as_obj(parameters, (*path, "parameters")),
+            idempotency_key=self.optional_text(data, "idempotency_key", path),
+        )
+
+
+def read_plan(path: str | Path) -> Plan:
+    """Read and check a saved plan; files over ``MAX_PLAN_BYTES`` are refused unread."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_PLAN_BYTES:
+                raise PlanFileError(_too_large(path, size))
+            raw = handle.read(MAX_PLAN_BYTES + 1)  # never more (a pipe has no size)
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanFileError(_too_large(path, None))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanFileError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start:,})"
+        ) from None
+    del raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanFileError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a runner plan: nested too deeply") from None
+    except ValueError:  # Python reads whole numbers of at most 4,300 digits
+        raise PlanFileError(f"{path}: not a runner plan: a whole number too long to read") from None
+    return plan_from_json(data, source=str(path))
+
+
+def _too_large(path: str | Path, size: int | None) -> str:
+    what = f"{size:,} bytes" if size is not None else f"over {MAX_PLAN_BYTES:,} bytes"
+    return (
+        f"{path}: too large ({what}): a plan file is at most"
+        f" {MAX_PLAN_BYTES // 1024**3} GiB ({MAX_PLAN_BYTES:,} bytes, about a million changes)"
+    )
+
+
+def write_plan(plan: Plan, path: str | Path) -> None:
+    """Write atomically: a temp file in the same folder, then ``os.replace``."""
+    import os
+    import tempfile
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write_document(plan, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_applicable(
+    plan: Plan, *, server_url: str, now: datetime, max_age_seconds: float | None
+) -> None:
+    """Refuse a plan made against another server, or older than ``max_age_seconds``."""
+    if plan.server_url.rstrip("/") != server_url.rstrip("/"):
+        raise PlanFileError(
+            f"the plan was made against {plan.server_url}, not {server_url}: make a new plan"
+            " against this server"
+        )
+    if max_age_seconds is not None:
+        age = (now - plan.created_at).total_seconds()
+        if age > max_age_seconds:
+            raise PlanFileError(
+                f"the plan is {age / 60:.0f} minutes old (the limit is"
+                f" {max_age_seconds / 60:.0f}): make a new plan, or pass --max-plan-age to allow it"
+            )
+    if plan.violations:
+        raise PlanFileError("the plan breaks its guards: " + "; ".join(plan.violations))
