@@ -1,7 +1,8 @@
 """The ``runner`` command line: parse, dispatch to ``runner.commands``, map errors to exit codes.
 
-Exit codes: 0 success (or nothing to change), 1 error, 2 changes pending when asked with
-``--detailed-exitcode``, 130 interrupted.
+Exit codes are the table in :mod:`runner.errors`; :func:`_run_command` is where an error
+becomes one. An exception that is not a :class:`~runner.errors.RunnerError` is a bug: its
+traceback is shown, with a line asking for a report.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from runner import __version__
+from runner.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CHANGES = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,11 +35,6 @@ def _settings(api_url: str | None) -> Any:
     return resolve_settings(api_url=api_url)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"runner: {message}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="runner")
 def cli() -> None:
@@ -52,13 +46,8 @@ def cli() -> None:
 def doctor(api_url: str | None) -> None:
     """Show the connection settings in force and what the server supports."""
     from runner.commands import doctor as command
-    from runner.errors import RunnerError
 
-    try:
-        code = command.run(_settings(api_url), out=sys.stdout)
-    except RunnerError as exc:
-        _fail(str(exc))
-    sys.exit(code)
+    _run_command(lambda: command.run(_settings(api_url), out=sys.stdout))
 
 
 def parse_vars(values: tuple[str, ...]) -> dict[str, str]:
@@ -138,17 +127,19 @@ def _colour() -> bool:
 
 
 def _run_command(call: Callable[[], int]) -> None:
-    """Run a command; map runner's errors to exit code 1 with a one-line message."""
-    from runner.errors import PlaybookError, RunnerError
+    """Run a command; the one place runner's errors become an exit code and a message (a
+    playbook's problems one a line, anything else on one line)."""
+    from runner.errors import PlaybookError, RunnerError, exit_code_for
 
     try:
         code = call()
     except PlaybookError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(exit_code_for(exc))
     except RunnerError as exc:
-        _fail(str(exc))
+        click.echo(f"runner: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
     sys.exit(code)
 
 
@@ -396,6 +387,16 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("runner: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception:  # not a RunnerError: a bug in runner, never the input's fault
+        import traceback
+
+        traceback.print_exc()
+        click.echo(
+            f"runner: this is a bug in runner {__version__}, not a problem of your input:"
+            " please report it with the traceback above",
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

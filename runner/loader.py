@@ -862,9 +862,10 @@ def load_text(
     data["vars"] = values
     try:
         playbook = _build(data, default_name, src, faulty=set(src.problem_paths))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a bug, still reported
-        src.problem((), f"internal error while reading the playbook: {exc}")
-        playbook = None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        if not src.problems:
+            raise  # a bug in runner, not a problem of the playbook: never passed off as one
+        playbook = None  # a part the problems found already explain
     if playbook is None or src.problems:
         raise PlaybookError(src.problems)
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

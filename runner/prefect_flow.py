@@ -37,7 +37,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from runner.artifact import artifact_key, summary_markdown
-from runner.commands.apply import EXIT_OK, ApplyRequest, apply, report_document
+from runner.commands.apply import ApplyRequest, apply, report_document
+from runner.errors import EXIT_OK
 from runner.executor import ApplyOptions
 from runner.settings import ConnectionSettings, resolve_settings
 

@@ -24,7 +24,14 @@ import anyio
 from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
 from runner.commands.output import check_file, check_folder
-from runner.errors import CheckpointWriteError, OutputError, RunnerError
+from runner.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CheckpointWriteError,
+    OutputError,
+    RunnerError,
+)
 from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
 from runner.journal import FINISHED, Journal, read_journal
 from runner.loader import load_playbook
@@ -35,7 +42,6 @@ from runner.render import render, summary_line
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
 STATUSES = ("done", "drifted", "raced", "failed", "pending", "created")
 

@@ -9,7 +9,7 @@ import anyio
 
 from runner.client import PrefectClient
 from runner.commands.output import check_file
-from runner.errors import OutputError
+from runner.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, OutputError
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
 from runner.plan import Plan
@@ -17,8 +17,6 @@ from runner.planfile import write_plan
 from runner.render import write_rendered
 from runner.retry import policy_for
 from runner.settings import ConnectionSettings
-
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def exit_code(plan: Plan, *, detailed: bool) -> int:
