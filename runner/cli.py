@@ -262,24 +262,9 @@ def apply(
 
     if target is None and resume is None:
         raise click.UsageError("give a playbook or plan.json, or --resume CHECKPOINT")
-    if dry_run:
-        if target is None:
-            raise click.UsageError("--dry-run needs a playbook")
-        if artifact:
-            raise click.UsageError(
-                "--artifact records an apply; for a dry run use --format markdown"
-            )
-        click.get_current_context().invoke(
-            plan,
-            playbook=target,
-            variables=variables,
-            api_url=api_url,
-            output=None,
-            fmt=fmt,
-            full=full,
-            detailed_exitcode=detailed_exitcode,
-        )
-        return
+    if dry_run and artifact:
+        raise click.UsageError("--artifact records an apply; for a dry run use --format markdown")
+    from runner.apply import ApplyRequest
     from runner.commands import apply as command
     from runner.executor import ApplyOptions
     from runner.timeexpr import parse_duration
@@ -291,7 +276,7 @@ def apply(
             age = parse_duration(max_plan_age).total_seconds()
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
-    request = command.ApplyRequest(
+    request = ApplyRequest(
         target=target or "",
         variables=parse_vars(variables),
         settings=_settings(api_url),
@@ -302,26 +287,36 @@ def apply(
             max_failures=max_failures,
             max_fail_ratio=max_fail_ratio,
         ),
-        yes=yes,
         state_dir=Path(state_dir),
         resume=resume,
         fresh=fresh,
         max_plan_age=age,
         report=report,
         artifact=artifact,
-        interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-        colour=_colour(),
+        dry_run=dry_run,
+        detailed_exitcode=detailed_exitcode,
+        fmt=fmt,
+        full=full,
+        colour=_colour() and fmt == "text",
     )
-    _run_command(lambda: command.run(request, out=sys.stdout, err=sys.stderr))
+    _run_command(
+        lambda: command.run(
+            request,
+            yes=yes,
+            interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 def status(checkpoint: str) -> None:
     """Done / drifted / failed / pending counts of an apply's checkpoint (or its folder)."""
-    from runner.commands import apply as command
+    from runner.apply import status as command
 
-    _run_command(lambda: command.status(checkpoint, out=sys.stdout))
+    _run_command(lambda: command(checkpoint, out=sys.stdout))
 
 
 @cli.command()

@@ -9,14 +9,14 @@ delete answered 404 means the run is already gone.
 from __future__ import annotations
 
 import base64
-import functools
+import copy
 import json as json_module
 import logging
 import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -353,9 +353,27 @@ class PrefectClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def set_rate_limit(self, rate: float | None) -> None:
-        """Change the request-rate cap (requests per second; None: no cap)."""
-        self._limiter = RateLimiter(rate) if rate else None
+    def tuned(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        on_backoff: Callable[[int | None], None] | None = None,
+    ) -> PrefectClient:
+        """The same connection (and request counts) with its own retry policy, request-rate
+        cap and push-back callback: how a caller gives one step its settings without
+        changing the client others use."""
+        view = copy.copy(self)
+        view.retry_policy = retry or self.retry_policy
+        view._limiter = RateLimiter(rate_limit) if rate_limit else None
+        view.on_backoff = on_backoff
+        return view
+
+    def with_retry(self, retry: RetryPolicy) -> PrefectClient:
+        """The same client with another retry policy (see :meth:`tuned`)."""
+        view = copy.copy(self)
+        view.retry_policy = retry
+        return view
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -1082,75 +1100,6 @@ class PrefectClient:
         """Replace a run's tags (idempotent: sending it twice leaves the same tags)."""
         await self._request("PATCH", f"flow_runs/{flow_run_id}", json={"tags": list(tags)})
 
-    # -- many runs: the bulk routes where the server has them, per-run calls where not ----
-
-    async def delete_flow_runs(
-        self,
-        ids: Sequence[UUID],
-        *,
-        only_if: FlowRunFilter | None = None,
-        concurrency: int = 4,
-    ) -> set[UUID]:
-        """Delete many runs; returns the ids that are gone. Runs excluded by ``only_if``
-        (they changed since they were selected) are left alone."""
-        if not ids:
-            return set()
-        if await self.supports_bulk():
-            gone: set[UUID] = set()
-            for start in range(0, len(ids), MAX_BULK_SIZE):
-                chunk = ids[start : start + MAX_BULK_SIZE]
-                gone |= await self.bulk_delete_flow_runs(chunk, only_if=only_if)
-            return gone
-        targets = await self._still_matching(ids, only_if)
-        deleted: set[UUID] = set()
-
-        async def one(run_id: UUID) -> None:
-            await self.delete_flow_run(run_id)
-            deleted.add(run_id)
-
-        await _run_bounded([functools.partial(one, i) for i in targets], concurrency)
-        return deleted
-
-    async def set_flow_run_states(
-        self,
-        ids: Sequence[UUID],
-        state: ProposedState,
-        *,
-        force: bool = False,
-        only_if: FlowRunFilter | None = None,
-        concurrency: int = 4,
-    ) -> dict[UUID, OrchestrationResult]:
-        """Propose one state for many runs; a verdict for each run that still matched."""
-        if not ids:
-            return {}
-        results: dict[UUID, OrchestrationResult] = {}
-        if await self.supports_bulk():
-            for start in range(0, len(ids), MAX_BULK_SIZE):
-                chunk = ids[start : start + MAX_BULK_SIZE]
-                results.update(
-                    await self.bulk_set_flow_run_state(chunk, state, force=force, only_if=only_if)
-                )
-            return results
-        targets = await self._still_matching(ids, only_if)
-
-        async def one(run_id: UUID) -> None:
-            results[run_id] = await self.set_flow_run_state(run_id, state, force=force)
-
-        await _run_bounded([functools.partial(one, i) for i in targets], concurrency)
-        return results
-
-    async def _still_matching(
-        self, ids: Sequence[UUID], only_if: FlowRunFilter | None
-    ) -> list[UUID]:
-        if only_if is None:
-            return list(ids)
-        matching: set[UUID] = set()
-        for start in range(0, len(ids), self._page_size):
-            chunk = ids[start : start + self._page_size]
-            query = FlowRunQuery(flow_runs=_narrow(by_ids(chunk), only_if))
-            matching |= {run.id for run in await self.read_flow_runs(query, limit=len(chunk))}
-        return [i for i in ids if i in matching]
-
     async def _read_by_ids(self, ids: Sequence[UUID]) -> list[FlowRun]:
         runs: list[FlowRun] = []
         for start in range(0, len(ids), self._page_size):
@@ -1168,18 +1117,6 @@ class PrefectClient:
             raise ValueError(f"a bulk call takes at most {MAX_BULK_SIZE} runs, got {len(ids)}")
         if len(set(ids)) != len(ids):
             raise ValueError("a bulk call was given the same run id twice")
-
-
-async def _run_bounded(calls: Sequence[Callable[[], Awaitable[None]]], limit: int) -> None:
-    semaphore = anyio.Semaphore(max(1, limit))
-
-    async def guarded(call: Callable[[], Awaitable[None]]) -> None:
-        async with semaphore:
-            await call()
-
-    async with anyio.create_task_group() as group:
-        for call in calls:
-            group.start_soon(guarded, call)
 
 
 def ensure_accepted(result: OrchestrationResult, *, flow_run_id: UUID) -> State:

@@ -56,6 +56,7 @@ from runner.filters import (
 from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
+from runner.retry import RetryPolicy
 
 Strategy = Literal["auto", "bulk", "per-run"]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
@@ -271,11 +272,12 @@ class Executor:
         *,
         previous: JournalState | None = None,
         options: ApplyOptions = ApplyOptions(),
+        retry: RetryPolicy | None = None,
         stop: anyio.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.client = client
-        self._base_policy = client.retry_policy
+        self._base_policy = retry or client.retry_policy
         self.plan = plan
         self.journal = journal
         self.previous = previous
@@ -290,7 +292,14 @@ class Executor:
         self._bulk = False
         #: Seconds between reading a run back and sending its write, one per write.
         self.windows: list[float] = []
-        client.on_backoff = lambda status: self._limit.busy()
+        #: What every request goes through: the client with this apply's settings (each step
+        #: its own retry policy and rate), and push-back slowing the concurrency limit down.
+        self._api = self._tuned(retry=self._base_policy, rate_limit=options.rate_limit)
+
+    def _tuned(self, *, retry: RetryPolicy, rate_limit: float | None) -> PrefectClient:
+        return self.client.tuned(
+            retry=retry, rate_limit=rate_limit, on_backoff=lambda status: self._limit.busy()
+        )
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -408,12 +417,12 @@ class Executor:
         found: dict[UUID, FlowRun] = {}
         start = 0
         while start < len(ids):
-            size = self.client.page_size
+            size = self._api.page_size
             chunk = ids[start : start + size]
-            runs = await self.client.read_flow_runs(
+            runs = await self._api.read_flow_runs(
                 FlowRunQuery(flow_runs=by_ids(chunk)), limit=len(chunk)
             )
-            if len(runs) < len(chunk) and self.client.page_size < size:
+            if len(runs) < len(chunk) and self._api.page_size < size:
                 continue  # the server's pages are smaller than assumed: this chunk again
             found.update((run.id, run) for run in runs)
             start += len(chunk)
@@ -421,7 +430,7 @@ class Executor:
 
     async def _read_one(self, change: Change) -> FlowRun | None:
         try:
-            return await self.client.read_flow_run(change.run.id)
+            return await self._api.read_flow_run(change.run.id)
         except NotFound:
             return None
 
@@ -451,7 +460,7 @@ class Executor:
         no check at all, so a run can change while the write is in flight."""
         if landed is None or landed.id is None or change.run.state_id is None:
             return None
-        history = await self.client.read_flow_run_states(change.run.id)
+        history = await self._api.read_flow_run_states(change.run.id)
         ids = [state.id for state in history]
         if landed.id not in ids:
             return None
@@ -502,7 +511,7 @@ class Executor:
         if not live:
             return
         self._writing(read_at)
-        gone = await self.client.bulk_delete_flow_runs(
+        gone = await self._api.bulk_delete_flow_runs(
             [c.run.id for c in live], only_if=guard_filter(live)
         )
         left = [c for c in live if c.run.id not in gone]
@@ -528,7 +537,7 @@ class Executor:
             return "drifted", why
         self._writing(read_at)
         if self._bulk:
-            gone = await self.client.bulk_delete_flow_runs(
+            gone = await self._api.bulk_delete_flow_runs(
                 [change.run.id], only_if=guard_filter([change])
             )
             if change.run.id in gone:
@@ -537,7 +546,7 @@ class Executor:
             if after is None:
                 return "gone", None
             return "drifted", _drift(change, after) or "the server left it alone"
-        deleted = await self.client.delete_flow_run(change.run.id)
+        deleted = await self._api.delete_flow_run(change.run.id)
         return ("deleted" if deleted else "gone"), None
 
     async def _delete_one(self, change: Change) -> None:
@@ -556,7 +565,7 @@ class Executor:
         if not live:
             return
         self._writing(read_at)
-        results = await self.client.bulk_set_flow_run_state(
+        results = await self._api.bulk_set_flow_run_state(
             [c.run.id for c in live],
             _proposed(state),
             force=state.force,
@@ -585,7 +594,7 @@ class Executor:
         if self._settled(change, current):
             return
         self._writing(read_at)
-        result = await self.client.set_flow_run_state(
+        result = await self._api.set_flow_run_state(
             change.run.id,
             _proposed(change.state),
             force=change.state.force,
@@ -604,7 +613,7 @@ class Executor:
             if self._settled(change, current):
                 return
             self._writing(read_at)
-            new_run = await self.client.create_flow_run_from_deployment(
+            new_run = await self._api.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
                 parameters=change.run.parameters,
@@ -632,7 +641,7 @@ class Executor:
         if self._settled(change, current):
             return
         self._writing(read_at)
-        status, detail = _judge(await self.client.resume_flow_run(change.run.id))
+        status, detail = _judge(await self._api.resume_flow_run(change.run.id))
         self._finish(change, status, detail)
 
     async def _tag(self, change: Change) -> None:
@@ -641,8 +650,17 @@ class Executor:
         if self._settled(change, current):
             return
         self._writing(read_at)
-        await self.client.update_flow_run_tags(change.run.id, change.tags or ())
+        await self._api.update_flow_run_tags(change.run.id, change.tags or ())
         self._finish(change, "done", "tags " + ", ".join(change.tags or ()))
+
+    async def store_artifact(
+        self, key: str, markdown: str, *, description: str, flow_run_id: UUID | None
+    ) -> UUID:
+        """Store the apply's summary as a markdown artifact: written like every other write,
+        through the executor (sent once, even when its answer is lost)."""
+        return await self._api.create_markdown_artifact(
+            key, markdown, description=description, flow_run_id=flow_run_id
+        )
 
     # -- a step --------------------------------------------------------------------------
 
@@ -734,12 +752,14 @@ class Executor:
         # Start with one request in flight and grow while latency stays flat: a SQLite server
         # serialises writes and answers concurrent ones with 503s, so starting wide costs backoffs.
         self._limit = AdaptiveLimit(1, concurrency)
-        self.client.set_rate_limit(self.options.rate_limit or step.rate_limit)
-        self.client.retry_policy = dataclasses.replace(
-            self._base_policy,
-            max_attempts=step.max_attempts,
-            initial_backoff=step.backoff_seconds,
-            max_backoff=step.max_backoff_seconds,
+        self._api = self._tuned(
+            retry=dataclasses.replace(
+                self._base_policy,
+                max_attempts=step.max_attempts,
+                initial_backoff=step.backoff_seconds,
+                max_backoff=step.max_backoff_seconds,
+            ),
+            rate_limit=self.options.rate_limit or step.rate_limit,
         )
         todo = [c for c in step.pending if self.outcomes[c.key].status in ("pending", "created")]
         used: set[str] = set()
@@ -782,7 +802,7 @@ class Executor:
         self.progress = Progress(total=remaining)
         strategies: dict[int, str] = {}
         try:
-            self._bulk = bulk = await self.client.supports_bulk() if remaining else False
+            self._bulk = bulk = await self._api.supports_bulk() if remaining else False
         except Unauthorized as exc:
             self._stop_unauthorized(exc)
             bulk = False
@@ -797,7 +817,6 @@ class Executor:
             if step.pending:
                 strategies[step.index] = await self._step(step, bulk)
         self.journal.sync()
-        self.client.retry_policy = self._base_policy
         if self.stop.is_set() and self.stopped is None:
             self.stopped = "interrupted"
         return ApplyResult(

@@ -182,7 +182,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     return {**body, "checksum": _checksum(body)}
 
 
-def write_document(plan: Plan, out: TextIO) -> None:
+def write_document(plan: Plan, out: TextIO) -> str:
     """Write the plan document to ``out``: indented, one change a line (a reviewer's diff
     shows one line per run), the checksum last.
 
@@ -223,6 +223,7 @@ def write_document(plan: Plan, out: TextIO) -> None:
     checksum.feed("]" + top_after)
     head, tail = text.split(f'"{marker}-checksum"', 1)
     out.write(head + json.dumps(checksum.value()) + tail + "\n")
+    return checksum.value()
 
 
 def dumps(plan: Plan) -> str:
@@ -607,6 +608,12 @@ class _Reader:
 
 def read_plan(path: str | Path) -> Plan:
     """Read and check a saved plan; files over ``MAX_PLAN_BYTES`` are refused unread."""
+    return read_plan_checked(path)[0]
+
+
+def read_plan_checked(path: str | Path) -> tuple[Plan, str]:
+    """:func:`read_plan`, with the checksum the document was verified against (what a
+    checkpoint of the plan names)."""
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -632,7 +639,8 @@ def read_plan(path: str | Path) -> Plan:
         raise PlanFileError(f"{path}: not a runner plan: nested too deeply") from None
     except ValueError:  # Python reads whole numbers of at most 4,300 digits
         raise PlanFileError(f"{path}: not a runner plan: a whole number too long to read") from None
-    return plan_from_json(data, source=str(path))
+    plan = plan_from_json(data, source=str(path))
+    return plan, str(data["checksum"])
 
 
 def _too_large(path: str | Path, size: int | None) -> str:
@@ -643,8 +651,9 @@ def _too_large(path: str | Path, size: int | None) -> str:
     )
 
 
-def write_plan(plan: Plan, path: str | Path) -> None:
-    """Write atomically: a temp file in the same folder, then ``os.replace``."""
+def write_plan(plan: Plan, path: str | Path) -> str:
+    """Write atomically (a temp file in the same folder, then ``os.replace``); return the
+    document's checksum, computed as it was written."""
     import os
     import tempfile
 
@@ -652,13 +661,14 @@ def write_plan(plan: Plan, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write_document(plan, handle)
+            checksum = write_document(plan, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return checksum
 
 
 def check_applicable(

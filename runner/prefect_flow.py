@@ -25,6 +25,7 @@ This is the only module of runner that imports ``prefect``.
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import tempfile
@@ -36,8 +37,8 @@ import anyio
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from runner.apply import ApplyRequest, apply, report_document
 from runner.artifact import artifact_key, summary_markdown
-from runner.commands.apply import ApplyRequest, apply, report_document
 from runner.errors import EXIT_OK
 from runner.executor import ApplyOptions
 from runner.settings import ConnectionSettings, resolve_settings
@@ -115,19 +116,12 @@ def apply_playbook(
             variables=dict(variables or {}),
             settings=_prefect_connection(),
             options=ApplyOptions(rate_limit=rate_limit, concurrency=concurrency),
-            yes=True,
             state_dir=Path(state_dir),
-            resume=None,
-            fresh=False,
             max_plan_age=None,
-            report=None,
-            interactive=False,
-            colour=False,
             exclude=frozenset({own}) if own else frozenset(),
-            handle_signals=False,
             dry_run=dry_run,
         )
-        applied = anyio.run(apply, request, out, err)
+        applied = anyio.run(functools.partial(apply, request, out=out, err=err))
     for line in (out.getvalue() + err.getvalue()).splitlines():
         if line.strip():
             logger.info(line)

@@ -607,14 +607,13 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServ
     import httpx
 
     from runner.client import PrefectClient
-    from runner.commands import apply
 
     document = plan_document(runs=3)
     write_document(tmp_path / "plan.json", document)
     fake = FakeServer(document)
     transport = httpx.MockTransport(fake.handle)
     monkeypatch.setattr(
-        apply, "PrefectClient", functools.partial(PrefectClient, transport=transport)
+        "runner.apply.PrefectClient", functools.partial(PrefectClient, transport=transport)
     )
     monkeypatch.setenv("PREFECT_API_URL", API_URL)
     monkeypatch.setenv("PREFECT_HOME", "/nonexistent")

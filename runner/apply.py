@@ -1,0 +1,404 @@
+"""Apply a playbook or a saved plan: the one apply path that the CLI, the Prefect flow and
+the tests all call (:func:`apply`).
+
+Stages, each a boundary: load -> find an unfinished apply of the same playbook, variables and
+server (before the server is read) -> plan, or read the saved plan -> review (the diff) ->
+stop here on a dry run or a plan that breaks its guards -> confirm -> apply with the journal
+-> summary, report, artifact. Each apply keeps its plan and checkpoint in
+``<state-dir>/<plan-id>/``; applying the same playbook again resumes an unfinished one.
+
+Prompting and signals are the caller's: ``confirm`` is asked before anything is written, and
+setting ``stop`` ends the apply after the requests in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+from uuid import UUID
+
+import anyio
+
+from runner.artifact import artifact_key, summary_markdown
+from runner.client import PrefectClient
+from runner.commands.output import check_file, check_folder
+from runner.errors import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CheckpointWriteError,
+    OutputError,
+    RunnerError,
+)
+from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
+from runner.journal import FINISHED, Journal, read_journal
+from runner.loader import load_playbook
+from runner.observe import plan_playbook
+from runner.plan import Plan
+from runner.planfile import (
+    check_applicable,
+    check_plan_id,
+    read_plan,
+    read_plan_checked,
+    write_plan,
+)
+from runner.playbook import Playbook
+from runner.render import summary_line, write_rendered
+from runner.retry import RetryPolicy, policy_for
+from runner.settings import ConnectionSettings
+
+DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
+STATUSES = ("done", "drifted", "raced", "failed", "pending", "created")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplyRequest:
+    """What to apply and how. ``target`` is a playbook or a saved ``plan.json`` (empty with
+    ``resume``, the folder of an unfinished apply)."""
+
+    target: str = ""
+    settings: ConnectionSettings
+    variables: Mapping[str, str] = field(default_factory=dict)
+    options: ApplyOptions = field(default_factory=ApplyOptions)
+    state_dir: Path = Path(".runner")
+    resume: str | None = None
+    fresh: bool = False
+    max_plan_age: float | None = 3600.0
+    report: str | None = None
+    artifact: bool = False
+    #: Runs never selected (the flow run applying the playbook, say).
+    exclude: frozenset[UUID] = frozenset()
+    #: Stop after the review: plan (or read the plan) and show it; write nothing.
+    dry_run: bool = False
+    detailed_exitcode: bool = False
+    #: How the review is shown: ``text``, ``markdown`` or ``json``; every run or the first 25.
+    fmt: str = "text"
+    full: bool = False
+    colour: bool = False
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an apply came to: the exit code, the plan (if one was made) and the result."""
+
+    code: int
+    plan: Plan | None = None
+    result: ApplyResult | None = None
+
+
+def _workdir(state_dir: Path, plan: Plan) -> Path:
+    check_plan_id(plan.id)  # a folder of the state dir, never a path out of it
+    return state_dir / plan.id
+
+
+def _find_unfinished(
+    state_dir: Path,
+    playbook: Playbook,
+    *,
+    server_url: str,
+    now: datetime,
+    max_age_seconds: float | None,
+    out: TextIO,
+) -> Path | None:
+    """An earlier apply of the same playbook (its bytes), variables and server that did not
+    finish and is no older than ``max_age_seconds``: found before the server is read (an
+    older one is set aside, said so, and planned anew: one change that keeps failing must not
+    pin every later apply to an old plan)."""
+    if not state_dir.is_dir():
+        return None
+    for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            old = read_plan(candidate)
+        except RunnerError:
+            continue
+        if (
+            old.playbook_digest != playbook.digest
+            or old.server_url != server_url
+            or old.variables != dict(playbook.vars)
+        ):
+            continue
+        journal = candidate.with_name("checkpoint.jsonl")
+        if not journal.exists():
+            continue
+        state = read_journal(journal, plan_id=old.id)
+        if all(state.status(c.key) in FINISHED for c in old.pending):
+            continue
+        age = (now - old.created_at).total_seconds()
+        if max_age_seconds is not None and age > max_age_seconds:
+            out.write(
+                f"An unfinished apply in {candidate.parent} (plan {old.id}) is"
+                f" {age / 60:.0f} minutes old, more than --max-plan-age: planned anew"
+                f" (runner apply --resume {candidate.parent} --max-plan-age none finishes"
+                " the old plan instead).\n"
+            )
+            continue
+        return candidate.parent
+    return None
+
+
+def is_destructive(plan: Plan) -> bool:
+    """Whether applying ``plan`` deletes runs or changes their state: by what the changes
+    do, not what their steps are called (a saved plan is data)."""
+    return any(c.op in DESTRUCTIVE_OPS for c in plan.pending)
+
+
+def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
+    """The ``--report`` document: counts and every change's outcome."""
+    return {
+        "plan_id": plan.id,
+        "playbook": plan.playbook_name,
+        "server": plan.server_url,
+        "stopped": result.stopped,
+        "seconds": round(result.seconds, 3),
+        "requests": result.requests,
+        # Seconds between runner's read-back of a run and its write (count, median, p99, max).
+        "read_to_write": result.window_summary(),
+        "counts": {s: result.count(s) for s in STATUSES},
+        "runs": [
+            {
+                "key": o.change.key,
+                "step": o.change.step,
+                "run_id": str(o.change.run.id),
+                "run_name": o.change.run.name,
+                "op": o.change.op,
+                "status": o.status,
+                "detail": o.detail,
+                "new_run_id": o.new_run_id,
+            }
+            for o in result.outcomes.values()
+        ],
+    }
+
+
+async def apply(
+    request: ApplyRequest,
+    *,
+    out: TextIO,
+    err: TextIO,
+    confirm: Callable[[Plan], bool] = lambda plan: True,
+    stop: anyio.Event | None = None,
+) -> Applied:
+    """Plan (or read the saved plan), show it, confirm, apply with the journal, report.
+
+    Returns the exit code, the plan and the result; raises :class:`~runner.errors.RunnerError`
+    for what the input or the server is to blame for. ``out`` takes the review and the
+    summary, ``err`` progress and warnings.
+    """
+    if not request.dry_run:  # where the apply writes, checked before the server is asked
+        if request.resume:
+            resumed = Path(request.resume)
+            check_folder(resumed.parent if resumed.is_file() else resumed, "--resume")
+        else:
+            check_folder(request.state_dir, "--state-dir")
+        if request.report:
+            check_file(request.report, "--report", replaced=False)
+    stop = stop or anyio.Event()
+    async with PrefectClient(request.settings, bulk=False if request.dry_run else None) as client:
+        now = datetime.now(timezone.utc)
+        plan, workdir, retry, checksum = await _plan_stage(request, client, now=now, out=out)
+        # -- review: the stage a dry run and a refused plan end at --------------------------
+        write_rendered(plan, request.fmt, out, full=request.full, colour=request.colour)
+        if plan.violations:
+            return Applied(EXIT_ERROR, plan)
+        if request.dry_run:
+            changes = request.detailed_exitcode and plan.has_changes
+            return Applied(EXIT_CHANGES if changes else EXIT_OK, plan)
+        workdir = workdir or _workdir(request.state_dir, plan)
+        journal_path = workdir / "checkpoint.jsonl"
+        previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
+        left = [c for c in plan.pending if not previous or previous.status(c.key) not in FINISHED]
+        if not left:
+            out.write("Nothing to do.\n")
+            return Applied(EXIT_OK, plan)
+        if not confirm(plan):
+            return Applied(EXIT_ERROR, plan)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            if checksum is None or not (workdir / "plan.json").exists():
+                checksum = write_plan(plan, workdir / "plan.json")
+        except OSError as exc:  # nothing is sent yet
+            raise OutputError(f"{workdir}: cannot write the plan: {exc.strerror or exc}") from None
+        last_line = [0.0]
+
+        def progress(p: Progress) -> None:
+            if p.started + last_line[0] + 5 <= time.monotonic():
+                last_line[0] += 5
+                err.write(p.line() + "\n")
+                err.flush()
+
+        with Journal(journal_path, plan_id=plan.id, plan_checksum=checksum) as journal:
+            executor = Executor(
+                client,
+                plan,
+                journal,
+                previous=previous,
+                options=request.options,
+                retry=retry,
+                stop=stop,
+                on_progress=progress,
+            )
+            try:
+                result = await executor.run()
+            except Exception as error:  # a checkpoint failure, maybe inside a task group
+                failure = _checkpoint_failure(error)
+                if failure is None:
+                    raise
+                err.write(
+                    f"runner: {failure}; the apply stopped. What the checkpoint recorded stays;"
+                    f" with room again, resume with: runner apply --resume {journal_path}\n"
+                )
+                return Applied(EXIT_ERROR, plan)
+        code = _summarise(result, plan, journal_path, out, err)
+        if request.report and not _write_report(request.report, result, plan, journal_path, err):
+            code = code if code != EXIT_OK else EXIT_ERROR
+        if request.artifact:
+            stored = await _store_artifact(executor, plan, result, out, err)
+            if not stored and code == EXIT_OK:
+                code = EXIT_ERROR
+        return Applied(code, plan, result)
+
+
+async def _plan_stage(
+    request: ApplyRequest, client: PrefectClient, *, now: datetime, out: TextIO
+) -> tuple[Plan, Path | None, RetryPolicy, str | None]:
+    """The plan to apply; the folder of the unfinished apply it resumes, if it does, with the
+    checksum its ``plan.json`` was verified against; and the playbook's retry policy for the
+    reads and writes that follow."""
+    server_url = client.settings.display_url
+    if request.resume:
+        workdir = Path(request.resume)
+        if workdir.is_file():
+            workdir = workdir.parent
+        plan, checksum = read_plan_checked(workdir / "plan.json")
+        check_applicable(plan, server_url=server_url, now=now, max_age_seconds=request.max_plan_age)
+        out.write(f"Resuming plan {plan.id} from {workdir}\n")
+        return plan, workdir, RetryPolicy(), checksum
+    if request.target.endswith(".json"):
+        plan = read_plan(request.target)
+        check_applicable(plan, server_url=server_url, now=now, max_age_seconds=request.max_plan_age)
+        return plan, None, RetryPolicy(), None
+    playbook = load_playbook(request.target, variables=request.variables)
+    retry = policy_for(playbook.defaults.retry)
+    if not request.fresh and not request.dry_run:
+        unfinished = _find_unfinished(
+            request.state_dir,
+            playbook,
+            server_url=server_url,
+            now=now,
+            max_age_seconds=request.max_plan_age,
+            out=out,
+        )
+        if unfinished is not None:  # resumed as it was: the server is not read again
+            plan, checksum = read_plan_checked(unfinished / "plan.json")
+            out.write(
+                f"Resuming unfinished plan {plan.id} from {unfinished} (made"
+                f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
+            )
+            return plan, unfinished, retry, checksum
+    plan = await plan_playbook(playbook, client.with_retry(retry), now=now, exclude=request.exclude)
+    return plan, None, retry, None
+
+
+def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | None:
+    """The checkpoint write failure in ``error`` (or in the exception groups it holds)."""
+    if isinstance(error, CheckpointWriteError):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _checkpoint_failure(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _write_report(path: str, result: ApplyResult, plan: Plan, journal: Path, err: TextIO) -> bool:
+    """``--report``, written after the summary: a failure to write it loses nothing applied."""
+    text = json.dumps(report_document(result, plan), indent=2) + "\n"
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.write(
+            f"runner: --report {path}: cannot write: {exc.strerror or exc}; the outcome of"
+            f" every run is in the checkpoint: runner status {journal}\n"
+        )
+        return False
+    return True
+
+
+async def _store_artifact(
+    executor: Executor, plan: Plan, result: ApplyResult, out: TextIO, err: TextIO
+) -> bool:
+    """``--artifact``: the summary as a markdown artifact (linked to the surrounding flow
+    run), sent by the executor like every other write."""
+    key = artifact_key(plan.playbook_name)
+    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
+    try:
+        await executor.store_artifact(
+            key,
+            summary_markdown(plan, result, dry_run=False),
+            description=f"runner apply of {plan.playbook_name} (plan {plan.id})",
+            flow_run_id=UUID(flow_run) if flow_run else None,
+        )
+    except (RunnerError, ValueError) as exc:
+        err.write(f"runner: the changes are recorded, but the artifact {key} was not: {exc}\n")
+        return False
+    out.write(f"Summary stored as artifact {key}.\n")
+    return True
+
+
+def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err: TextIO) -> int:
+    done, drifted, failed = result.count("done"), result.count("drifted"), result.count("failed")
+    pending = result.count("pending") + result.count("created")
+    raced = result.count("raced")
+    out.write(
+        f"Applied: {done} done, {drifted} drifted (left alone), {failed} failed, {pending} pending"
+        + (f", {raced} raced (made, over a state the plan did not see)" if raced else "")
+        + f" in {result.seconds:.1f}s, {result.requests} requests"
+        f" ({', '.join(f'step {i + 1}: {s}' for i, s in result.strategies.items())}).\n"
+    )
+    for outcome in [*result.outcomes.values()]:
+        if outcome.status in ("drifted", "raced", "failed"):
+            run = outcome.change.run
+            out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
+    if result.stopped or failed or pending:
+        err.write(
+            f"runner: {result.stopped or 'not everything was applied'}; resume with:"
+            f" runner apply --resume {journal}\n"
+        )
+    if raced:
+        err.write(
+            f"runner: {raced} change(s) landed on a state the plan did not see (the run changed"
+            " while the write was in flight): look at the runs listed as raced\n"
+        )
+    if result.stopped == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.complete and not raced else EXIT_ERROR
+
+
+def status(path: str, *, out: TextIO) -> int:
+    """``runner status CHECKPOINT``: done / drifted / failed / pending counts."""
+    target = Path(path)
+    workdir = target.parent if target.is_file() else target
+    plan = read_plan(workdir / "plan.json")
+    journal = workdir / "checkpoint.jsonl"
+    state = read_journal(journal, plan_id=plan.id) if journal.exists() else None
+    counts = {"done": 0, "drifted": 0, "raced": 0, "failed": 0, "pending": 0}
+    for change in plan.pending:
+        status = state.status(change.key) if state else None
+        counts[status if status in ("done", "drifted", "raced", "failed") else "pending"] += 1
+    out.write(
+        f"plan {plan.id} ({plan.playbook_name}) against {plan.server_url}: {summary_line(plan)}\n"
+        f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
+        f" pending {counts['pending']}"
+        + (f", raced {counts['raced']}" if counts["raced"] else "")
+        + "\n"
+    )
+    if state and state.torn_lines:
+        out.write(f"({state.torn_lines} torn line(s) in the checkpoint were skipped)\n")
+    return EXIT_OK if counts["failed"] == 0 and counts["pending"] == 0 else EXIT_ERROR
