@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.prefect_server import start_server  # noqa: E402
-from tests.seed import Seeder, unique  # noqa: E402
-from tests.seed_db import clone_runs  # noqa: E402
+from tests.support.prefect_server import start_server  # noqa: E402
+from tests.support.seed import Seeder, unique  # noqa: E402
+from tests.support.seed_db import clone_runs  # noqa: E402
 
 CASES = {
     # name: (seed state, action, strategies)

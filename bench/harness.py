@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.postgres import Postgres, clone_runs_pg, start_postgres  # noqa: E402
 from bench.recipes import SCRIPTS  # noqa: E402
-from tests.prefect_server import DEFAULT_VERSION, PrefectServer, start_server  # noqa: E402
-from tests.seed import Seeder, unique  # noqa: E402
-from tests.seed_db import REMOVE_RUNS_OF_FLOW, clone_runs, remove_runs_of_flow  # noqa: E402
+from tests.support.prefect_server import DEFAULT_VERSION, PrefectServer, start_server  # noqa: E402
+from tests.support.seed import Seeder, unique  # noqa: E402
+from tests.support.seed_db import REMOVE_RUNS_OF_FLOW, clone_runs, remove_runs_of_flow  # noqa: E402
 
 PYTHON = sys.executable
 WORKLOADS = {

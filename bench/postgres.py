@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.prefect_server import free_port
+from tests.support.prefect_server import free_port
 
 
 def _bin_dir() -> Path:

@@ -27,7 +27,6 @@ import anyio
 
 from runner.artifact import artifact_key, summary_markdown
 from runner.client import PrefectClient
-from runner.commands.output import check_file, check_folder
 from runner.errors import (
     EXIT_CHANGES,
     EXIT_ERROR,
@@ -41,6 +40,7 @@ from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
 from runner.journal import FINISHED, Journal, read_journal
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
+from runner.output import check_file, check_folder
 from runner.plan import Plan
 from runner.planfile import (
     check_applicable,

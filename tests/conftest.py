@@ -9,8 +9,8 @@ import pytest
 
 from runner.client import PrefectClient
 from runner.settings import ConnectionSettings
-from tests.prefect_server import PrefectServer, start_server
-from tests.seed import Seeder
+from tests.support.prefect_server import PrefectServer, start_server
+from tests.support.seed import Seeder
 
 _started: list[PrefectServer] = []
 

@@ -20,7 +20,7 @@ from runner.observe import plan_playbook
 from runner.plan import Plan
 from runner.retry import RetryPolicy
 from runner.settings import ConnectionSettings
-from tests.seed import Seeder, utcnow
+from tests.support.seed import Seeder, utcnow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 

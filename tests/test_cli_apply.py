@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,40 +12,17 @@ from typing import Any
 
 import pytest
 
-from tests.fault_proxy import FaultProxy
-from tests.prefect_server import PrefectServer
-from tests.seed import Seeder, unique
+from tests.support.cli import run_cli, start_cli
+from tests.support.fault_proxy import FaultProxy
+from tests.support.prefect_server import PrefectServer
+from tests.support.seed import Seeder, unique
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.prefect2
 
 
-def env_for(api_url: str) -> dict[str, str]:
-    return {**os.environ, "PREFECT_API_URL": api_url, "NO_COLOR": "1"}
-
-
-def runner(*args: str, api_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env_for(api_url),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=600,
-    )
-
-
-def start(*args: str, api_url: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_for(api_url),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-    )
+runner = run_cli
+start = start_cli
 
 
 def start_per_run(
@@ -304,7 +279,7 @@ def test_a_resume_honours_max_plan_age(api_url: str, seeder: Seeder, tmp_path: P
     from runner.observe import plan_playbook
     from runner.planfile import write_plan
     from runner.settings import ConnectionSettings
-    from tests.seed import utcnow
+    from tests.support.seed import utcnow
 
     flow = seeder.flow()
     runs = seeder.runs(3, flow, "Running")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 GOOD = (ROOT / "playbooks" / "reschedule-late.yaml").read_text()
@@ -17,12 +19,7 @@ BAD = "version: 1\nname: bad\nsteps:\n  - name: x\n    select: {}\n    action: e
 
 
 def runner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "runner"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-    )
+    return run_cli(*args, env=env)
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

@@ -29,7 +29,7 @@ from runner.filters import (
 )
 from runner.models import SetStateStatus, StateType
 from runner.settings import ConnectionSettings
-from tests.seed import Seeder, unique, utcnow
+from tests.support.seed import Seeder, unique, utcnow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 

@@ -21,7 +21,7 @@ from runner.errors import ServerError, SettingsError, Unauthorized, Unreachable
 from runner.models import SetStateStatus, StateType
 from runner.retry import RetryPolicy, backoff_seconds, parse_retry_after
 from runner.settings import ConnectionSettings, Secret
-from tests.fake_server import FakeServer, have_openssl, json_answer
+from tests.support.fake_server import FakeServer, have_openssl, json_answer
 
 pytestmark = pytest.mark.anyio
 

@@ -4,9 +4,6 @@ saved plans. Runs on Prefect 3.x and (marker prefect2) 2.x."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,8 @@ from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.planfile import check_applicable, read_plan, write_plan
 from runner.settings import ConnectionSettings
-from tests.seed import Seeder, unique
+from tests.support.cli import run_cli
+from tests.support.seed import Seeder, unique
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 ROOT = Path(__file__).parent.parent
@@ -85,17 +83,6 @@ async def test_seed_scenario_plan(settings: ConnectionSettings, seeder: Seeder) 
         (m, p) for m, p in recorder.requests if m != "GET" and not p.endswith(("/filter", "/count"))
     ]
     assert writes == []
-
-
-def run_cli(*args: str, api_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "runner.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def test_dry_run_cli_changes_nothing(api_url: str, seeder: Seeder, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from runner.loader import load_text
 from runner.plan import Observation, RunView, StepObservation
 from runner.planner import make_plan
 from runner.render import describe_after
-from tests.seed import STATES
+from tests.support.seed import STATES
 
 CASES = Path(__file__).parent / "planner_cases"
 NAMESPACE = uuid.UUID("6f1c1c8e-7d4c-4c1e-9d6e-2f4a3b5c6d7e")

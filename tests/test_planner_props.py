@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import yaml
@@ -23,7 +23,7 @@ from runner.plan import Observation, RunView, StepObservation
 from runner.planfile import dumps, plan_from_json, plan_to_json
 from runner.planner import make_plan
 from runner.render import render
-from tests.seed import STATES
+from tests.support.seed import STATES
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 SORTS = [
@@ -37,7 +37,13 @@ SORTS = [
     "NEXT_SCHEDULED_START_TIME_ASC",
     "END_TIME_DESC",
 ]
-names = st.text(min_size=1, max_size=40).filter(lambda s: s.strip() == s and s.strip())
+# Names a playbook accepts (no control characters: the loader refuses those, see
+# test_hostile_input), in every other script; odd values live in the other fields.
+names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+    min_size=1,
+    max_size=40,
+).filter(lambda s: s.strip() == s and s.strip())
 durations = st.sampled_from(
     ["0s", "1s", "90s", "-6h", "6h", "1d12h", "99999d", "36500d", "PT0S", "P1000Y", "PT6H", "-1s"]
 )
@@ -81,7 +87,7 @@ def selects(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         select["limit"] = draw(limits)
     if draw(st.booleans()):
-        select["name"] = draw(names)
+        select["name_like"] = draw(names)
     return select
 
 
@@ -167,6 +173,21 @@ def runs(draw: st.DrawFn) -> list[RunView]:
     return found
 
 
+@settings(max_examples=3, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(playbooks(), min_size=60, max_size=60))
+def test_most_generated_playbooks_reach_the_planner(documents: list[dict[str, Any]]) -> None:
+    """The property below is about the planner: most of what it is given must load."""
+    loaded = 0
+    for document in documents:
+        text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+        try:
+            load_text(text, name="odd.yaml", env={})
+        except PlaybookError:
+            continue
+        loaded += 1
+    assert loaded >= len(documents) // 2, f"{loaded} of {len(documents)} loaded"
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(playbooks(), runs(), st.data())
 def test_odd_playbooks_plan_or_fail_clearly(
@@ -242,5 +263,5 @@ def test_extreme_delays_do_not_overflow() -> None:
     )
     plan = make_plan(playbook, observation, plan_id="p")
     [change] = plan.steps[0].changes
-    assert change.is_noop or change.state is not None
-    assert timedelta(days=99999)  # the delay itself is representable
+    assert change.is_noop
+    assert change.reason == "the new start time would be outside the years 1-9999"

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.prefect_server import ROOT, PrefectServer
-from tests.seed import Seeder, unique
+from tests.support.prefect_server import ROOT, PrefectServer
+from tests.support.seed import Seeder, unique
 
 pytestmark = [pytest.mark.server, pytest.mark.prefect2]
 

@@ -29,7 +29,7 @@ from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.plan import Plan
 from runner.settings import ConnectionSettings
-from tests.seed import Seeder, unique, utcnow
+from tests.support.seed import Seeder, unique, utcnow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 

@@ -1,6 +1,6 @@
 """Secrets never reach the screen: every form, through the real CLI with debug logging on.
 
-A scripted server (tests/fake_server.py) echoes back what a careless server or proxy does:
+A scripted server (tests/support/fake_server.py) echoes back what a careless server or proxy does:
 the Authorization header in an error's detail and in a response header (which httpcore logs
 at debug level), and a login URL with tokens in its query string. The real Prefect server
 cannot be made to do that; tests/test_secrets.py covers the paths it can.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ from runner.redact import (
     register_secret,
     register_url,
 )
-from tests.fake_server import Answer, FakeServer, Seen, json_answer
+from tests.support.cli import run_cli
+from tests.support.fake_server import Answer, FakeServer, Seen, json_answer
 
 BIN = Path(sys.executable).parent
 KEY = "pnu_Echo7kQ2xV9mR4tL8wZ3nB6"
@@ -143,16 +143,8 @@ def echo(seen: Seen) -> Answer:
 
 
 def runner(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNNER_"))}
-    clean.update(RUNNER_LOG="debug", NO_COLOR="1", PREFECT_HOME=str(cwd / "home"), **env)
-    return subprocess.run(
-        [str(BIN / "runner"), *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-        timeout=120,
-    )
+    debug = {"RUNNER_LOG": "debug", "PREFECT_HOME": str(cwd / "home"), **env}
+    return run_cli(*args, cwd=cwd, env=debug, timeout=120)
 
 
 CASES = {

@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fault_proxy import HOSTILE, KINDS, FaultProxy
-from tests.prefect_server import PrefectServer
-from tests.seed import Seeder, unique
-from tests.seed_db import clone_runs, remove_runs_of_flow
+from tests.support.cli import run_cli
+from tests.support.fault_proxy import HOSTILE, KINDS, FaultProxy
+from tests.support.prefect_server import PrefectServer
+from tests.support.seed import Seeder, unique
+from tests.support.seed_db import clone_runs, remove_runs_of_flow
 
 pytestmark = [pytest.mark.server]
 
@@ -159,15 +160,15 @@ def playbook(tmp: Path, flow: dict[str, Any], scenario: Scenario, extra: str = "
 def apply(
     path: Path, api_url: str, state_dir: Path, *args: str, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_API_URL=api_url, PREFECT_API_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT), NO_COLOR="1"
-    )
-    return subprocess.run(
-        [str(BIN / "runner"), "apply", str(path), "--yes", "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
+    return run_cli(
+        "apply",
+        str(path),
+        "--yes",
+        "--state-dir",
+        str(state_dir),
+        *args,
+        api_url=api_url,
+        env={"PREFECT_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)},
         timeout=timeout,
     )
 

@@ -8,7 +8,6 @@ and an API key is refused: every path, success and failure, with debug logging o
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_server import PrefectServer, start_server
-from tests.seed import Seeder, unique
+from tests.support.cli import run_cli
+from tests.support.prefect_server import PrefectServer, start_server
+from tests.support.seed import Seeder, unique
 
 pytestmark = [pytest.mark.server]
 
@@ -49,15 +49,8 @@ def auth_server() -> Iterator[PrefectServer]:
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    clean.update(RUNNER_LOG="debug", NO_COLOR="1", PREFECT_HOME=str(cwd / "home"), **env)
-    return subprocess.run(
-        [str(BIN / "runner"), *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        cwd=cwd,
-    )
+    debug = {"RUNNER_LOG": "debug", "PREFECT_HOME": str(cwd / "home"), **env}
+    return run_cli(*args, cwd=cwd, env=debug)
 
 
 def assert_clean(text: str, where: str) -> None:

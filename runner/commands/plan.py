@@ -1,4 +1,4 @@
-"""``runner plan PLAYBOOK`` (and ``runner apply PLAYBOOK --dry-run``): the diff, nothing sent."""
+"""``runner plan PLAYBOOK``: the diff, and the saved plan with ``-o``; nothing sent."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import TextIO
 import anyio
 
 from runner.client import PrefectClient
-from runner.commands.output import check_file
 from runner.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, OutputError
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
+from runner.output import check_file
 from runner.plan import Plan
 from runner.planfile import write_plan
 from runner.render import write_rendered

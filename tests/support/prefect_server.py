@@ -5,7 +5,7 @@ installs from the package registry reachable here; ``2`` means the newest 2.x). 
 migrated template database live under ``RUNNER_TEST_CACHE`` (default ``~/.cache/runner-tests``)
 so only the first run pays for the install and the migrations.
 
-Also runnable: ``python -m tests.prefect_server [--keep]`` starts a server and prints its URL.
+Also runnable: ``python -m tests.support.prefect_server [--keep]`` starts a server and prints its URL.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_VERSION = "3.9.1"
 HEALTH_TIMEOUT = 180.0
 

@@ -14,10 +14,10 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from tests.prefect_server import start_server
-from tests.seed import Seeder
+from tests.support.prefect_server import start_server
+from tests.support.seed import Seeder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PLAYBOOK = "playbooks/reschedule-late.yaml"
 
 

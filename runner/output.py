@@ -1,4 +1,4 @@
-"""Where commands write (``-o``, ``--report``, ``--state-dir``): checked before anything is
+"""Where runner writes (``-o``, ``--report``, ``--state-dir``): checked before anything is
 sent to the server, so a path that cannot be written costs no request and changes nothing."""
 
 from __future__ import annotations
