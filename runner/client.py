@@ -268,6 +268,28 @@ def _mentions_csrf(response: httpx.Response) -> bool:
     return "csrf" in response.text.lower()
 
 
+@dataclass
+class _Learned:
+    """What a client learns about its server, shared by its :meth:`~PrefectClient.tuned`
+    views: the server's version and routes, its page size, the CSRF token."""
+
+    info: ServerInfo | None = None
+    page_size: int = MAX_PAGE_SIZE
+    csrf_enabled: bool | None = None
+    csrf_token: str | None = None
+    csrf_expires: float = 0.0
+
+
+def _learned(name: str) -> Any:
+    def get(self: PrefectClient) -> Any:
+        return getattr(self._learned, name)
+
+    def put(self: PrefectClient, value: Any) -> None:
+        setattr(self._learned, name, value)
+
+    return property(get, put)
+
+
 class PrefectClient:
     """An async client for the parts of the Prefect REST API that runner uses.
 
@@ -303,11 +325,8 @@ class PrefectClient:
         self.stats = RequestStats()
         self._limiter = RateLimiter(rate_limit) if rate_limit else None
         self._bulk_override = bulk
-        self._info: ServerInfo | None = None
-        self._page_size = MAX_PAGE_SIZE
-        self._csrf_enabled: bool | None = None
-        self._csrf_token: str | None = None
-        self._csrf_expires = 0.0
+        #: What was learned about the server: shared with every view of this client.
+        self._learned = _Learned()
         self._csrf_client = str(uuid.uuid4())
         headers = {
             k: v
@@ -352,6 +371,12 @@ class PrefectClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    _info: ServerInfo | None = _learned("info")
+    _page_size: int = _learned("page_size")
+    _csrf_enabled: bool | None = _learned("csrf_enabled")
+    _csrf_token: str | None = _learned("csrf_token")
+    _csrf_expires: float = _learned("csrf_expires")
 
     def tuned(
         self,

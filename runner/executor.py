@@ -292,6 +292,8 @@ class Executor:
         self._bulk = False
         #: Seconds between reading a run back and sending its write, one per write.
         self.windows: list[float] = []
+        #: Runs read back ahead of their one-run writes: run (None: gone) and when it was read.
+        self._ahead: dict[UUID, tuple[FlowRun | None, float]] = {}
         #: What every request goes through: the client with this apply's settings (each step
         #: its own retry policy and rate), and push-back slowing the concurrency limit down.
         self._api = self._tuned(retry=self._base_policy, rate_limit=options.rate_limit)
@@ -428,6 +430,16 @@ class Executor:
             start += len(chunk)
         return found
 
+    async def _read_back(self, changes: Sequence[Change]) -> tuple[dict[UUID, FlowRun], float]:
+        """The runs as they are now, and when they were read: from the read-ahead of
+        one-run writes when :meth:`_batches` made one, else read now."""
+        ahead = [self._ahead.pop(c.run.id, None) for c in changes]
+        known = [a for a in ahead if a is not None]
+        if len(known) == len(changes):
+            found = {run.id: run for run, _ in known if run is not None}
+            return found, min(at for _, at in known)
+        return await self._current(changes), time.monotonic()
+
     async def _read_one(self, change: Change) -> FlowRun | None:
         try:
             return await self._api.read_flow_run(change.run.id)
@@ -471,14 +483,21 @@ class Executor:
         return (before.name or before.type.value) if before is not None else "no state"
 
     async def _finish_verified(
-        self, changes: Sequence[Change], results: dict[UUID, OrchestrationResult]
+        self,
+        changes: Sequence[Change],
+        results: dict[UUID, OrchestrationResult],
+        *,
+        verify: bool,
     ) -> None:
-        """Finish state changes the server answered, each checked against its history."""
+        """Finish state changes the server answered; with ``verify``, each checked against
+        its history. Verified: a bulk request of several runs (the server writes them one
+        after another, after its filter was read) and a per-run write (no check in the write
+        at all). Not: a one-run bulk request, whose filter is read just before its one write."""
         limit = anyio.Semaphore(4)
 
         async def one(change: Change, result: OrchestrationResult) -> None:
             status, detail = _judge(result)
-            if status == "done":
+            if status == "done" and verify:
                 async with limit:
                     replaced = await self._landed_on(change, result.state)
                 if replaced is not None:
@@ -505,8 +524,7 @@ class Executor:
     # back and compares them with the plan exactly (state id, tags, queue, deployment).
 
     async def _delete_bulk(self, changes: Sequence[Change]) -> None:
-        current = await self._current(changes)
-        read_at = time.monotonic()
+        current, read_at = await self._read_back(changes)
         live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
         if not live:
             return
@@ -525,16 +543,23 @@ class Executor:
                 why = _drift(change, now[change.run.id]) or "the server left it alone"
                 self._finish(change, "drifted", why)
 
-    async def _delete_if_unchanged(self, change: Change) -> tuple[str, str | None]:
+    async def _delete_if_unchanged(
+        self, change: Change, *, checked_at: float | None = None
+    ) -> tuple[str, str | None]:
         """Delete one run if it is still what the plan saw: ("deleted" | "gone" | "drifted",
-        why it drifted)."""
-        current = await self._read_one(change)
-        read_at = time.monotonic()
-        if current is None:
-            return "gone", None
-        why = _drift(change, current)
-        if why is not None:
-            return "drifted", why
+        why it drifted). ``checked_at``: the run was read back and found unchanged then; on
+        the bulk route (its filter read and its delete are one transaction) it is not read
+        again."""
+        if checked_at is not None and self._bulk:
+            read_at = checked_at
+        else:
+            current = await self._read_one(change)
+            read_at = time.monotonic()
+            if current is None:
+                return "gone", None
+            why = _drift(change, current)
+            if why is not None:
+                return "drifted", why
         self._writing(read_at)
         if self._bulk:
             gone = await self._api.bulk_delete_flow_runs(
@@ -559,8 +584,7 @@ class Executor:
     async def _set_state_bulk(self, changes: Sequence[Change]) -> None:
         state = changes[0].state
         assert state is not None
-        current = await self._current(changes)
-        read_at = time.monotonic()
+        current, read_at = await self._read_back(changes)
         live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
         if not live:
             return
@@ -582,7 +606,8 @@ class Executor:
             after = now.get(change.run.id)
             if not self._finish_if_ours(change, after):
                 self._finish(change, "drifted", _drift(change, after) or "the server left it alone")
-        await self._finish_verified([c for c in live if c.run.id in results], results)
+        answered = [c for c in live if c.run.id in results]
+        await self._finish_verified(answered, results, verify=len(live) > 1)
 
     async def _set_state_one(self, change: Change) -> None:
         if self._bulk:
@@ -600,19 +625,20 @@ class Executor:
             force=change.state.force,
             transition_id=transition_id(self.plan, change.key),
         )
-        await self._finish_verified([change], {change.run.id: result})
+        await self._finish_verified([change], {change.run.id: result}, verify=True)
 
     async def _recreate(self, change: Change, created: str | None) -> None:
         """Create the new run (idempotent by the key the plan gave it), journal it, then
         delete the old run if it is still what the plan saw. A resumed half-done recreate
         checks the old run again before deleting it."""
         assert change.state is not None and change.run.deployment_id is not None
+        checked_at: float | None = None
         if created is None:
             current = await self._read_one(change)
-            read_at = time.monotonic()
+            checked_at = time.monotonic()
             if self._settled(change, current):
                 return
-            self._writing(read_at)
+            self._writing(checked_at)
             new_run = await self._api.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
@@ -622,7 +648,7 @@ class Executor:
             )
             created = str(new_run.id)
             self._finish(change, "created", "new run created", new_run_id=created)
-        outcome, why = await self._delete_if_unchanged(change)
+        outcome, why = await self._delete_if_unchanged(change, checked_at=checked_at)
         if outcome == "drifted":
             self._finish(
                 change,
@@ -693,7 +719,22 @@ class Executor:
                         return
                     batch = members[start : start + size]
                     await self._wait_for_slot()
+                    if size == 1 and batch[0].run.id not in self._ahead:
+                        await self._read_ahead(members[start : start + 2 * self._limit.limit])
                     group.start_soon(self._guarded, batch, lambda b=batch: op(b))
+
+    async def _read_ahead(self, changes: Sequence[Change]) -> None:
+        """Read back the next one-run writes in one request (not one each): as many as two
+        rounds of the concurrency limit, so each write follows its read-back closely (the
+        time between is measured, see :meth:`_writing`). A failed read leaves them to be read
+        one by one."""
+        try:
+            current = await self._current(changes)
+        except APIError:
+            return
+        read_at = time.monotonic()
+        for change in changes:
+            self._ahead[change.run.id] = (current.get(change.run.id), read_at)
 
     async def _wait_for_slot(self) -> None:
         # Queue no more work than the limit allows in flight: memory stays flat, and a stop

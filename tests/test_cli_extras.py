@@ -120,3 +120,27 @@ def test_documented_command_lines_parse(document: str) -> None:
             command.make_context(args[0], args[1:])
         except click.UsageError as exc:
             pytest.fail(f"{document}: runner {' '.join(args)}: {exc}")
+
+
+def test_a_bug_is_a_traceback_and_a_request_to_report_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An exception that is not a RunnerError is runner's fault, never the input's: its
+    traceback is shown, with a line asking for a report, and the exit code is 1."""
+    import runner.cli
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("runner.commands.show.run", broken)
+    monkeypatch.setattr(sys, "argv", ["runner", "show", "plan.json"])
+    with pytest.raises(SystemExit) as info:
+        runner.cli.main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err
+    assert "KeyError: 'a bug'" in err
+    assert err.endswith(
+        "runner: this is a bug in runner 0.1.0, not a problem of your input: please report it"
+        " with the traceback above\n"
+    )

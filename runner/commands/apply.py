@@ -36,6 +36,7 @@ def run(request: ApplyRequest, *, yes: bool, interactive: bool, out: TextIO, err
     async def main() -> Applied:
         stop = anyio.Event()
         applied: Applied | None = None
+        error: Exception | None = None
         async with anyio.create_task_group() as group:
 
             async def watch_signals() -> None:
@@ -59,9 +60,13 @@ def run(request: ApplyRequest, *, yes: bool, interactive: bool, out: TextIO, err
                     ),
                     stop=stop,
                 )
+            except Exception as exc:  # raised below as itself, not inside an exception group
+                error = exc
             finally:
                 group.cancel_scope.cancel()
-        assert applied is not None  # apply returned, or its exception left the group
+        if error is not None:
+            raise error
+        assert applied is not None
         return applied
 
     return anyio.run(main).code
