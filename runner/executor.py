@@ -246,6 +246,13 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
     return None
 
 
+def _started_since(change: Change, now: FlowRun | None) -> bool:
+    """The run started (its start time changed) since the plan, and not by this change."""
+    if change.state is not None and change.state.type == "RUNNING":
+        return True  # this change sets a start time itself: only the history can tell
+    return now is not None and now.start_time != change.run.start
+
+
 def _same_otherwise(change: Change, current: FlowRun) -> bool:
     """The run is as the plan saw it, tags aside (a tag change made earlier by this plan)."""
     return _drift(change, current.model_copy(update={"tags": change.run.tags})) is None
@@ -489,15 +496,26 @@ class Executor:
         *,
         verify: bool,
     ) -> None:
-        """Finish state changes the server answered; with ``verify``, each checked against
-        its history. Verified: a bulk request of several runs (the server writes them one
-        after another, after its filter was read) and a per-run write (no check in the write
-        at all). Not: a one-run bulk request, whose filter is read just before its one write."""
+        """Finish state changes the server answered; with ``verify``, check that each landed
+        on the state the plan saw. Verified: a bulk request of several runs (the server
+        writes them one after another, after its filter was read) and a per-run write (no
+        check in the write at all). Not: a one-run bulk request, whose filter is read just
+        before its one write.
+
+        The check costs one read of the batch: a run that started since the plan (its start
+        time changed, and not by this change) is then checked exactly against its history.
+        A run that went Pending and no further in the window is not seen: the engine of a
+        run that starts after runner's state landed aborts on it."""
+        suspects: set[UUID] = set()
+        if verify:
+            accepted = [c for c in changes if results[c.run.id].accepted]
+            after = await self._current(accepted) if accepted else {}
+            suspects = {c.run.id for c in accepted if _started_since(c, after.get(c.run.id))}
         limit = anyio.Semaphore(4)
 
         async def one(change: Change, result: OrchestrationResult) -> None:
             status, detail = _judge(result)
-            if status == "done" and verify:
+            if status == "done" and change.run.id in suspects:
                 async with limit:
                     replaced = await self._landed_on(change, result.state)
                 if replaced is not None:
@@ -523,12 +541,19 @@ class Executor:
     # that has no such route (Prefect 2.x, recreate, resume, tag), runner reads the runs
     # back and compares them with the plan exactly (state id, tags, queue, deployment).
 
-    async def _delete_bulk(self, changes: Sequence[Change]) -> None:
+    async def _still_as_planned(self, changes: Sequence[Change]) -> list[Change]:
+        """Read ``changes`` back (or take their read-ahead) and finish those that need no
+        write; the rest are about to be written (their window starts counting here)."""
         current, read_at = await self._read_back(changes)
         live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
+        if live:
+            self._writing(read_at)
+        return live
+
+    async def _delete_bulk(self, changes: Sequence[Change]) -> None:
+        live = await self._still_as_planned(changes)
         if not live:
             return
-        self._writing(read_at)
         gone = await self._api.bulk_delete_flow_runs(
             [c.run.id for c in live], only_if=guard_filter(live)
         )
@@ -584,11 +609,9 @@ class Executor:
     async def _set_state_bulk(self, changes: Sequence[Change]) -> None:
         state = changes[0].state
         assert state is not None
-        current, read_at = await self._read_back(changes)
-        live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
+        live = await self._still_as_planned(changes)
         if not live:
             return
-        self._writing(read_at)
         results = await self._api.bulk_set_flow_run_state(
             [c.run.id for c in live],
             _proposed(state),
