@@ -810,7 +810,9 @@ class PrefectClient:
             fresh = fresh_of(page)
             if fresh:
                 yield fresh
-            if len(page) < want:
+            # A short page ends the selection, unless the server just said its pages are
+            # smaller than asked for (read_flow_runs learned its limit): then read on.
+            if len(page) < min(want, self._page_size):
                 return
 
     async def _read_pages(

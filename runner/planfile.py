@@ -533,6 +533,8 @@ class _Reader:
                 (*path, "op"),
                 f"a {action} step makes {', '.join(sorted(ops))} changes, not {change.op}",
             )
+        if change.state is not None and change.state.force and action != "set_state":
+            self.fail((*path, "state", "force"), f"a {action} step never forces a state")
         if change.state is not None and types and change.state.type not in types:
             self.fail(
                 (*path, "state", "type"),

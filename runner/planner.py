@@ -8,6 +8,7 @@ never applied.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -140,17 +141,32 @@ def _finishing_recreates(
 ) -> Callable[[int, Step, RunView, str, str], Change]:
     """A run made by an unfinished recreate of another run this step selects is left alone:
     recreating it too would delete the run that carries the other's idempotency key, and the
-    other's create would then make a second new run. The other's recreate finishes instead
-    (its create returns this run)."""
-    made_for = {_idempotency_key(run): run for run in selected}
+    other's create would then make a second new run. The other's recreate finishes instead.
+
+    Matched by the old run's id in the key, whatever state it names: the old run may have
+    moved since (marked Late, say), and then gets a key of its own; its new run is still
+    the one made for it."""
+    by_id = {str(run.id): run for run in selected}
+    made = {_replaced_run(run.idempotency_key): run for run in selected}
 
     def plan(index: int, step: Step, run: RunView, message: str, plan_id: str) -> Change:
-        old = made_for.get(run.idempotency_key or "")
+        old = by_id.get(_replaced_run(run.idempotency_key))
         if old is not None and old.id != run.id:
             return _noop(index, run, f"made by runner to replace {old.name}, recreated here")
-        return plan_one(index, step, run, message, plan_id)
+        change = plan_one(index, step, run, message, plan_id)
+        product = made.get(str(run.id))
+        if change.op == "recreate" and product is not None and product.id != run.id:
+            # Its create must return the run already made for it: that run's key.
+            return dataclasses.replace(change, idempotency_key=product.idempotency_key)
+        return change
 
     return plan
+
+
+def _replaced_run(key: str | None) -> str:
+    """The old run a ``runner:recreate:<old run id>:<state>`` key names ("" for others)."""
+    parts = (key or "").split(":")
+    return parts[2] if len(parts) == 4 and parts[:2] == ["runner", "recreate"] else ""
 
 
 def _make_retry(now: datetime) -> Callable[[int, Step, RunView, str, str], Change]:

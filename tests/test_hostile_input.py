@@ -804,6 +804,12 @@ def test_a_full_disk_when_the_checkpoint_is_started(
             " not COMPLETED",
         ),
         (
+            "cancel",
+            f"{CHANGE}.state.force",
+            True,
+            "steps[0].changes[0].state.force: a cancel step never forces a state",
+        ),
+        (
             "delete",
             "steps.0.selected",
             5,

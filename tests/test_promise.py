@@ -600,3 +600,90 @@ async def test_a_fresh_plan_after_a_half_done_recreate_finishes_it(
     result = await execute(settings, fresh, tmp_path / "j")
     assert result.complete
     assert sorted(r["id"] for r in seeder.runs_of_flow(flow)) == sorted(str(m.id) for m in made)
+
+
+async def test_a_run_resumed_in_the_window_is_reported_raced(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """A Paused run resumed between the read-back and the write keeps its start time (and its
+    run count): only its history shows that the cancel landed on Running. Found by an
+    adversarial test of a check that looked at the start time alone."""
+    flow = seeder.flow()
+    runs = [seeder.run(flow, "Running") for _ in range(3)]
+    for run in runs:
+        force_state(seeder, run["id"], "PAUSED", "Paused")
+    victim = runs[1]["id"]
+    plan = await make_plan(settings, playbook(f"{{flows: {flow['name']}}}", "cancel"))
+    interfere = Interfere({victim}, lambda i: force_state(seeder, i, "RUNNING", "Running"))
+    async with PrefectClient(settings, transport=interfere, bulk=False) as client:
+        with Journal(tmp_path / "j", plan_id=plan.id, plan_checksum="test") as journal:
+            result = await Executor(client, plan, journal).run()
+    outcome = by_id(result)
+    assert outcome[victim].status == "raced", outcome[victim]
+    assert outcome[victim].detail == (
+        "Cancelling, but it landed on Running, a state the plan did not see (the run changed"
+        " while the write was in flight)"
+    )
+    assert [outcome[r["id"]].status for r in (runs[0], runs[2])] == ["done", "done"]
+
+
+async def test_a_fresh_plan_finishes_a_half_done_recreate_whose_old_run_moved(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """As above, but the old runs got a new state after the crash (the server marked them
+    Late): their keys change, and their new runs are still recognised by the old run's id."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    old = seeder.late_runs(2, flow, deployment=deployment)
+    book = playbook(
+        f"{{deployments: '{flow['name']}/{deployment['name']}', state: {{type: SCHEDULED}}}}",
+        "{reschedule: {at: now+10m, strategy: recreate}}",
+    )
+    first = await make_plan(settings, book)
+    async with PrefectClient(settings) as client:
+        for change in first.pending:
+            await client.create_flow_run_from_deployment(
+                change.run.deployment_id,  # type: ignore[arg-type]
+                parameters=change.run.parameters,
+                idempotency_key=change.idempotency_key,
+            )
+    for run in old:  # a new state of the same type, name and time: a new state id
+        force_state(
+            seeder,
+            run["id"],
+            "SCHEDULED",
+            "Late",
+            scheduled_time=run["next_scheduled_start_time"],
+        )
+    fresh = await make_plan(settings, book)
+    assert {c.run.name for c in fresh.pending} == {o["name"] for o in old}
+    result = await execute(settings, fresh, tmp_path / "j")
+    assert result.complete
+    left = seeder.runs_of_flow(flow)
+    assert len(left) == 2
+    assert not {r["id"] for r in left} & {r["id"] for r in old}
+
+
+async def test_a_server_with_small_pages_is_read_to_the_end(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    """A server whose page limit is below 200 answers the first read with a 422; runner
+    learns the limit and reads every page, not just the first (found by an adversarial test:
+    60 runs selected, 20 planned)."""
+    flow = seeder.flow()
+    seeder.runs(60, flow, "Completed")
+
+    class SmallPages(httpx.AsyncBaseTransport):
+        inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            filtering = request.url.path.endswith("/flow_runs/filter")
+            if filtering and json.loads(request.content).get("limit", 200) > 20:
+                detail = [{"loc": ["body", "limit"], "msg": "less than or equal to 20"}]
+                return httpx.Response(422, json={"detail": detail})
+            return await self.inner.handle_async_request(request)
+
+    plan = await make_plan(
+        settings, playbook(f"{{flows: {flow['name']}}}", "delete"), transport=SmallPages()
+    )
+    assert len(plan.pending) == 60
