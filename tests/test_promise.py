@@ -603,7 +603,7 @@ async def test_a_fresh_plan_after_a_half_done_recreate_finishes_it(
 
 
 async def test_a_run_resumed_in_the_window_is_reported_raced(
-    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, is_prefect2: bool
 ) -> None:
     """A Paused run resumed between the read-back and the write keeps its start time (and its
     run count): only its history shows that the cancel landed on Running. Found by an
@@ -624,7 +624,9 @@ async def test_a_run_resumed_in_the_window_is_reported_raced(
         "Cancelling, but it landed on Running, a state the plan did not see (the run changed"
         " while the write was in flight)"
     )
-    assert [outcome[r["id"]].status for r in (runs[0], runs[2])] == ["done", "done"]
+    # Prefect 2.20 refuses Cancelling for a Paused run (3.x accepts it): failed, not raced.
+    bystanders = "failed" if is_prefect2 else "done"
+    assert [outcome[r["id"]].status for r in (runs[0], runs[2])] == [bystanders, bystanders]
 
 
 async def test_a_fresh_plan_finishes_a_half_done_recreate_whose_old_run_moved(
