@@ -537,6 +537,16 @@ class Executor:
             self._writing(read_at)
         return live
 
+    async def _read_back_one(self, change: Change) -> float | None:
+        """Read one run back right before its write: None when the change is finished
+        without one (see :meth:`_settled`), else when the run was read (the write follows)."""
+        current = await self._read_one(change)
+        read_at = time.monotonic()
+        if self._settled(change, current):
+            return None
+        self._writing(read_at)
+        return read_at
+
     async def _delete_bulk(self, changes: Sequence[Change]) -> None:
         live = await self._still_as_planned(changes)
         if not live:
@@ -624,11 +634,8 @@ class Executor:
             await self._set_state_bulk([change])
             return
         assert change.state is not None
-        current = await self._read_one(change)
-        read_at = time.monotonic()
-        if self._settled(change, current):
+        if await self._read_back_one(change) is None:
             return
-        self._writing(read_at)
         result = await self._api.set_flow_run_state(
             change.run.id,
             _proposed(change.state),
@@ -644,11 +651,9 @@ class Executor:
         assert change.state is not None and change.run.deployment_id is not None
         checked_at: float | None = None
         if created is None:
-            current = await self._read_one(change)
-            checked_at = time.monotonic()
-            if self._settled(change, current):
+            checked_at = await self._read_back_one(change)
+            if checked_at is None:
                 return
-            self._writing(checked_at)
             new_run = await self._api.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
@@ -672,20 +677,14 @@ class Executor:
             self._finish(change, "done", f"recreated as {created}{gone}", new_run_id=created)
 
     async def _resume(self, change: Change) -> None:
-        current = await self._read_one(change)
-        read_at = time.monotonic()
-        if self._settled(change, current):
+        if await self._read_back_one(change) is None:
             return
-        self._writing(read_at)
         status, detail = _judge(await self._api.resume_flow_run(change.run.id))
         self._finish(change, status, detail)
 
     async def _tag(self, change: Change) -> None:
-        current = await self._read_one(change)
-        read_at = time.monotonic()
-        if self._settled(change, current):
+        if await self._read_back_one(change) is None:
             return
-        self._writing(read_at)
         await self._api.update_flow_run_tags(change.run.id, change.tags or ())
         self._finish(change, "done", "tags " + ", ".join(change.tags or ()))
 

@@ -70,6 +70,23 @@ async def execute(
             ).run()
 
 
+async def create_new_runs(settings: ConnectionSettings, plan: Plan) -> list[Any]:
+    """The first half of every recreate in ``plan``, as an apply that died before its
+    deletes (or lost its journal) left it: the new runs, made with the plan's keys."""
+    async with PrefectClient(settings) as client:
+        made = []
+        for change in plan.pending:
+            assert change.run.deployment_id is not None
+            made.append(
+                await client.create_flow_run_from_deployment(
+                    change.run.deployment_id,
+                    parameters=change.run.parameters,
+                    idempotency_key=change.idempotency_key,
+                )
+            )
+        return made
+
+
 def by_id(result: ApplyResult) -> dict[str, Any]:
     return {str(o.change.run.id): o for o in result.outcomes.values()}
 
@@ -359,14 +376,7 @@ async def test_two_plans_of_one_recreate_make_one_new_run_each(
     assert first.id != second.id
     keys = [c.idempotency_key for c in first.pending]
     assert keys == [c.idempotency_key for c in second.pending]
-    async with PrefectClient(settings) as client:
-        for change in first.pending:
-            assert change.run.deployment_id is not None
-            await client.create_flow_run_from_deployment(
-                change.run.deployment_id,
-                parameters=change.run.parameters,
-                idempotency_key=change.idempotency_key,
-            )
+    await create_new_runs(settings, first)
     result = await execute(settings, second, tmp_path / "second")
     assert result.complete and result.count("done") == 5
     left = seeder.runs_of_flow(flow)
@@ -581,15 +591,7 @@ async def test_a_fresh_plan_after_a_half_done_recreate_finishes_it(
         "{reschedule: {at: now+10m, strategy: recreate}}",
     )
     first = await make_plan(settings, book)
-    async with PrefectClient(settings) as client:
-        made = [
-            await client.create_flow_run_from_deployment(
-                change.run.deployment_id,  # type: ignore[arg-type]
-                parameters=change.run.parameters,
-                idempotency_key=change.idempotency_key,
-            )
-            for change in first.pending
-        ]
+    made = await create_new_runs(settings, first)
     fresh = await make_plan(settings, book)
     reasons = {str(c.run.id): c.reason for c in fresh.changes if c.is_noop}
     assert reasons == {
@@ -642,13 +644,7 @@ async def test_a_fresh_plan_finishes_a_half_done_recreate_whose_old_run_moved(
         "{reschedule: {at: now+10m, strategy: recreate}}",
     )
     first = await make_plan(settings, book)
-    async with PrefectClient(settings) as client:
-        for change in first.pending:
-            await client.create_flow_run_from_deployment(
-                change.run.deployment_id,  # type: ignore[arg-type]
-                parameters=change.run.parameters,
-                idempotency_key=change.idempotency_key,
-            )
+    await create_new_runs(settings, first)
     for run in old:  # a new state of the same type, name and time: a new state id
         force_state(
             seeder,
