@@ -64,6 +64,8 @@ API_VERSION = "0.8.4"
 #: The most runs one page or one bulk call may carry.
 MAX_PAGE_SIZE = 200
 MAX_BULK_SIZE = 50
+#: The most names of one kind read to check a playbook's names against.
+MAX_NAMES = 20_000
 #: The first Prefect release with ``/flow_runs/bulk_delete`` and ``/flow_runs/bulk_set_state``.
 BULK_ROUTES_SINCE = (3, 6, 16)
 
@@ -901,6 +903,62 @@ class PrefectClient:
             deployments += self._parse_list(Deployment, response)
         return deployments
 
+    async def read_names(self, kind: str, among: Sequence[str] = ()) -> list[str]:
+        """Every name of ``kind`` on the server (``among`` given: those of them it has):
+        ``flows``, ``work_pools``, ``work_queues``, or ``deployments`` (as
+        ``flow/deployment``, never with ``among``). For checking a playbook's names and
+        suggesting the closest; stops after ``MAX_NAMES``. Each answer is checked."""
+        if kind not in ("flows", "work_pools", "work_queues", "deployments"):
+            raise ValueError(f"no names of {kind!r}")
+        if among and kind == "deployments":
+            raise ValueError("deployments are found by name one by one")
+        names: list[str] = []
+        flow_ids: list[tuple[str, str]] = []
+        offset = 0
+        while offset < MAX_NAMES:
+            body: dict[str, Any] = {"limit": MAX_PAGE_SIZE, "offset": offset}
+            if among:
+                body[kind] = {"name": {"any_": list(among)}}
+            page = await self._json_list("POST", f"{kind}/filter", body)
+            for item in page:
+                if kind == "deployments":
+                    flow_ids.append((str(item.get("flow_id")), str(item.get("name"))))
+                else:
+                    names.append(str(item.get("name")))
+            if len(page) < MAX_PAGE_SIZE:
+                break
+            offset += MAX_PAGE_SIZE
+        if kind == "deployments":
+            ids = sorted({UUID(f) for f, _ in flow_ids if _is_uuid(f)})
+            flows = {str(f.id): f.name for f in await self.read_flows(ids)}
+            names = [f"{flows.get(f, f)}/{d}" for f, d in flow_ids]
+        return [n for n in names if n in among] if among else names
+
+    async def read_parent_runs(self, task_run_ids: Sequence[UUID]) -> dict[UUID, UUID]:
+        """The flow run of each task run (a subflow run's parent task run -> its parent
+        flow run)."""
+        parents: dict[UUID, UUID] = {}
+        for start in range(0, len(task_run_ids), MAX_PAGE_SIZE):
+            chunk = [str(i) for i in task_run_ids[start : start + MAX_PAGE_SIZE]]
+            body = {"task_runs": {"id": {"any_": chunk}}, "limit": MAX_PAGE_SIZE}
+            for item in await self._json_list("POST", "task_runs/filter", body):
+                task, flow_run = str(item.get("id")), str(item.get("flow_run_id"))
+                if _is_uuid(task) and _is_uuid(flow_run) and task in chunk:
+                    parents[UUID(task)] = UUID(flow_run)
+        return parents
+
+    async def _json_list(
+        self, method: str, path: str, body: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        response = await self._request(method, path, json=body)
+        data = self._json_answer(method, path, response)
+        if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+            raise ServerError(
+                f"unexpected answer: expected a list, got {type(data).__name__}",
+                **self._where(response),
+            )
+        return data
+
     # -- writing ---------------------------------------------------------------------------
 
     async def set_flow_run_state(
@@ -1144,6 +1202,14 @@ class PrefectClient:
             raise ValueError(f"a bulk call takes at most {MAX_BULK_SIZE} runs, got {len(ids)}")
         if len(set(ids)) != len(ids):
             raise ValueError("a bulk call was given the same run id twice")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def ensure_accepted(result: OrchestrationResult, *, flow_run_id: UUID) -> State:

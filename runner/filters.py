@@ -82,6 +82,7 @@ class FlowRunFilter(_Filter):
     work_queue_name: NamesAnyOf | None = None
     state: StateFilter | None = None
     parent_task_run_id: IdsOrNull | None = None
+    parent_flow_run_id: AnyIds | None = None
     expected_start_time: TimeWindow | None = None
     next_scheduled_start_time: TimeWindow | None = None
     start_time: TimeWindow | None = None

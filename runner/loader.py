@@ -29,6 +29,7 @@ from runner.playbook import (
     ACTION_TYPES,
     Action,
     Defaults,
+    Exclusion,
     Guards,
     Playbook,
     Reschedule,
@@ -42,7 +43,7 @@ from runner.playbook import (
     TagSelect,
     Window,
 )
-from runner.states import StateType
+from runner.states import PREFECT_STATE_NAMES, StateType
 from runner.timeexpr import TimeExpr, parse_duration, parse_time
 
 KeyPath = tuple[str | int, ...]
@@ -522,7 +523,9 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
                 continue
             noun = kind_name or "key"
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            if close:
+            if noun == "exclusion key" and key in ("sort", "limit", "exclude"):
+                message = f"{key!r} has no place in an exclusion (it takes selection keys only)"
+            elif close:
                 message = f"unknown {noun} {key!r}; did you mean {close[0]!r}?"
             elif allowed:
                 message = f"unknown {noun} {key!r} (expected one of: {', '.join(allowed)})"
@@ -615,7 +618,10 @@ def _retry(raw: dict[str, Any] | None, path: KeyPath, src: _Source) -> Retry | N
 
 
 def _guards(raw: dict[str, Any] | None) -> Guards | None:
-    return None if raw is None else Guards(**raw)
+    if raw is None:
+        return None
+    expect = raw.get("expect", "any")
+    return Guards(**{**raw, "expect": tuple(_names(expect))})
 
 
 def _window(raw: dict[str, Any] | None, path: KeyPath, src: _Source) -> Window | None:
@@ -644,19 +650,48 @@ def _window(raw: dict[str, Any] | None, path: KeyPath, src: _Source) -> Window |
     return Window(before=before, after=after)
 
 
-def _select(raw: dict[str, Any], path: KeyPath, src: _Source) -> Select:
+def _state_names(raw: Any, path: KeyPath, src: _Source, custom: bool) -> tuple[str, ...]:
+    """The names, each checked against Prefect's own unless ``custom`` allows others."""
+    names = _names(raw)
+    if custom:
+        return names
+    for index, name in enumerate(names):
+        if name in PREFECT_STATE_NAMES:
+            continue
+        at = path if isinstance(raw, str) else (*path, index)
+        folded = {n.lower(): n for n in PREFECT_STATE_NAMES}
+        close = [folded[name.lower()]] if name.lower() in folded else []
+        close = close or difflib.get_close_matches(name, PREFECT_STATE_NAMES, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        src.problem(
+            at,
+            f"{_short(name)!r} is not a Prefect state name{hint} (a name your code sets:"
+            " add custom: true to the state selection)",
+        )
+    return names
+
+
+def _parameters(raw: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((raw or {}).items()))
+
+
+def _select(raw: dict[str, Any], path: KeyPath, src: _Source, *, top: bool = True) -> Select:
     state = raw.get("state")
     tags = raw.get("tags")
-    if raw.get("limit") is not None and raw.get("sort") is None:
+    if top and raw.get("limit") is not None and raw.get("sort") is None:
         src.problem(
             (*path, "limit"), "'limit' needs a 'sort' (which runs are the first N depends on it)"
         )
+    spath = (*path, "state")
+    custom = bool(state.get("custom")) if state else False
     return Select(
         state=StateSelect(
             type=tuple(StateType(t) for t in _names(state.get("type"))),
-            name=_names(state.get("name")),
+            name=_state_names(state.get("name"), (*spath, "name"), src, custom),
             not_type=tuple(StateType(t) for t in _names(state.get("not_type"))),
-            not_name=_names(state.get("not_name")),
+            not_name=_state_names(state.get("not_name"), (*spath, "not_name"), src, custom),
+            since=_window(state.get("since"), (*spath, "since"), src),
+            custom=custom,
         )
         if state
         else None,
@@ -664,19 +699,45 @@ def _select(raw: dict[str, Any], path: KeyPath, src: _Source) -> Select:
         deployments=_names(raw.get("deployments")),
         deployment_ids=tuple(UUID(i) for i in raw.get("deployment_ids", ())),
         deployment_like=raw.get("deployment_like"),
-        tags=TagSelect(all=_names(tags.get("all")), any=_names(tags.get("any"))) if tags else None,
+        tags=TagSelect(
+            all=_names(tags.get("all")), any=_names(tags.get("any")), none=_names(tags.get("none"))
+        )
+        if tags
+        else None,
         work_pools=_names(raw.get("work_pools")),
         work_queues=_names(raw.get("work_queues")),
         name_like=raw.get("name_like"),
         parent=raw.get("parent", "any"),
+        parent_id=tuple(UUID(i) for i in _names(raw.get("parent_id"))),
         expected_start=_window(raw.get("expected_start"), (*path, "expected_start"), src),
         start=_window(raw.get("start"), (*path, "start"), src),
         end=_window(raw.get("end"), (*path, "end"), src),
         next_scheduled_start=_window(
             raw.get("next_scheduled_start"), (*path, "next_scheduled_start"), src
         ),
+        created=_window(raw.get("created"), (*path, "created"), src),
+        parameters=_parameters(raw.get("parameters")),
         sort=raw.get("sort"),
         limit=raw.get("limit"),
+        exclude=_exclusions(raw.get("exclude"), (*path, "exclude"), src) if top else (),
+    )
+
+
+def _exclusions(raw: Any, path: KeyPath, src: _Source) -> tuple[Exclusion, ...]:
+    """A mapping: one exclusion per key; a list: one exclusion per item (all its keys)."""
+    if raw is None:
+        return ()
+    if isinstance(raw, dict):
+        return tuple(
+            Exclusion(
+                label=f"exclude.{key}",
+                select=_select({key: value}, path, src, top=False),
+            )
+            for key, value in raw.items()
+        )
+    return tuple(
+        Exclusion(label=f"exclude[{index}]", select=_select(item, (*path, index), src, top=False))
+        for index, item in enumerate(raw)
     )
 
 
@@ -869,4 +930,5 @@ def load_text(
     if playbook is None or src.problems:
         raise PlaybookError(src.problems)
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return dataclasses.replace(playbook, path=name, digest=digest)
+    positions = {format_path(p): at for p, at in src.values.items() if p[:1] == ("steps",)}
+    return dataclasses.replace(playbook, path=name, digest=digest, positions=positions)

@@ -6,7 +6,9 @@ This is the I/O half of planning; :mod:`runner.planner` is the pure half.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import uuid
 from collections.abc import Collection
 from datetime import datetime, timezone
@@ -14,12 +16,19 @@ from typing import TypeVar
 from uuid import UUID
 
 from runner.client import PrefectClient
-from runner.errors import NotFound, SelectionError
+from runner.errors import NotFound, PlaybookError, Problem, SelectionError
 from runner.models import FlowRun
 from runner.plan import Observation, Plan, RunView, StepObservation
 from runner.planner import make_plan
-from runner.playbook import Playbook, Reschedule
-from runner.selection import Capabilities, ServerQuery, build_query, failed_keys
+from runner.playbook import Playbook, Reschedule, Select
+from runner.selection import (
+    LOCAL_KEYS,
+    Capabilities,
+    ServerQuery,
+    build_query,
+    failed_keys,
+    matching_exclusions,
+)
 
 #: Pages of a selection read at once. On SQLite a page's cost grows with its offset and a
 #: state filter (20,000 runs of one state: 0.19 s a page at the start, 0.45 s at the end);
@@ -29,27 +38,82 @@ READ_CONCURRENCY = 4
 _T = TypeVar("_T")
 
 
-async def _resolve_deployments(client: PrefectClient, playbook: Playbook) -> dict[str, UUID]:
-    names = sorted({n for step in playbook.steps for n in step.select.deployments})
-    found: dict[str, UUID] = {}
-    missing: list[str] = []
-    for name in names:
-        try:
-            found[name] = (await client.read_deployment_by_name(name)).id
-        except NotFound:
-            missing.append(name)
-    if missing:
-        uses = []
-        for i, step in enumerate(playbook.steps):
-            named = [repr(n) for n in step.select.deployments if n in missing]
-            if named:
-                uses.append(f"steps[{i}] ({step.name!r}) selects {', '.join(named)}")
-        where = "; ".join(uses)
-        raise SelectionError(
-            f"no such deployment on {client.settings.display_url}:"
-            f" {', '.join(repr(n) for n in missing)} ({where})"
-        )
+#: What each kind of name is called in a problem, and the key that selects by it.
+_KINDS = {
+    "flows": "flow",
+    "deployments": "deployment",
+    "work_pools": "work pool",
+    "work_queues": "work queue",
+}
+
+
+def _named_values(playbook: Playbook, kind: str) -> list[tuple[str, str]]:
+    """Every ``(path, name)`` of ``kind`` a step or an exclusion selects by."""
+    found: list[tuple[str, str]] = []
+    for i, step in enumerate(playbook.steps):
+        parts = [(f"steps[{i}].select", step.select)]
+        for exclusion in step.select.exclude:
+            under = exclusion.label if exclusion.label.startswith("exclude[") else "exclude"
+            parts.append((f"steps[{i}].select.{under}", exclusion.select))
+        for prefix, select in parts:
+            names: tuple[str, ...] = getattr(select, kind)
+            for j, name in enumerate(names):
+                item = f"{prefix}.{kind}[{j}]"
+                found.append((item if item in playbook.positions else f"{prefix}.{kind}", name))
     return found
+
+
+async def _deployment_ids(client: PrefectClient, names: list[str]) -> dict[str, UUID]:
+    found: dict[str, UUID] = {}
+    for name in names:
+        with contextlib.suppress(NotFound):
+            found[name] = (await client.read_deployment_by_name(name)).id
+    return found
+
+
+def _suggestion(name: str, known: list[str]) -> str:
+    folded = {k.casefold(): k for k in known}
+    close = [folded[name.casefold()]] if name.casefold() in folded else []
+    close = close or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+async def check_names(client: PrefectClient, playbook: Playbook) -> dict[str, UUID]:
+    """Every flow, deployment, work pool and work queue the playbook names must exist on
+    the server: a misspelled one would select nothing, or leave nothing out. Returns the
+    deployments' ids by name; raises :class:`PlaybookError` listing every unknown name,
+    each with the closest name the server has."""
+    problems: list[Problem] = []
+    deployment_ids: dict[str, UUID] = {}
+    for kind, noun in _KINDS.items():
+        used = _named_values(playbook, kind)
+        if not used:
+            continue
+        names = sorted({name for _, name in used})
+        if kind == "deployments":
+            deployment_ids = await _deployment_ids(client, names)
+            known = set(deployment_ids)
+        else:
+            known = set(await client.read_names(kind, among=names))
+        missing = [(path, name) for path, name in used if name not in known]
+        if not missing:
+            continue
+        everything = await client.read_names(kind)
+        for path, name in missing:
+            line, column = playbook.where(path)
+            problems.append(
+                Problem(
+                    file=playbook.path,
+                    line=line,
+                    column=column,
+                    path=path,
+                    message=f"no {noun} {name!r} on {client.settings.display_url}"
+                    + _suggestion(name, everything),
+                )
+            )
+    if problems:
+        raise PlaybookError(problems)
+    return deployment_ids
 
 
 class _Shared:
@@ -75,10 +139,12 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
         state_type=run.state.type.value if run.state else None,
         state_name=same(run.state.name) if run.state else None,
         state_id=run.state.id if run.state else None,
+        state_since=run.state.timestamp if run.state else None,
         expected_start=run.expected_start_time,
         next_scheduled_start=run.next_scheduled_start_time,
         start=run.start_time,
         end=run.end_time,
+        created=run.created,
         tags=same(run.tags),
         work_queue=same(run.work_queue_name),
         work_pool=same(run.work_pool_name),
@@ -88,17 +154,22 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
     )
 
 
+def _uses(select: Select, key: str) -> bool:
+    """Whether ``select`` or one of its exclusions selects by ``key``."""
+    return bool(getattr(select, key)) or any(getattr(e.select, key) for e in select.exclude)
+
+
 async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -> Observation:
     """Read every step's candidate runs (paged to the end, by run id: a stable order)."""
     info = await client.server_info()
     capabilities = Capabilities.for_version(info.version)
-    deployment_ids = await _resolve_deployments(client, playbook)
+    deployment_ids = await check_names(client, playbook)
     # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
     raw_steps: list[list[RunView | None]] = []
     queries: list[ServerQuery] = []
     flow_ids: set[UUID] = set()
     dep_ids: set[UUID] = set()
-    notes: list[str] = []
+    parent_tasks: set[UUID] = set()
     shared = _Shared()
     for step in playbook.steps:
         sq = build_query(
@@ -108,12 +179,9 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             capabilities=capabilities,
         )
         queries.append(sq)
-        if sq.loose - {"name_like", "deployment_like"}:
-            notes.append(
-                f"step {step.name!r}: the server (Prefect {info.version}) cannot filter on"
-                " everything this step selects; runner filtered the rest itself"
-            )
-        keep = isinstance(step.action, Reschedule) and step.action.recreates
+        recreates = isinstance(step.action, Reschedule) and step.action.recreates
+        keep = recreates or _uses(step.select, "parameters")
+        wants_parents = _uses(step.select, "parent_id")
         views: list[RunView | None] = []
         if sq.query is not None:
             async for page in client.iter_flow_runs(sq.query, concurrency=READ_CONCURRENCY):
@@ -121,6 +189,8 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                     flow_ids.add(run.flow_id)
                     if run.deployment_id:
                         dep_ids.add(run.deployment_id)
+                    if wants_parents and run.parent_task_run_id:
+                        parent_tasks.add(run.parent_task_run_id)
                     views.append(_view(run, keep, shared))
         raw_steps.append(views)
     flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
@@ -128,23 +198,60 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         d.id: f"{flows.get(d.flow_id, d.flow_id)}/{d.name}"
         for d in await client.read_deployments(sorted(dep_ids))
     }
+    parents = await client.read_parent_runs(sorted(parent_tasks)) if parent_tasks else {}
     steps: list[StepObservation] = []
+    notes: list[str] = []
     for index, (step, sq, views) in enumerate(zip(playbook.steps, queries, raw_steps, strict=True)):
         selected = [deployment_ids[n] for n in step.select.deployments]
+        recreates = isinstance(step.action, Reschedule) and step.action.recreates
+        matched = {e.label: 0 for e in step.select.exclude}
+        read = len(views)
         # In place: each view is replaced by its named copy, so the two never both exist.
         for i, view in enumerate(views):
             assert view is not None
             named = _named(view, flows, deployments)
-            failed = failed_keys(step.select, named, now=now, deployment_ids=selected)
+            failed = failed_keys(
+                step.select, named, now=now, deployment_ids=selected, parents=parents
+            )
             trusted = [key for key in failed if key not in sq.loose]
             if trusted:
                 raise SelectionError(
                     _ignored_filter(index, step.name, named, trusted, info.version)
                 )
-            # A run failing only conditions that runner applies itself (ServerQuery.loose).
-            views[i] = None if failed else named
-        steps.append(StepObservation(runs=tuple(v for v in views if v is not None)))
+            excluded = (
+                matching_exclusions(
+                    step.select.exclude,
+                    named,
+                    now=now,
+                    deployment_ids=deployment_ids,
+                    parents=parents,
+                )
+                if not failed
+                else []
+            )
+            for label in excluded:
+                matched[label] += 1
+            if named.parameters is not None and not recreates:
+                named = dataclasses.replace(named, parameters=None, idempotency_key=None)
+            # A run failing only conditions that runner applies itself (ServerQuery.loose),
+            # or matching an exclusion, is not selected.
+            views[i] = None if failed or excluded else named
+        kept = tuple(v for v in views if v is not None)
         views.clear()
+        local = sorted(sq.loose - {"name_like", "deployment_like"})
+        if step.select.exclude:
+            local.append("exclude")
+        if local:
+            why = (
+                "the server cannot filter on them"
+                if set(local) <= {*LOCAL_KEYS, "exclude"}
+                else f"the server (Prefect {info.version}) cannot filter on all of them"
+            )
+            notes.append(
+                f"step {step.name!r}: runner applied select.{', select.'.join(local)} itself"
+                f" ({why}): read {read} runs, kept {len(kept)}"
+            )
+        steps.append(StepObservation(runs=kept, exclusions=tuple(matched.items())))
     return Observation(
         now=now,
         server_url=client.settings.display_url,

@@ -29,15 +29,19 @@ class RunView:
     #: The id of the very state the plan saw: a run in any other state (even one of the same
     #: type and name, made later) has drifted. None in plans made before runner kept it.
     state_id: UUID | None = None
+    #: When the run entered the state the plan saw (the state's timestamp).
+    state_since: datetime | None = None
     expected_start: datetime | None = None
     next_scheduled_start: datetime | None = None
     start: datetime | None = None
     end: datetime | None = None
+    created: datetime | None = None
     tags: tuple[str, ...] = ()
     work_queue: str | None = None
     work_pool: str | None = None
     parent_task_run_id: UUID | None = None
-    #: Only kept for runs a step will recreate (they carry over to the new run).
+    #: Kept for runs a step will recreate (they carry over to the new run), and while a
+    #: selection by parameters is checked.
     parameters: dict[str, Any] | None = None
     #: Only kept for runs a step will recreate: a run made by an earlier, unfinished
     #: recreate carries the key of the run it replaces.
@@ -94,6 +98,8 @@ class StepPlan:
     max_attempts: int
     backoff_seconds: float = 0.25
     max_backoff_seconds: float = 20.0
+    #: The step selects by tags or changes them: its diff shows each run's tags.
+    show_tags: bool = False
 
     @property
     def pending(self) -> tuple[Change, ...]:
@@ -142,8 +148,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class StepObservation:
-    #: Every run the step's selection matched, by run id (before claims and limit).
+    #: Every run the step's selection matched, by run id (before claims and limit), less
+    #: the runs its exclusions left out.
     runs: tuple[RunView, ...]
+    #: Each exclusion's label and how many of the matched runs it left out.
+    exclusions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

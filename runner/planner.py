@@ -13,7 +13,15 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from runner.plan import Change, Observation, Plan, RunView, StepPlan, TargetState
+from runner.plan import (
+    Change,
+    Observation,
+    Plan,
+    RunView,
+    StepObservation,
+    StepPlan,
+    TargetState,
+)
 from runner.playbook import (
     Cancel,
     Delete,
@@ -214,15 +222,49 @@ def _guards_for(playbook: Playbook, step: Step) -> Guards:
     return step.guards or playbook.guards
 
 
+def _uses_tags(step: Step) -> bool:
+    return (
+        isinstance(step.action, Tag)
+        or step.select.tags is not None
+        or any(e.select.tags is not None for e in step.select.exclude)
+    )
+
+
+def _unmatched_exclusions(step: Step, seen: StepObservation) -> list[str]:
+    """The exclusions that left out none of the runs the step's selection matched: a typo in
+    a safety clause (``tags: {any: [Keep]}``) must be visible before anything is deleted."""
+    if not seen.runs and not any(count for _, count in seen.exclusions):
+        return []  # nothing selected: nothing an exclusion could have left out
+    return [label for label, count in seen.exclusions if count == 0]
+
+
+def _exclusion_notes(index: int, step: Step, unmatched: list[str]) -> list[str]:
+    return [
+        f"step {index + 1} ({step.name!r}): select.{label} matched none of the selected runs"
+        " (a typo in a name or tag? runner checks names, not tags)"
+        for label in unmatched
+    ]
+
+
 def _step_violations(
-    index: int, step: Step, guards: Guards, selected: int, changes: list[Change]
+    index: int,
+    step: Step,
+    guards: Guards,
+    selected: int,
+    changes: list[Change],
+    unmatched: list[str],
 ) -> list[str]:
     label = f"step {index + 1} ({step.name!r})"
     violations = []
     pending = [c for c in changes if not c.is_noop]
-    if guards.expect == "non_empty" and selected == 0:
+    if "non_empty" in guards.expect and selected == 0:
         violations.append(
             f"{label} selected no runs, and its guards expect some (expect: non_empty)"
+        )
+    if "exclusions_match" in guards.expect and unmatched:
+        violations.append(
+            f"{label}: select.{', select.'.join(unmatched)} matched none of the selected runs,"
+            " and its guards expect every exclusion to match (expect: exclusions_match)"
         )
     if step.guards and step.guards.max_affected is not None:
         limit = step.guards.max_affected
@@ -273,6 +315,7 @@ def make_plan(
     claimed: set[UUID] = set(exclude)
     steps: list[StepPlan] = []
     violations: list[str] = []
+    notes: list[str] = list(observation.notes)
     for index, (step, seen) in enumerate(zip(playbook.steps, observation.steps, strict=True)):
         candidates = [run for run in seen.runs if run.id not in claimed]
         selected = order(candidates, step.select.sort)
@@ -285,8 +328,10 @@ def make_plan(
         if isinstance(step.action, Reschedule) and step.action.recreates:
             plan_one = _finishing_recreates(plan_one, selected)
         changes = [plan_one(index, step, run, message, plan_id) for run in selected]
+        unmatched = _unmatched_exclusions(step, seen)
+        notes += _exclusion_notes(index, step, unmatched)
         violations += _step_violations(
-            index, step, _guards_for(playbook, step), len(selected), changes
+            index, step, _guards_for(playbook, step), len(selected), changes, unmatched
         )
         retry = step.retry or playbook.defaults.retry
         steps.append(
@@ -301,6 +346,7 @@ def make_plan(
                 max_attempts=retry.max_attempts,
                 backoff_seconds=retry.backoff.total_seconds(),
                 max_backoff_seconds=retry.max_backoff.total_seconds(),
+                show_tags=_uses_tags(step),
             )
         )
     total = sum(len(s.pending) for s in steps)
@@ -320,5 +366,5 @@ def make_plan(
         server_version=observation.server_version,
         steps=tuple(steps),
         violations=tuple(violations),
-        notes=observation.notes,
+        notes=tuple(notes),
     )

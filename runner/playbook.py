@@ -6,6 +6,7 @@ passed; a test keeps these models and ``schemas/playbook.schema.json`` in step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ClassVar, Literal, Union
@@ -15,9 +16,10 @@ from runner.states import StateType
 from runner.timeexpr import TimeExpr
 
 Names = tuple[str, ...]
+JSONValue = Union[None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]]  # noqa: UP007
 Strategy = Literal["in_place", "recreate"]
 Parent = Literal["any", "top_level", "subflow"]
-Expectation = Literal["any", "non_empty"]
+Expectation = Literal["any", "non_empty", "exclusions_match"]
 
 DEFAULT_MESSAGE = "runner: {playbook} / {step}"
 
@@ -45,7 +47,8 @@ class Defaults:
 class Guards:
     max_affected: int | None = None
     allow_active: bool = False
-    expect: Expectation = "any"
+    #: What the plan expects of each step (one value or several in the playbook).
+    expect: tuple[Expectation, ...] = ("any",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,12 +63,17 @@ class StateSelect:
     name: Names = ()
     not_type: tuple[StateType, ...] = ()
     not_name: Names = ()
+    #: When the run entered its current state (its state's timestamp).
+    since: Window | None = None
+    #: State names that are not Prefect's own are allowed.
+    custom: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TagSelect:
     all: Names = ()
     any: Names = ()
+    none: Names = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,12 +88,52 @@ class Select:
     work_queues: Names = ()
     name_like: str | None = None
     parent: Parent = "any"
+    parent_id: tuple[UUID, ...] = ()
     expected_start: Window | None = None
     start: Window | None = None
     end: Window | None = None
     next_scheduled_start: Window | None = None
+    created: Window | None = None
+    #: Parameter name or dotted path -> the value it must equal (as JSON).
+    parameters: tuple[tuple[str, JSONValue], ...] = ()
     sort: str | None = None
     limit: int | None = None
+    exclude: tuple[Exclusion, ...] = ()
+
+    def keys(self) -> tuple[str, ...]:
+        """The selection keys this select sets (for notes and messages)."""
+        return tuple(name for name in _SELECT_KEYS if getattr(self, name) not in (None, (), "any"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exclusion:
+    """Runs a step leaves out: every key of ``select`` must match (``sort``, ``limit`` and
+    ``exclude`` unused). ``label`` says where it was written (``exclude.tags``,
+    ``exclude[1]``), for the plan's flag when it matches none of the selected runs."""
+
+    label: str
+    select: Select
+
+
+_SELECT_KEYS = (
+    "state",
+    "flows",
+    "deployments",
+    "deployment_ids",
+    "deployment_like",
+    "tags",
+    "work_pools",
+    "work_queues",
+    "name_like",
+    "parent",
+    "parent_id",
+    "expected_start",
+    "start",
+    "end",
+    "next_scheduled_start",
+    "created",
+    "parameters",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +233,21 @@ class Playbook:
     path: str = field(default="<string>", compare=False, metadata=SOURCE)
     #: ``sha256:`` of the file's bytes: a saved plan names exactly what it came from.
     digest: str = field(default="", compare=False, metadata=SOURCE)
+    #: Where each value of a step stands in the file ("steps[0].select.flows" -> (line,
+    #: column)), for problems found later (a name the server does not know).
+    positions: Mapping[str, tuple[int, int]] = field(
+        default_factory=dict, compare=False, metadata=SOURCE
+    )
+
+    def where(self, path: str) -> tuple[int, int]:
+        """The line and column of ``path`` (or of the nearest enclosing value)."""
+        probe = path
+        while probe:
+            if probe in self.positions:
+                return self.positions[probe]
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[:cut] if cut > 0 else ""
+        return (1, 1)
 
     def message_for(self, step: Step, override: str | None = None) -> str:
         """The state message for a change made by ``step``."""

@@ -41,6 +41,28 @@ def _step_title(step: StepPlan) -> str:
     )
 
 
+def _tags(change: Change) -> str:
+    return ", ".join(change.run.tags) if change.run.tags else "-"
+
+
+def _headers(step: StepPlan) -> tuple[str, ...]:
+    tags = ("tags",) if step.show_tags else ()
+    return ("run", "flow/deployment", "before", "expected start", *tags, "after")
+
+
+def _row(change: Change, step: StepPlan) -> tuple[str, ...]:
+    """One run's cells, in the order of :func:`_headers`."""
+    tags = (_tags(change),) if step.show_tags else ()
+    return (
+        change.run.name,
+        _where(change),
+        _before(change),
+        _time(change.run.expected_start),
+        *tags,
+        describe_after(change),
+    )
+
+
 def summary_line(plan: Plan) -> str:
     counts = plan.counts()
     unchanged = counts.pop("unchanged")
@@ -54,30 +76,21 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
     lines = [*_header(plan), ""]
     for step in plan.steps:
         lines.append(_step_title(step))
-        rows = [
-            (
-                c.run.name,
-                _where(c),
-                _before(c),
-                _time(c.run.expected_start),
-                describe_after(c),
-                c.op,
-            )
-            for c in step.changes
-        ]
+        headers = _headers(step)
+        rows = [_row(c, step) for c in step.changes]
         shown = rows if max_rows is None else rows[:max_rows]
         if shown:
-            headers = ("run", "flow/deployment", "before", "expected start", "after")
-            widths = [max(len(headers[i]), *(len(r[i]) for r in shown)) for i in range(4)]
+            n = len(headers) - 1
+            widths = [max(len(headers[i]), *(len(r[i]) for r in shown)) for i in range(n)]
             lines.append(
-                "  " + "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers[:4])) + "  after"
+                "  " + "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers[:n])) + "  after"
             )
-            for row in shown:
+            for row, change in zip(shown, step.changes, strict=False):
                 text = (
-                    "  " + "  ".join(row[i].ljust(widths[i]) for i in range(4)) + "  -> " + row[4]
+                    "  " + "  ".join(row[i].ljust(widths[i]) for i in range(n)) + "  -> " + row[n]
                 )
                 if colour:
-                    text = f"\x1b[{_COLOURS.get(row[5], '0')}m{text}\x1b[0m"
+                    text = f"\x1b[{_COLOURS.get(change.op, '0')}m{text}\x1b[0m"
                 lines.append(text)
         if len(rows) > len(shown):
             lines.append(
@@ -126,17 +139,17 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
             f" ({len(step.changes)} runs)</summary>",
             "",
-            "| run | flow/deployment | before | expected start | after |",
-            "|---|---|---|---|---|",
+            "| " + " | ".join(_headers(step)) + " |",
+            "|" + "---|" * len(_headers(step)),
         ]
         shown = step.changes if max_rows is None else step.changes[:max_rows]
         for c in shown:
-            out.append(
-                f"| `{_md_cell(c.run.name)}` | {_md_cell(_where(c))} | {_md_cell(_before(c))}"
-                f" | {_time(c.run.expected_start)} | {_md_cell(describe_after(c))} |"
-            )
+            cells = [_md_cell(cell) for cell in _row(c, step)]
+            cells[0] = f"`{cells[0]}`"
+            out.append("| " + " | ".join(cells) + " |")
         if len(step.changes) > len(shown):
-            out.append(f"| ... and {len(step.changes) - len(shown)} more | | | | |")
+            more = f"... and {len(step.changes) - len(shown)} more"
+            out.append("| " + " | ".join([more] + [""] * (len(_headers(step)) - 1)) + " |")
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
 

@@ -10,12 +10,13 @@ runs were paged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 from runner.filters import (
+    AnyIds,
     DeploymentFilter,
     FlowFilter,
     FlowRunFilter,
@@ -31,7 +32,7 @@ from runner.filters import (
     WorkQueueFilter,
 )
 from runner.plan import RunView
-from runner.playbook import Select, Window
+from runner.playbook import Exclusion, JSONValue, Select, Window
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,24 @@ class ServerQuery:
 
 
 _WILDCARDS = ("%", "_")
+
+#: Selection keys no Prefect server filters on: runner reads more and applies them itself.
+LOCAL_KEYS = ("state.since", "tags.none", "created", "parameters")
+
+
+def local_keys(select: Select) -> list[str]:
+    """The keys of ``select`` that runner applies itself on every server (see
+    :data:`LOCAL_KEYS`)."""
+    keys = []
+    if select.state is not None and select.state.since is not None:
+        keys.append("state.since")
+    if select.tags is not None and select.tags.none:
+        keys.append("tags.none")
+    if select.created is not None:
+        keys.append("created")
+    if select.parameters:
+        keys.append("parameters")
+    return keys
 
 
 def _window(window: Window | None, now: datetime) -> TimeWindow | None:
@@ -108,7 +127,7 @@ def build_query(
     ``deployment_ids`` are the ids of ``select.deployments`` (resolved from their names) and
     ``select.deployment_ids`` together.
     """
-    loose: set[str] = set()
+    loose: set[str] = set(local_keys(select))
     state = None
     if select.state is not None:
         s = select.state
@@ -153,6 +172,7 @@ def build_query(
         parent_task_run_id=parent,
         expected_start_time=_window(select.expected_start, now),
         next_scheduled_start_time=_window(select.next_scheduled_start, now),
+        parent_flow_run_id=AnyIds(any_=select.parent_id) if select.parent_id else None,
         start_time=_window(select.start, now),
         end_time=end,
     )
@@ -181,14 +201,54 @@ def _contains(text: str, part: str) -> bool:
     return part.lower() in text.lower() or part.casefold() in text.casefold()
 
 
+_MISSING = object()
+
+
+def parameter_at(parameters: Mapping[str, object] | None, path: str) -> object:
+    """The value at a dotted ``path`` into a run's parameters (``_MISSING`` if none)."""
+    value: object = parameters if parameters is not None else {}
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def json_equal(left: object, right: object) -> bool:
+    """Equality as JSON means it: 1 == 1.0, but true != 1 and "1" != 1."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left == right
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
+        return len(left) == len(right) and all(
+            json_equal(a, b) for a, b in zip(left, right, strict=True)
+        )
+    return type(left) is type(right) and left == right
+
+
+def _parameters_match(wanted: Sequence[tuple[str, JSONValue]], run: RunView) -> bool:
+    return all(json_equal(parameter_at(run.parameters, k), v) for k, v in wanted)
+
+
 def failed_keys(
-    select: Select, run: RunView, *, now: datetime, deployment_ids: Collection[UUID] = ()
+    select: Select,
+    run: RunView,
+    *,
+    now: datetime,
+    deployment_ids: Collection[UUID] = (),
+    parents: Mapping[UUID, UUID] | None = None,
 ) -> list[str]:
     """The keys of ``select`` that ``run`` does not satisfy (empty: it is selected).
 
     runner's own reading of the whole selection, applied to every run the server returns:
     the server is never trusted to have applied a filter (an unknown key, or a state filter
     it mis-reads, matches every run). ``run`` must be named (flow, ``flow/deployment``).
+    ``parents`` maps a subflow run's parent task run to that task's flow run (for
+    ``parent_id``); ``run.parameters`` must be kept when ``select.parameters`` is set.
+    Exclusions are not looked at here (:func:`matching_exclusions`).
     """
     failed: list[str] = []
     s = select.state
@@ -201,6 +261,8 @@ def failed_keys(
             failed.append("state.not_type")
         if s.not_name and run.state_name in s.not_name:
             failed.append("state.not_name")
+        if s.since is not None and not _in_window(run.state_since, _window(s.since, now)):
+            failed.append("state.since")
     if select.flows and run.flow not in select.flows:
         failed.append("flows")
     wanted = {*deployment_ids, *select.deployment_ids}
@@ -215,6 +277,8 @@ def failed_keys(
             failed.append("tags.all")
         if select.tags.any and not set(select.tags.any) & set(run.tags):
             failed.append("tags.any")
+        if set(select.tags.none) & set(run.tags):
+            failed.append("tags.none")
     if select.work_pools and run.work_pool not in select.work_pools:
         failed.append("work_pools")
     if select.work_queues and run.work_queue not in select.work_queues:
@@ -225,15 +289,44 @@ def failed_keys(
         failed.append("parent")
     if select.parent == "subflow" and run.parent_task_run_id is None:
         failed.append("parent")
+    if select.parent_id:
+        parent = (parents or {}).get(run.parent_task_run_id) if run.parent_task_run_id else None
+        if parent not in select.parent_id:
+            failed.append("parent_id")
+    if select.parameters and not _parameters_match(select.parameters, run):
+        failed.append("parameters")
     for key, value in (
         ("expected_start", run.expected_start),
         ("next_scheduled_start", run.next_scheduled_start),
         ("start", run.start),
         ("end", run.end),
+        ("created", run.created),
     ):
         if not _in_window(value, _window(getattr(select, key), now)):
             failed.append(key)
     return failed
+
+
+def matching_exclusions(
+    exclusions: Sequence[Exclusion],
+    run: RunView,
+    *,
+    now: datetime,
+    deployment_ids: Mapping[str, UUID],
+    parents: Mapping[UUID, UUID] | None = None,
+) -> list[str]:
+    """The labels of the exclusions ``run`` matches (any one leaves it out of the step)."""
+    return [
+        exclusion.label
+        for exclusion in exclusions
+        if not failed_keys(
+            exclusion.select,
+            run,
+            now=now,
+            deployment_ids=[deployment_ids[n] for n in exclusion.select.deployments],
+            parents=parents,
+        )
+    ]
 
 
 def _key_time(value: datetime | None, descending: bool) -> tuple[int, float]:

@@ -132,7 +132,7 @@ steps:
     assert playbook.defaults == pb.Defaults(
         concurrency=3, rate_limit=9.5, retry=pb.Retry(max_attempts=3, backoff=timedelta(seconds=2))
     )
-    assert playbook.guards == pb.Guards(max_affected=10, expect="non_empty")
+    assert playbook.guards == pb.Guards(max_affected=10, expect=("non_empty",))
     step = playbook.steps[0]
     assert step.concurrency == 1
     assert step.guards == pb.Guards(allow_active=True)

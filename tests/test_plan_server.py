@@ -143,7 +143,7 @@ def test_unknown_deployment_is_named(api_url: str, tmp_path: Path) -> None:
     result = run_cli("plan", str(path), api_url=api_url)
     assert result.returncode == 1
     assert result.stderr == (
-        f"runner: no such deployment on {api_url}: 'nope/nada' (steps[0] ('x') selects 'nope/nada')\n"
+        f"{path}:4:28: steps[0].select.deployments[0]: no deployment 'nope/nada' on {api_url}\n"
     )
 
 

@@ -165,6 +165,11 @@ class Seeder:
             )
         )
 
+    def set_state(self, run_id: str, state_type: str, name: str) -> None:
+        """Force ``run_id`` into a new state (the server's clock stamps it)."""
+        state = {"type": state_type, "name": name}
+        self._call("POST", f"flow_runs/{run_id}/set_state", json={"state": state, "force": True})
+
     def read_run(self, run_id: str) -> dict[str, Any] | None:
         try:
             return dict(self._call("GET", f"flow_runs/{run_id}"))

@@ -1,0 +1,74 @@
+"""The example playbooks of issue 19, applied to a real server of their own (an example
+selects across the whole server, as an operator's would)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cli
+from tests.support.prefect_server import PrefectServer, start_server
+from tests.support.seed import Seeder
+
+ROOT = Path(__file__).parent.parent
+pytestmark = [pytest.mark.prefect2]
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[PrefectServer]:
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_cleanup_old_runs_keeps_the_runs_tagged_keep(own_server: PrefectServer) -> None:
+    seeder = Seeder(own_server.api_url)
+    try:
+        flow = seeder.flow()
+        old = [seeder.run(flow, state) for state in ("Completed", "Failed", "Cancelled", "Crashed")]
+        kept = [
+            seeder.run(flow, "Completed", tags=["keep"]),
+            seeder.run(flow, "Failed", tags=["keep", "x"]),
+        ]
+        active = [seeder.run(flow, "Running"), seeder.run(flow, "Late")]
+        playbook = str(ROOT / "playbooks" / "cleanup-old-runs.yaml")
+        # A retention of 0s: every run that has ended is "old".
+        dry = run_cli(
+            "apply", playbook, "--dry-run", "--var", "retention=0s", api_url=own_server.api_url
+        )
+        assert dry.returncode == 0, dry.stderr
+        assert "Summary: 4 to change (4 delete), 0 unchanged" in dry.stdout
+        header = next(line for line in dry.stdout.splitlines() if line.startswith("  run "))
+        assert " tags " in header
+        assert "matched none" not in dry.stdout
+        applied = run_cli(
+            "apply", playbook, "--yes", "--var", "retention=0s", api_url=own_server.api_url
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert seeder.read_runs(r["id"] for r in old) == []
+        assert sorted(
+            r["id"] for r in seeder.read_runs(r["id"] for r in [*kept, *active])
+        ) == sorted(r["id"] for r in [*kept, *active])
+        # Nothing tagged keep is left to protect: the plan says the exclusion matched nothing.
+        again = run_cli(
+            "apply",
+            playbook,
+            "--dry-run",
+            "--var",
+            "retention=0s",
+            "--var",
+            "keep_tag=Keep",
+            api_url=own_server.api_url,
+        )
+        assert again.returncode == 0, again.stderr
+        assert "Summary: 2 to change (2 delete), 0 unchanged" in again.stdout
+        assert (
+            "Note: step 1 ('delete terminal runs older than 0s, except those tagged Keep'):"
+            " select.exclude.tags matched none of the selected runs" in again.stdout
+        )
+    finally:
+        seeder.close()

@@ -1,0 +1,270 @@
+"""Selections that say exactly what the operator means (issue 19), against a real server:
+names the server does not know, exclusions (and a typo in one), ``tags.none``, and the
+selection keys the server cannot filter on (``parameters``, ``state.since``, ``created``)
+or reads through task runs (``parent_id``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from runner.client import PrefectClient
+from runner.errors import PlaybookError
+from runner.loader import load_text
+from runner.observe import plan_playbook
+from runner.plan import Plan
+from runner.render import to_text
+from runner.settings import ConnectionSettings
+from tests.support.cli import run_cli
+from tests.support.seed import Seeder, unique
+
+pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _between(earlier: str, later: str) -> str:
+    """An ISO time between two of the server's timestamps (never the client's clock)."""
+    a, b = _when(earlier), _when(later)
+    assert a < b, (earlier, later)
+    return (a + (b - a) / 2).isoformat().replace("+00:00", "Z")
+
+
+async def _plan(settings: ConnectionSettings, text: str) -> Plan:
+    playbook = load_text(text, name="p.yaml", env={})
+    async with PrefectClient(settings) as client:
+        return await plan_playbook(playbook, client)
+
+
+def _ids(plan: Plan, step: int = 0) -> set[str]:
+    return {str(c.run.id) for c in plan.steps[step].changes}
+
+
+def test_names_the_server_does_not_know_are_errors_with_suggestions(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    suffix = unique("")
+    flow = seeder.flow(f"ingest{suffix}")
+    pool = seeder.work_pool(f"proc-pool{suffix}")
+    seeder.deployment(flow, "nightly", work_pool=pool["name"], work_queue="critical")
+    path = tmp_path / "typos.yaml"
+    path.write_text(
+        "version: 1\n"
+        "steps:\n"
+        "  - name: typos\n"
+        "    select:\n"
+        f"      flows: ingset{suffix}\n"
+        f"      work_pools: [proc-pol{suffix}]\n"
+        "      work_queues: critcal\n"
+        "    action: cancel\n"
+        "  - name: deployment typo in an exclusion\n"
+        "    select:\n"
+        f"      flows: ingest{suffix}\n"
+        "      exclude:\n"
+        f"        deployments: ingest{suffix}/nightyl\n"
+        "    action: cancel\n"
+    )
+    result = run_cli("plan", str(path), api_url=api_url)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"{path}:5:14: steps[0].select.flows: no flow 'ingset{suffix}' on {api_url};"
+        f" did you mean 'ingest{suffix}'?\n"
+        f"{path}:6:20: steps[0].select.work_pools[0]: no work pool 'proc-pol{suffix}' on"
+        f" {api_url}; did you mean 'proc-pool{suffix}'?\n"
+        f"{path}:7:20: steps[0].select.work_queues: no work queue 'critcal' on {api_url};"
+        " did you mean 'critical'?\n"
+        f"{path}:13:22: steps[1].select.exclude.deployments: no deployment"
+        f" 'ingest{suffix}/nightyl' on {api_url}; did you mean 'ingest{suffix}/nightly'?\n"
+    )
+
+
+async def test_exclusions_leave_runs_out_and_a_typo_in_one_is_flagged(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    flow = seeder.flow()
+    other = seeder.deployment(flow, "critical")
+    plain = seeder.runs(3, flow, "Completed")
+    keep = seeder.runs(2, flow, "Completed", tags=["keep"])
+    critical = seeder.run(flow, "Completed", deployment=other)
+    name = flow["name"]
+    text = (
+        "version: 1\n"
+        "steps:\n"
+        "  - name: clean\n"
+        "    select:\n"
+        f"      flows: {name}\n"
+        "      state: {type: COMPLETED}\n"
+        "      exclude:\n"
+        "        tags: {any: [%s]}\n"
+        f"        deployments: {name}/critical\n"
+        "    action: delete\n"
+    )
+    plan = await _plan(settings, text % "keep")
+    assert _ids(plan) == {r["id"] for r in plain}
+    assert plan.steps[0].show_tags
+    assert not [n for n in plan.notes if "matched none" in n]
+    # The typo of the issue: every protected run would be deleted; the plan says so.
+    typo = await _plan(settings, text % "Keep")
+    assert _ids(typo) == {r["id"] for r in [*plain, *keep]}
+    assert critical["id"] not in _ids(typo)
+    assert (
+        "step 1 ('clean'): select.exclude.tags matched none of the selected runs (a typo in a"
+        " name or tag? runner checks names, not tags)"
+    ) in typo.notes
+    assert typo.violations == ()
+    rendered = to_text(typo)
+    assert "Note: step 1 ('clean'): select.exclude.tags matched none" in rendered
+    header = next(line for line in rendered.splitlines() if line.startswith("  run "))
+    assert " tags " in header
+    assert "keep" in rendered  # the column a reviewer needs to see the typo
+    strict = text.replace(
+        "    action: delete\n", "    action: delete\n    guards: {expect: exclusions_match}\n"
+    )
+    refused = await _plan(settings, strict % "Keep")
+    assert refused.violations == (
+        "step 1 ('clean'): select.exclude.tags matched none of the selected runs, and its"
+        " guards expect every exclusion to match (expect: exclusions_match)",
+    )
+    assert (await _plan(settings, strict % "keep")).violations == ()
+
+
+async def test_tags_none_and_a_list_of_exclusions(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    flow = seeder.flow()
+    dep = seeder.deployment(flow, "d")
+    bare = seeder.run(flow, "Failed")
+    keep = seeder.run(flow, "Failed", tags=["keep", "x"])
+    both = seeder.run(flow, "Failed", deployment=dep, tags=["x"])
+    only_dep = seeder.run(flow, "Failed", deployment=dep)
+    none = await _plan(
+        settings,
+        f"version: 1\nsteps:\n  - name: s\n    select:\n      flows: {flow['name']}\n"
+        "      tags: {none: [keep]}\n    action: cancel\n",
+    )
+    assert _ids(none) == {bare["id"], both["id"], only_dep["id"]}
+    # A list item is one exclusion: all of its keys must match.
+    listed = await _plan(
+        settings,
+        f"version: 1\nsteps:\n  - name: s\n    select:\n      flows: {flow['name']}\n"
+        f"      exclude:\n        - {{deployments: {flow['name']}/d, tags: {{all: [x]}}}}\n"
+        "    action: cancel\n",
+    )
+    assert _ids(listed) == {bare["id"], keep["id"], only_dep["id"]}
+
+
+async def test_selection_by_parameters(settings: ConnectionSettings, seeder: Seeder) -> None:
+    flow = seeder.flow()
+    eu_full = seeder.run(flow, "Failed", parameters={"region": "eu", "config": {"mode": "full"}})
+    seeder.run(flow, "Failed", parameters={"region": "eu", "config": {"mode": "delta"}})
+    seeder.run(flow, "Failed", parameters={"region": "us", "config": {"mode": "full"}})
+    seeder.run(flow, "Failed", parameters={"region": "eu"})
+    seeder.run(flow, "Failed", parameters={"region": "eu", "config": {"mode": 1}})
+    number = seeder.run(flow, "Failed", parameters={"n": 1.0})
+    seeder.run(flow, "Failed", parameters={"n": True})
+    plan = await _plan(
+        settings,
+        f"version: 1\nsteps:\n  - name: s\n    select:\n      flows: {flow['name']}\n"
+        "      parameters: {region: eu, config.mode: full}\n    action: cancel\n"
+        "  - name: n\n    select:\n"
+        f"      flows: {flow['name']}\n      parameters: {{n: 1}}\n    action: cancel\n",
+    )
+    assert _ids(plan, 0) == {eu_full["id"]}
+    assert _ids(plan, 1) == {number["id"]}
+    assert all(c.run.parameters is None for c in plan.changes)  # not kept in the plan
+    assert any("runner applied select.parameters itself" in n for n in plan.notes)
+
+
+async def test_state_since_is_time_in_the_current_state(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    """ "Pending for a while" is not "expected to start a while ago": a run that went
+    Pending seconds ago, hours after its expected start, is left alone."""
+    flow = seeder.flow()
+    long_ago = datetime.now().astimezone() - timedelta(hours=2)
+    old = seeder.run(flow, "Late", scheduled=long_ago)
+    fresh = seeder.run(flow, "Late", scheduled=long_ago)
+    seeder.set_state(old["id"], "PENDING", "Pending")
+    seeder.set_state(fresh["id"], "PENDING", "Pending")
+    old_state = seeder.read_run(old["id"])
+    fresh_state = seeder.read_run(fresh["id"])
+    assert old_state and fresh_state
+    cut = _between(old_state["state"]["timestamp"], fresh_state["state"]["timestamp"])
+    select = f"version: 1\nsteps:\n  - name: s\n    select:\n      flows: {flow['name']}\n"
+    by_start = await _plan(
+        settings, select + "      expected_start: {before: -1h}\n    action: cancel\n"
+    )
+    assert _ids(by_start) == {old["id"], fresh["id"]}
+    since = await _plan(
+        settings,
+        select + f"      state:\n        type: PENDING\n        since: {{before: '{cut}'}}\n"
+        "    action: cancel\n",
+    )
+    assert _ids(since) == {old["id"]}
+    change = since.steps[0].changes[0]
+    assert change.run.state_since == _when(old_state["state"]["timestamp"])
+
+
+async def test_created_window(settings: ConnectionSettings, seeder: Seeder) -> None:
+    flow = seeder.flow()
+    first = seeder.run(flow, "Completed")
+    second = seeder.run(flow, "Completed")
+    cut = _between(first["created"], second["created"])
+    plan = await _plan(
+        settings,
+        f"version: 1\nsteps:\n  - name: s\n    select:\n      flows: {flow['name']}\n"
+        f"      created: {{before: '{cut}'}}\n    action: delete\n",
+    )
+    assert _ids(plan) == {first["id"]}
+
+
+async def test_parent_id_selects_the_subflows_of_a_run(
+    settings: ConnectionSettings, seeder: Seeder
+) -> None:
+    flow = seeder.flow()
+    child_flow = seeder.flow()
+    parents = seeder.runs(2, flow, "Running")
+    children: list[dict[str, Any]] = []
+    for parent in parents:
+        task = seeder.task_run(parent["id"])
+        children.append(seeder.run(child_flow, "Running", parent_task_run_id=task["id"]))
+    seeder.run(child_flow, "Running")  # a top-level run of the same flow
+    plan = await _plan(
+        settings,
+        f"version: 1\nsteps:\n  - name: s\n    select:\n      parent_id: {parents[0]['id']}\n"
+        "    action: cancel\n",
+    )
+    assert _ids(plan) == {children[0]["id"]}
+    assert plan.steps[0].changes[0].run.parent_task_run_id is not None
+    both = await _plan(
+        settings,
+        "version: 1\nsteps:\n  - name: s\n    select:\n"
+        f"      parent_id: [{parents[0]['id']}, {parents[1]['id']}]\n"
+        f"      flows: {child_flow['name']}\n    action: cancel\n",
+    )
+    assert _ids(both) == {c["id"] for c in children}
+    assert UUID(children[1]["id"]) in {c.run.id for c in both.changes}
+
+
+def test_an_unknown_state_name_is_refused_before_any_request(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "version: 1\nsteps:\n  - name: s\n    select: {state: {name: Runing}}\n    action: cancel\n"
+    )
+    # No server at all: validate says it, and plan says it before connecting.
+    result = run_cli("plan", str(path), api_url="http://127.0.0.1:9/api")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{path}:4:28: steps[0].select.state.name: 'Runing' is not a Prefect state name;"
+        " did you mean 'Running'? (a name your code sets: add custom: true to the state"
+        " selection)\n"
+    )
+    with pytest.raises(PlaybookError):
+        load_text(path.read_text(), env={})
