@@ -109,10 +109,13 @@ def test_dry_run_cli_changes_nothing(api_url: str, seeder: Seeder, tmp_path: Pat
     assert snapshot(seeder, s["flow"]) == before
 
 
-def test_nothing_to_do_exits_0_even_with_detailed_exitcode(api_url: str, tmp_path: Path) -> None:
+def test_nothing_to_do_exits_0_even_with_detailed_exitcode(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    flow = seeder.flow()  # a flow without runs
     path = tmp_path / "none.yaml"
     path.write_text(
-        f"version: 1\nsteps:\n  - name: none\n    select: {{flows: {unique('absent')}}}\n    action: delete\n"
+        f"version: 1\nsteps:\n  - name: none\n    select: {{flows: {flow['name']}}}\n    action: delete\n"
     )
     result = run_cli("plan", str(path), "--detailed-exitcode", api_url=api_url)
     assert result.returncode == 0, result.stderr
