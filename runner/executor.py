@@ -1,11 +1,12 @@
 """The executor: applies a plan through the client, the only place that writes to the API.
 
 Per step, in plan order. Every write is conditional on what the plan saw: right before it
-is sent, the run is read back and compared with the plan (the very state, tags, queue,
-deployment), and on servers with the bulk routes the planned state also goes into the same
-request as the ids, so the server itself leaves a run alone that changed in between. A run
-that changed is skipped as *drifted*, never clobbered. Every finished change is recorded in
-the journal first thing, so an interrupted apply resumes without repeating or losing work:
+is sent, the run is read back and compared with the plan (the very state, tags, name, queue,
+deployment), and on servers with the bulk routes the planned state's type and name also go
+into the same request as the ids, so the server itself leaves alone a run that changed them
+in between (not the state id: Prefect's filter has none). A run that changed is skipped as
+*drifted*, never clobbered. Every finished change is recorded in the journal first thing, so
+an interrupted apply resumes without repeating or losing work:
 
 - state changes carry a transition id derived from the plan and the change, so a change
   re-sent after a crash is recognised by the server as already made;
@@ -483,17 +484,14 @@ class Executor:
         return (before.name or before.type.value) if before is not None else "no state"
 
     async def _finish_verified(
-        self,
-        changes: Sequence[Change],
-        results: dict[UUID, OrchestrationResult],
-        *,
-        verify: bool,
+        self, changes: Sequence[Change], results: dict[UUID, OrchestrationResult]
     ) -> None:
-        """Finish state changes the server answered; with ``verify``, check that each landed
-        on the state the plan saw. Verified: a bulk request of several runs (the server
-        writes them one after another, after its filter was read) and a per-run write (no
-        check in the write at all). Not: a one-run bulk request, whose filter is read just
-        before its one write.
+        """Finish state changes the server answered, each checked to have landed on the
+        state the plan saw. Every state change is verified: a bulk request of several
+        runs (the server writes them one after another, after its filter was read), a
+        one-run bulk request (its filter cannot hold the state id: a new state of the same
+        type, name and time set after runner's read-back passes it; found by an adversarial
+        test) and a per-run write (no check in the write at all).
 
         Each accepted change costs one read of its run's state history: no cheaper sign
         tells every such race (a resumed or re-run run keeps its start time and, resumed, its
@@ -502,7 +500,7 @@ class Executor:
 
         async def one(change: Change, result: OrchestrationResult) -> None:
             status, detail = _judge(result)
-            if status == "done" and verify:
+            if status == "done":
                 async with limit:
                     replaced = await self._landed_on(change, result.state)
                 if replaced is not None:
@@ -522,11 +520,13 @@ class Executor:
     # -- the operations ------------------------------------------------------------------
     #
     # Every write is conditional on what the plan saw. On servers with the bulk routes,
-    # deletes and state changes go through them even for one run: the planned state (and
-    # the tags and scheduled time the batch shares) sits in the same filter as the ids, so
-    # the server itself leaves a run that drifted alone. Before that, and before every write
-    # that has no such route (Prefect 2.x, recreate, resume, tag), runner reads the runs
-    # back and compares them with the plan exactly (state id, tags, queue, deployment).
+    # deletes and state changes go through them even for one run: the planned state's type
+    # and name (and the tags, deployment and scheduled time the batch shares) sit in the same
+    # filter as the ids, so the server itself leaves alone a run that drifted from them.
+    # Before that, and before every write that has no such route (Prefect 2.x, recreate,
+    # resume, tag), runner reads the runs back and compares them with the plan exactly (state
+    # id, tags, name, deployment, queue, pool); a state change is checked against the run's
+    # history afterwards (raced).
 
     async def _still_as_planned(self, changes: Sequence[Change]) -> list[Change]:
         """Read ``changes`` back (or take their read-ahead) and finish those that need no
@@ -627,7 +627,7 @@ class Executor:
             if not self._finish_if_ours(change, after):
                 self._finish(change, "drifted", _drift(change, after) or "the server left it alone")
         answered = [c for c in live if c.run.id in results]
-        await self._finish_verified(answered, results, verify=len(live) > 1)
+        await self._finish_verified(answered, results)
 
     async def _set_state_one(self, change: Change) -> None:
         if self._bulk:
@@ -642,7 +642,7 @@ class Executor:
             force=change.state.force,
             transition_id=transition_id(self.plan, change.key),
         )
-        await self._finish_verified([change], {change.run.id: result}, verify=True)
+        await self._finish_verified([change], {change.run.id: result})
 
     async def _recreate(self, change: Change, created: str | None) -> None:
         """Create the new run (idempotent by the key the plan gave it), journal it, then

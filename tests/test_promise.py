@@ -11,6 +11,7 @@ write reaches it.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,14 +22,17 @@ from uuid import UUID
 import httpx
 import pytest
 
+from runner.apply import ApplyRequest, apply
 from runner.client import PrefectClient
-from runner.errors import RunnerError, SelectionError
-from runner.executor import ApplyOptions, ApplyResult, Executor
+from runner.errors import EXIT_OK, RunnerError, SelectionError
+from runner.executor import ApplyOptions, ApplyResult, Executor, Strategy
 from runner.journal import Journal, read_journal
 from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.plan import Plan
 from runner.settings import ConnectionSettings
+from tests.support.fault_proxy import FaultProxy
+from tests.support.prefect_server import PrefectServer
 from tests.support.seed import Seeder, unique, utcnow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
@@ -685,3 +689,218 @@ async def test_a_server_with_small_pages_is_read_to_the_end(
         settings, playbook(f"{{flows: {flow['name']}}}", "delete"), transport=SmallPages()
     )
     assert len(plan.pending) == 60
+
+
+# -- 9. a new state of the same type and name is drift, for every action and path -------------
+
+#: action -> (the state its runs are seeded in, the playbook's action, the change's op).
+SAME_STATE_CASES: dict[str, tuple[str, str, str]] = {
+    "delete": ("Completed", "delete", "delete"),
+    "cancel": ("Late", "cancel", "set_state"),
+    "set_state": ("Pending", "{set_state: {type: FAILED}}", "set_state"),
+    "set_state force": ("Completed", "{set_state: {type: CANCELLED, force: true}}", "set_state"),
+    "reschedule in_place": ("Scheduled", "{reschedule: {delay: 1h}}", "set_state"),
+    "reschedule recreate": ("Late", "{reschedule: {delay: 1h, strategy: recreate}}", "recreate"),
+    "retry": ("Failed", "retry", "set_state"),
+    "resume": ("Paused", "resume", "resume"),
+    "tag": ("Crashed", "{tag: {add: [touched]}}", "tag"),
+}
+#: The paths a write can take. ``bulk``: batches through the bulk routes (their guard filter
+#: in the request); ``per-run``: one run per request, through the bulk routes where the op has
+#: one (the only path of recreate, resume and tag on a server with them); ``per-run-routes``:
+#: a server without the bulk routes (Prefect 2.x, or < 3.6.16), one per-run route a run.
+SAME_STATE_PATHS: dict[str, tuple[str, ...]] = {
+    "delete": ("bulk", "per-run", "per-run-routes"),
+    "set_state": ("bulk", "per-run", "per-run-routes"),
+    "recreate": ("per-run", "per-run-routes"),
+    "resume": ("per-run",),
+    "tag": ("per-run",),
+}
+
+
+class Through(FaultProxy):
+    """The real server behind a proxy that records every request (method, path, body) and,
+    without ``bulk_routes``, answers 404 for the version and the OpenAPI document: runner then
+    finds no bulk routes and writes through the per-run routes, as on Prefect < 3.6.16."""
+
+    def __init__(self, upstream_api_url: str, *, bulk_routes: bool) -> None:
+        super().__init__(upstream_api_url, seed=0, rate=0.0)
+        self.bulk_routes = bulk_routes
+        self.sent: list[tuple[str, str, str]] = []
+
+    async def _forward(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        path = target.split("?", 1)[0]
+        self.sent.append((method, path, body.decode("utf-8", "replace")))
+        if not self.bulk_routes and path.endswith(("/admin/version", "/openapi.json")):
+            return 404, {"content-type": "application/json"}, b'{"detail": "Not Found"}'
+        return await super()._forward(method, target, headers, body)
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        return [s for s in self.sent if is_write(httpx.Request(s[0], "http://x" + s[1]))]
+
+
+def restate(seeder: Seeder, run_id: str) -> str:
+    """Move the run to a new state of the same type and name (a Scheduled-type one at the same
+    time), as another client would; the new state's id."""
+    before = seeder.read_run(run_id)
+    assert before is not None
+    state = before["state"]
+    details = {}
+    if state["type"] == "SCHEDULED":
+        details["scheduled_time"] = state["state_details"]["scheduled_time"]
+    force_state(seeder, run_id, state["type"], state["name"], **details)
+    after = seeder.read_run(run_id)
+    assert after is not None
+    assert (after["state"]["type"], after["state"]["name"]) == (state["type"], state["name"])
+    assert after["state"]["id"] != state["id"], "the server kept the state: no new state"
+    return str(after["state"]["id"])
+
+
+@pytest.mark.parametrize(
+    ("action", "path"),
+    [
+        (action, path)
+        for action, (_, _, op) in SAME_STATE_CASES.items()
+        for path in SAME_STATE_PATHS[op]
+    ],
+)
+async def test_a_new_state_of_the_same_type_and_name_is_drift(
+    prefect_server: PrefectServer,
+    seeder: Seeder,
+    tmp_path: Path,
+    is_prefect2: bool,
+    action: str,
+    path: str,
+) -> None:
+    """Between the plan and the apply another client moves a run to a new state of the same
+    type and name (a Late run set Late again, a Failed run failed again, ...): the run is not
+    in the state the plan saw, so it is left alone and reported drifted, on every action and
+    every path a write can take; the runs of the same step that did not change are changed."""
+    state, playbook_action, op = SAME_STATE_CASES[action]
+    if is_prefect2 and path != "per-run-routes" and op in ("delete", "set_state", "recreate"):
+        pytest.skip("Prefect 2.x has no bulk routes: per-run-routes is its one path")
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)  # recreate needs one; the other actions don't mind
+    runs = seeder.runs(3, flow, state, deployment=deployment)
+    victim, bystanders = runs[1], [runs[0], runs[2]]
+    book = tmp_path / "playbook.yaml"
+    book.write_text(
+        "version: 1\nname: same-state\nguards: {allow_active: true}\nsteps:\n  - name: act\n"
+        f"    select: {{flows: {flow['name']}}}\n    action: {playbook_action}\n"
+    )
+    moved: list[str] = []
+
+    def move_after_the_plan(plan: Plan) -> bool:  # the prompt: after the plan, before writes
+        assert sorted(str(c.run.id) for c in plan.pending) == sorted(r["id"] for r in runs)
+        assert {c.op for c in plan.pending} == {op}
+        moved.append(restate(seeder, victim["id"]))
+        return True
+
+    strategy: Strategy = "bulk" if path == "bulk" else "per-run"
+    out, err = io.StringIO(), io.StringIO()
+    proxy = Through(prefect_server.api_url, bulk_routes=path != "per-run-routes")
+    with proxy:
+        applied = await apply(
+            ApplyRequest(
+                target=str(book),
+                settings=ConnectionSettings(api_url=proxy.api_url, request_timeout=30),
+                options=ApplyOptions(strategy=strategy),
+                state_dir=tmp_path / "state",
+                report=str(tmp_path / "report.json"),
+            ),
+            out=out,
+            err=err,
+            confirm=move_after_the_plan,
+        )
+    assert applied.plan is not None and applied.result is not None
+    # The path the writes took is the one under test.
+    assert applied.result.strategies == {0: strategy}
+    sent_bulk = any("/bulk_" in p for _, p, _ in proxy.writes())
+    has_bulk_route = op in ("delete", "set_state", "recreate")  # recreate's delete has one
+    assert sent_bulk is (path != "per-run-routes" and has_bulk_route), proxy.writes()
+    # The drifted run: nothing runner sent names it, it is in the state set by hand, reported.
+    assert [w for w in proxy.writes() if victim["id"] in w[1] + w[2]] == []
+    after = seeder.read_run(victim["id"])
+    assert after is not None
+    assert after["state"]["id"] == moved[0]
+    assert after["tags"] == victim["tags"]
+    why = f"in a new {after['state']['name']} state since the plan"
+    assert f"  drifted: {victim['name']} ({victim['id']}): {why}\n" in out.getvalue()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {r["run_id"]: (r["status"], r["detail"]) for r in report["runs"]}[victim["id"]] == (
+        "drifted",
+        why,
+    )
+    assert report["counts"]["drifted"] == 1 and report["counts"]["done"] == 2, report
+    journal = tmp_path / "state" / applied.plan.id / "checkpoint.jsonl"
+    assert read_journal(journal, plan_id=applied.plan.id).status(f"0:{victim['id']}") == "drifted"
+    assert applied.code == EXIT_OK, (out.getvalue(), err.getvalue())
+    # The runs that did not change were changed: the test can fail.
+    for run in bystanders:
+        now = seeder.read_run(run["id"])
+        if op in ("delete", "recreate"):
+            assert now is None, now
+        elif op == "tag":
+            assert now is not None and now["tags"] == ["touched"], now
+        else:
+            assert now is not None and now["state"]["id"] != run["state"]["id"], now
+    if op == "recreate":  # two new runs, none for the drifted one
+        left = {r["id"] for r in seeder.runs_of_flow(flow)}
+        assert len(left) == 3 and victim["id"] in left
+
+
+@pytest.mark.parametrize(
+    ("action", "path"),
+    [
+        (action, path)
+        for action, (_, _, op) in SAME_STATE_CASES.items()
+        if op == "set_state"
+        for path in SAME_STATE_PATHS[op]
+    ],
+)
+async def test_a_new_state_of_the_same_type_and_name_in_the_write_window_is_raced(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    tmp_path: Path,
+    is_prefect2: bool,
+    action: str,
+    path: str,
+) -> None:
+    """The same move, made after runner read the run back and before its write arrives. No
+    route can refuse it (Prefect's flow-run filter has no state id: the bulk routes' guard
+    sees the same type, name and time), so the state change lands on a state the plan did
+    not see, and is reported raced, on every path: found by this test on one-run
+    bulk_set_state requests (the per-run strategy, and reschedules), which were not checked
+    against the run's history and were reported done."""
+    state, playbook_action, _ = SAME_STATE_CASES[action]
+    if is_prefect2 and path != "per-run-routes":
+        pytest.skip("Prefect 2.x has no bulk routes: per-run-routes is its one path")
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, state, deployment=seeder.deployment(flow))  # retry needs one
+    victim = runs[1]["id"]
+    plan = await make_plan(settings, playbook(f"{{flows: {flow['name']}}}", playbook_action))
+    assert len(plan.pending) == 3
+
+    def move(run_id: str) -> None:
+        restate(seeder, run_id)
+
+    interfere = Interfere({victim}, move)
+    async with PrefectClient(
+        settings, transport=interfere, bulk=False if path == "per-run-routes" else None
+    ) as client:
+        with Journal(tmp_path / "j", plan_id=plan.id, plan_checksum="test") as journal:
+            strategy: Strategy = "bulk" if path == "bulk" else "per-run"
+            result = await Executor(
+                client, plan, journal, options=ApplyOptions(strategy=strategy)
+            ).run()
+    assert interfere.done == {victim}
+    assert result.strategies == {0: strategy}
+    outcome = by_id(result)
+    assert outcome[victim].status == "raced", outcome[victim]
+    assert (outcome[victim].detail or "").endswith(
+        f", but it landed on {state}, a state the plan did not see (the run changed while the"
+        " write was in flight)"
+    )
+    assert [outcome[r["id"]].status for r in (runs[0], runs[2])] == ["done", "done"]
