@@ -58,6 +58,7 @@ from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import Change, Plan, StepPlan, TargetState
 from runner.retry import RetryPolicy
+from runner.selection import json_equal
 
 Strategy = Literal["auto", "bulk", "per-run"]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
@@ -217,8 +218,9 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
     """Why the run is no longer what the plan saw, or None when it still is.
 
     Drift means: gone, not in the very state the plan saw (its state id; a new state of the
-    same type and name counts: someone moved it), or its tags, name, deployment, work queue
-    or work pool changed (what a selection reads: it may no longer match). Plans made before
+    same type and name counts: someone moved it), or its tags, name, deployment, work queue,
+    work pool or (kept by the plan when its step selects by them or recreates) parameters
+    changed (what a selection reads: it may no longer match). Plans made before
     state ids were kept compare the state type, name and scheduled time.
     """
     if current is None:
@@ -244,6 +246,8 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
         return "its work queue changed since the plan"
     if run.state_id is not None and current.work_pool_name != run.work_pool:
         return "its work pool changed since the plan"
+    if run.parameters is not None and not json_equal(current.parameters, run.parameters):
+        return "its parameters changed since the plan"
     return None
 
 

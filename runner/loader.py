@@ -217,12 +217,25 @@ def _scalar(node: yaml.ScalarNode, path: KeyPath, src: _Source) -> Any:
         return None
     # The constructor function alone: construct_object would cache every node it sees.
     value = _SCALAR_CONSTRUCTOR.yaml_constructors[node.tag](_SCALAR_CONSTRUCTOR, node)
+    if "parameters" in path[:-1] and not node.style and not _JSON_LIKE.fullmatch(node.value):
+        # A parameter's value may be of any type, so no schema catches YAML 1.1's readings
+        # of `no`, `on`, `012` or `12:30`: say what it became, and how to keep the text.
+        src.problem(
+            path,
+            f"{node.value!r} reads as {describe(value)} in YAML: quote it"
+            f" ('{node.value}') to mean the text",
+        )
     if isinstance(value, float) and not math.isfinite(value):
         src.problem(path, f"expected a finite number, got {node.value}")
     return value
 
 
 _SCALAR_CONSTRUCTOR = yaml.SafeLoader("")
+#: Plain scalars YAML reads as JSON would (true, false, null, numbers without a leading 0).
+_JSON_LIKE = re.compile(
+    r"true|false|True|False|TRUE|FALSE|null|Null|NULL|~|"
+    r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?"
+)
 _TOO_MANY_DIGITS = f"a whole number of {{count:,}} digits (at most {MAX_INTEGER_DIGITS})"
 
 
@@ -684,6 +697,12 @@ def _select(raw: dict[str, Any], path: KeyPath, src: _Source, *, top: bool = Tru
         )
     spath = (*path, "state")
     custom = bool(state.get("custom")) if state else False
+    if state and not set(state) - {"custom"}:
+        src.problem(
+            spath,
+            "a state selection needs 'type', 'name', 'not_type', 'not_name' or 'since'"
+            " ('custom' alone matches every state)",
+        )
     return Select(
         state=StateSelect(
             type=tuple(StateType(t) for t in _names(state.get("type"))),
@@ -728,17 +747,16 @@ def _exclusions(raw: Any, path: KeyPath, src: _Source) -> tuple[Exclusion, ...]:
     if raw is None:
         return ()
     if isinstance(raw, dict):
-        return tuple(
-            Exclusion(
-                label=f"exclude.{key}",
-                select=_select({key: value}, path, src, top=False),
-            )
-            for key, value in raw.items()
-        )
-    return tuple(
-        Exclusion(label=f"exclude[{index}]", select=_select(item, (*path, index), src, top=False))
-        for index, item in enumerate(raw)
-    )
+        parts = [(f"exclude.{key}", (*path, key), {key: value}) for key, value in raw.items()]
+    else:
+        parts = [(f"exclude[{i}]", (*path, i), item) for i, item in enumerate(raw)]
+    exclusions = []
+    for label, at, keys in parts:
+        select = _select(keys, path if isinstance(raw, dict) else at, src, top=False)
+        if not select.keys():
+            src.problem(at, "this exclusion matches every run (parent: any narrows nothing)")
+        exclusions.append(Exclusion(label=label, select=select))
+    return tuple(exclusions)
 
 
 _NEEDS_PARAMETERS = {

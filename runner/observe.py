@@ -231,8 +231,9 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             )
             for label in excluded:
                 matched[label] += 1
-            if named.parameters is not None and not recreates:
-                named = dataclasses.replace(named, parameters=None, idempotency_key=None)
+            if named.idempotency_key is not None and not recreates:
+                # Parameters stay (they guard the change: drift); the key is recreate's.
+                named = dataclasses.replace(named, idempotency_key=None)
             # A run failing only conditions that runner applies itself (ServerQuery.loose),
             # or matching an exclusion, is not selected.
             views[i] = None if failed or excluded else named

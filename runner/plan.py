@@ -40,8 +40,8 @@ class RunView:
     work_queue: str | None = None
     work_pool: str | None = None
     parent_task_run_id: UUID | None = None
-    #: Kept for runs a step will recreate (they carry over to the new run), and while a
-    #: selection by parameters is checked.
+    #: Kept for runs a step will recreate (they carry over to the new run) or selects by
+    #: parameters (a change of them since the plan is drift).
     parameters: dict[str, Any] | None = None
     #: Only kept for runs a step will recreate: a run made by an earlier, unfinished
     #: recreate carries the key of the run it replaces.

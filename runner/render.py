@@ -3,6 +3,8 @@ words that say what a run will be after its change (:func:`describe_after`)."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime, timedelta
 from typing import TextIO
 
@@ -41,8 +43,27 @@ def _step_title(step: StepPlan) -> str:
     )
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\x1b``): a run's name or tag
+    never moves the reviewer's cursor or erases a row of the review."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+_PLAIN_TAG = re.compile(r"[^\s,\"]+(?: [^\s,\"]+)*")
+
+
+def _tag(tag: str) -> str:
+    """A tag as written in the tags column: quoted (as JSON) when it holds a comma, a quote or
+    spaces at its ends, so the one tag "keep, nightly" never reads as two."""
+    return tag if _PLAIN_TAG.fullmatch(tag) else json.dumps(tag, ensure_ascii=False)
+
+
 def _tags(change: Change) -> str:
-    return ", ".join(change.run.tags) if change.run.tags else "-"
+    return ", ".join(_tag(tag) for tag in change.run.tags) if change.run.tags else "-"
 
 
 def _headers(step: StepPlan) -> tuple[str, ...]:
@@ -53,7 +74,7 @@ def _headers(step: StepPlan) -> tuple[str, ...]:
 def _row(change: Change, step: StepPlan) -> tuple[str, ...]:
     """One run's cells, in the order of :func:`_headers`."""
     tags = (_tags(change),) if step.show_tags else ()
-    return (
+    cells = (
         change.run.name,
         _where(change),
         _before(change),
@@ -61,6 +82,7 @@ def _row(change: Change, step: StepPlan) -> tuple[str, ...]:
         *tags,
         describe_after(change),
     )
+    return tuple(_printable(cell) for cell in cells)
 
 
 def summary_line(plan: Plan) -> str:

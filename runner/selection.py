@@ -154,9 +154,19 @@ def build_query(
     if end is not None and not capabilities.end_time:
         loose.add("end")
         end = None
-    if select.name_like and any(w in select.name_like for w in _WILDCARDS):
+    # The server's LIKE folds the case of ASCII letters only (SQLite): a pattern with other
+    # letters is not sent, and runner matches it itself.
+    name_like = select.name_like if select.name_like and select.name_like.isascii() else None
+    deployment_like = (
+        select.deployment_like
+        if select.deployment_like and select.deployment_like.isascii()
+        else None
+    )
+    if select.name_like and (name_like is None or any(w in select.name_like for w in _WILDCARDS)):
         loose.add("name_like")
-    if select.deployment_like and any(w in select.deployment_like for w in _WILDCARDS):
+    if select.deployment_like and (
+        deployment_like is None or any(w in select.deployment_like for w in _WILDCARDS)
+    ):
         loose.add("deployment_like")
     parent = None
     if select.parent == "top_level":
@@ -165,7 +175,7 @@ def build_query(
         parent = IdsOrNull(is_null_=False)
     all_deployments = tuple(dict.fromkeys([*deployment_ids, *select.deployment_ids]))
     flow_runs = FlowRunFilter(
-        name=Names(like_=select.name_like) if select.name_like else None,
+        name=Names(like_=name_like) if name_like else None,
         tags=tags if tags and (tags.all_ or tags.any_) else None,
         deployment_id=IdsOrNull(any_=all_deployments) if all_deployments else None,
         state=state,
@@ -180,9 +190,7 @@ def build_query(
         flows=FlowFilter(name=Names(any_=select.flows)) if select.flows else None,
         flow_runs=flow_runs if flow_runs.model_dump(exclude_none=True) else None,
         deployments=(
-            DeploymentFilter(name=Names(like_=select.deployment_like))
-            if select.deployment_like
-            else None
+            DeploymentFilter(name=Names(like_=deployment_like)) if deployment_like else None
         ),
         work_pools=WorkPoolFilter(name=NamesAnyOf(any_=select.work_pools))
         if select.work_pools
@@ -205,12 +213,16 @@ _MISSING = object()
 
 
 def parameter_at(parameters: Mapping[str, object] | None, path: str) -> object:
-    """The value at a dotted ``path`` into a run's parameters (``_MISSING`` if none)."""
+    """The value at a dotted ``path`` into a run's parameters (``_MISSING`` if none); a
+    part of digits indexes a list (``batches.0``)."""
     value: object = parameters if parameters is not None else {}
     for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]  # a list item by its index: batches.0
+        else:
             return _MISSING
-        value = value[part]
     return value
 
 

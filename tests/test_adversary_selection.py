@@ -2,7 +2,7 @@
 state.since, created, parent_id, names checked against the server, state names checked at
 load, the flag on exclusions that match nothing, the tags column).
 
-Each test is a finding: it fails against bdd8918 and passes once the finding is fixed.
+Each test is a finding: it failed against bdd8918 and passes since the fix that followed.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def test_the_tags_column_shows_each_tag_unambiguously_and_no_terminal_cont
     text = to_text(plan)
     assert "\x1b" not in text and "\r" not in text, "terminal controls from a tag reach the review"
     row = next(line for line in text.splitlines() if lookalike["name"] in line)
-    assert "keep, nightly" not in row, (
+    assert '"keep, nightly"' in row, (
         f"a run with the one tag 'keep, nightly' looks like one tagged keep and nightly: {row!r}"
     )
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from runner.client import PrefectClient
-from runner.errors import PlanFileError, SelectionError
+from runner.errors import PlanFileError, PlaybookError
 from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.planfile import check_applicable, read_plan, write_plan
@@ -195,8 +195,11 @@ async def test_missing_deployment_raises(settings: ConnectionSettings) -> None:
         env={},
     )
     async with PrefectClient(settings, bulk=False) as client:
-        with pytest.raises(SelectionError):
+        with pytest.raises(PlaybookError) as info:
             await plan_playbook(playbook, client)
+    assert str(info.value).startswith(
+        f"<string>:4:27: steps[0].select.deployments: no deployment 'a/b' on {settings.api_url}"
+    )
 
 
 async def test_filters_the_server_lacks_are_applied_locally(

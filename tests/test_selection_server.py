@@ -178,7 +178,8 @@ async def test_selection_by_parameters(settings: ConnectionSettings, seeder: See
     )
     assert _ids(plan, 0) == {eu_full["id"]}
     assert _ids(plan, 1) == {number["id"]}
-    assert all(c.run.parameters is None for c in plan.changes)  # not kept in the plan
+    # Kept in the plan: a change of them before the apply is drift.
+    assert plan.steps[0].changes[0].run.parameters == {"region": "eu", "config": {"mode": "full"}}
     assert any("runner applied select.parameters itself" in n for n in plan.notes)
 
 
