@@ -3,10 +3,10 @@ words that say what a run will be after its change (:func:`describe_after`)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from runner.plan import Change, Plan, StepPlan
+from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan
 from runner.planfile import dumps, write_document
 from runner.timeexpr import format_duration
 
@@ -15,11 +15,26 @@ _COLOURS = {"delete": "31", "noop": "2", "set_state": "33", "recreate": "36", "t
 
 
 def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z" if value else "-"
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:  # an `at` time written with an offset (+02:00)
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
-def _before(change: Change) -> str:
-    return change.run.state_name or change.run.state_type or "no state"
+def describe_before(change: Change) -> str:
+    """The run's state; for a change that gives it a new time, with the time it has now."""
+    label = change.run.state_name or change.run.state_type or "no state"
+    current = _current_time(change)
+    return f"{label} at {_time(current)}" if current is not None else label
+
+
+def _current_time(change: Change) -> datetime | None:
+    """When a scheduled run a change moves is scheduled to start now (None for others)."""
+    moves = change.state is not None and change.state.scheduled_time is not None
+    if moves and change.run.state_type == "SCHEDULED":
+        return change.run.scheduled_time
+    return None
 
 
 def _where(change: Change) -> str:
@@ -41,6 +56,30 @@ def _step_title(step: StepPlan) -> str:
     )
 
 
+_CARRIED_WORDS = {"job_variables": "job variables", "work_queue": "work queue"}
+
+
+def carried_line(step: StepPlan) -> str | None:
+    """What a step's new runs take from the runs they replace, and what none can take
+    (None for a step that recreates nothing)."""
+    recreates = [c for c in step.pending if c.op == "recreate"]
+    if not recreates:
+        return None
+    counts: dict[str, int] = {}
+    for change in recreates:
+        for name in change.carry if change.carry is not None else LEGACY_CARRY:
+            counts[name] = counts.get(name, 0) + 1
+    parts = [
+        _CARRIED_WORDS.get(name, name)
+        + ("" if count == len(recreates) else f" ({count} of {len(recreates)})")
+        for name, count in counts.items()
+    ]
+    return (
+        f"New runs carry the old runs' {', '.join(parts)}; not their id, state history, logs,"
+        " task runs or artifacts."
+    )
+
+
 def summary_line(plan: Plan) -> str:
     counts = plan.counts()
     unchanged = counts.pop("unchanged")
@@ -54,11 +93,14 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
     lines = [*_header(plan), ""]
     for step in plan.steps:
         lines.append(_step_title(step))
+        carried = carried_line(step)
+        if carried:
+            lines.append(f"  {carried}")
         rows = [
             (
                 c.run.name,
                 _where(c),
-                _before(c),
+                describe_before(c),
                 _time(c.run.expected_start),
                 describe_after(c),
                 c.op,
@@ -121,19 +163,22 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
     for step in plan.steps:
         if not step.changes:
             continue
+        carried = carried_line(step)
         out += [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
             f" ({len(step.changes)} runs)</summary>",
             "",
+            *([_md_cell(carried), ""] if carried else []),
             "| run | flow/deployment | before | expected start | after |",
             "|---|---|---|---|---|",
         ]
         shown = step.changes if max_rows is None else step.changes[:max_rows]
         for c in shown:
             out.append(
-                f"| `{_md_cell(c.run.name)}` | {_md_cell(_where(c))} | {_md_cell(_before(c))}"
-                f" | {_time(c.run.expected_start)} | {_md_cell(describe_after(c))} |"
+                f"| `{_md_cell(c.run.name)}` | {_md_cell(_where(c))}"
+                f" | {_md_cell(describe_before(c))} | {_time(c.run.expected_start)}"
+                f" | {_md_cell(describe_after(c))} |"
             )
         if len(step.changes) > len(shown):
             out.append(f"| ... and {len(step.changes) - len(shown)} more | | | | |")
@@ -179,9 +224,12 @@ def describe_after(change: Change) -> str:
     assert change.state is not None
     text = change.state.name
     if change.state.scheduled_time is not None:
-        text += f" at {change.state.scheduled_time.strftime('%Y-%m-%d %H:%M:%S')}Z"
-        if change.run.expected_start is not None and change.op in ("set_state", "recreate"):
-            delta = change.state.scheduled_time - change.run.expected_start
+        text += f" at {_time(change.state.scheduled_time)}"
+        # How far the run moves: from the time it is scheduled at now (the "before" column),
+        # else (a retry) from its expected start.
+        since = _current_time(change) or change.run.expected_start
+        if since is not None and change.op in ("set_state", "recreate"):
+            delta = change.state.scheduled_time - since
             text += f" ({'+' if delta >= timedelta(0) else ''}{format_duration(delta)})"
     if change.op == "recreate":
         text = "new run, " + text + "; old run deleted"
