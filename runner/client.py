@@ -1117,8 +1117,14 @@ class PrefectClient:
         idempotency_key: str | None = None,
         name: str | None = None,
         job_variables: Mapping[str, Any] | None = None,
+        work_queue_name: str | None = None,
     ) -> FlowRun:
-        """Create a run of a deployment. The same ``idempotency_key`` returns the same run."""
+        """Create a run of a deployment. The same ``idempotency_key`` returns the same run.
+
+        What is not given comes from the deployment (the server merges ``parameters`` into
+        the deployment's, and adds the deployment's tags to ``tags``). A ``work_queue_name``
+        is a queue of the deployment's work pool (made if missing); the server refuses one
+        for a deployment without a work pool."""
         body: dict[str, Any] = {}
         if state is not None:
             body["state"] = state.body(uuid.uuid4())
@@ -1132,6 +1138,8 @@ class PrefectClient:
             body["name"] = name
         if job_variables is not None:
             body["job_variables"] = dict(job_variables)
+        if work_queue_name is not None:
+            body["work_queue_name"] = work_queue_name
         response = await self._request(
             "POST", f"deployments/{deployment_id}/create_flow_run", json=body
         )

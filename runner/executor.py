@@ -56,7 +56,7 @@ from runner.filters import (
 )
 from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
-from runner.plan import Change, Plan, StepPlan, TargetState
+from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan, TargetState
 from runner.retry import RetryPolicy
 from runner.selection import json_equal
 
@@ -220,7 +220,8 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
     Drift means: gone, not in the very state the plan saw (its state id; a new state of the
     same type and name counts: someone moved it), or its tags, name, deployment, work queue,
     work pool or (kept by the plan when its step selects by them or recreates) parameters
-    changed (what a selection reads: it may no longer match). Plans made before
+    changed (what a selection reads: it may no longer match); for a recreate, also the job
+    variables it carries to the new run. Plans made before
     state ids were kept compare the state type, name and scheduled time.
     """
     if current is None:
@@ -248,6 +249,11 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
         return "its work pool changed since the plan"
     if run.parameters is not None and not json_equal(current.parameters, run.parameters):
         return "its parameters changed since the plan"
+    if change.op == "recreate":
+        # The new run would be made with what the plan saw: an edit since would be undone.
+        carry = change.carry if change.carry is not None else LEGACY_CARRY
+        if "job_variables" in carry and current.job_variables != run.job_variables:
+            return "its job variables changed since the plan"
     return None
 
 
@@ -658,12 +664,17 @@ class Executor:
             checked_at = await self._read_back_one(change)
             if checked_at is None:
                 return
+            run = change.run
+            carry = change.carry if change.carry is not None else LEGACY_CARRY
             new_run = await self._api.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
-                parameters=change.run.parameters,
-                tags=change.tags,
+                parameters=run.parameters if "parameters" in carry else None,
+                tags=change.tags if "tags" in carry else None,
                 idempotency_key=change.idempotency_key,
+                name=run.name if "name" in carry else None,
+                job_variables=run.job_variables if "job_variables" in carry else None,
+                work_queue_name=run.work_queue if "work_queue" in carry else None,
             )
             created = str(new_run.id)
             self._finish(change, "created", "new run created", new_run_id=created)

@@ -780,9 +780,18 @@ def _action(raw: Any, path: KeyPath, src: _Source) -> Action | None:
         if ("delay" in params) == ("at" in params):
             src.problem(apath, "reschedule needs exactly one of 'delay' or 'at'")
             return None
+        if "from" in params and "delay" not in params:
+            src.problem(
+                (*apath, "from"),
+                "'from' says what 'delay' counts from; with 'at', every run goes to that time",
+                key=True,
+            )
         return Reschedule(
             delay=_duration(params.get("delay"), (*apath, "delay"), src),
             at=_time(params.get("at"), (*apath, "at"), src),
+            from_=params.get("from", "scheduled"),
+            spread=_duration(params.get("spread"), (*apath, "spread"), src),
+            allow_past=params.get("allow_past", False),
             strategy=params.get("strategy", "in_place"),
             message=params.get("message"),
         )

@@ -57,6 +57,8 @@ class FlowRun(_Model):
     parent_task_run_id: UUID | None = None
     tags: tuple[str, ...] = ()
     parameters: dict[str, Any] = Field(default_factory=dict)
+    #: None where the server does not have them (Prefect 2.x before job variables).
+    job_variables: dict[str, Any] | None = None
     idempotency_key: str | None = None
     state: State | None = None
     expected_start_time: datetime | None = None

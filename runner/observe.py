@@ -129,6 +129,15 @@ class _Shared:
         return self._seen.setdefault(value, value)  # type: ignore[return-value]
 
 
+def _state_time(run: FlowRun) -> datetime | None:
+    """The time of the run's Scheduled-type state, where ``next_scheduled_start_time`` does
+    not already say it (Prefect copies it there on every move into such a state)."""
+    if run.state is None or run.state.type.value != "SCHEDULED":
+        return None
+    when = run.state.state_details.scheduled_time
+    return None if when == run.next_scheduled_start_time else when
+
+
 def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
     """A slim view of ``run``; its flow and deployment are named later (:func:`_named`)."""
     return RunView(
@@ -142,6 +151,7 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
         state_since=run.state.timestamp if run.state else None,
         expected_start=run.expected_start_time,
         next_scheduled_start=run.next_scheduled_start_time,
+        state_scheduled_time=_state_time(run),
         start=run.start_time,
         end=run.end_time,
         created=run.created,
@@ -150,6 +160,9 @@ def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
         work_pool=same(run.work_pool_name),
         parent_task_run_id=run.parent_task_run_id,
         parameters=dict(run.parameters) if keep_parameters else None,
+        job_variables=(
+            dict(run.job_variables) if keep_parameters and run.job_variables is not None else None
+        ),
         idempotency_key=run.idempotency_key if keep_parameters else None,
     )
 

@@ -13,6 +13,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
+#: What a recreate's new run takes from the old run (its ``RunView`` field of the same name;
+#: ``tags`` from the change). The deployment gives the rest.
+Carried = Literal["name", "parameters", "tags", "job_variables", "work_queue"]
+CARRIED: tuple[Carried, ...] = ("name", "parameters", "tags", "job_variables", "work_queue")
+#: What recreates carried before plans listed it: a plan without ``carry`` is applied so.
+LEGACY_CARRY: tuple[Carried, ...] = ("parameters", "tags")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,10 @@ class RunView:
     state_since: datetime | None = None
     expected_start: datetime | None = None
     next_scheduled_start: datetime | None = None
+    #: The time of the Scheduled-type state the plan saw (``state_details.scheduled_time``),
+    #: kept only where it differs from ``next_scheduled_start``: Prefect sets that from the
+    #: state's time whenever a run enters a Scheduled-type state, so it is None almost always.
+    state_scheduled_time: datetime | None = None
     start: datetime | None = None
     end: datetime | None = None
     created: datetime | None = None
@@ -43,14 +53,17 @@ class RunView:
     #: Kept for runs a step will recreate (they carry over to the new run) or selects by
     #: parameters (a change of them since the plan is drift).
     parameters: dict[str, Any] | None = None
+    #: Only kept for runs a step will recreate; None where the server has none (old 2.x).
+    job_variables: dict[str, Any] | None = None
     #: Only kept for runs a step will recreate: a run made by an earlier, unfinished
     #: recreate carries the key of the run it replaces.
     idempotency_key: str | None = None
 
     @property
     def scheduled_time(self) -> datetime | None:
-        """When a scheduled run will start: its next scheduled start, else its expected start."""
-        return self.next_scheduled_start or self.expected_start
+        """When a scheduled run will start: its state's scheduled time (Prefect's
+        ``next_scheduled_start_time`` holds it), else its expected start."""
+        return self.state_scheduled_time or self.next_scheduled_start or self.expected_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,9 @@ class Change:
     state: TargetState | None = None
     tags: tuple[str, ...] | None = None
     idempotency_key: str | None = None
+    #: For ``recreate``: what the new run takes from the old one (None: plans made before
+    #: runner listed it, which carried :data:`LEGACY_CARRY`).
+    carry: tuple[Carried, ...] | None = None
 
     @property
     def is_noop(self) -> bool:

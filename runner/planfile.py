@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TextIO, get_args
 from uuid import UUID, uuid4
 
 from runner.errors import PlanFileError
-from runner.plan import Change, Op, Plan, RunView, StepPlan, TargetState
+from runner.plan import CARRIED, Carried, Change, Op, Plan, RunView, StepPlan, TargetState
 from runner.playbook import ACTION_TYPES
 from runner.states import StateType
 from runner.timeexpr import MAX_DURATION
@@ -66,8 +66,12 @@ def _run_to_json(run: RunView) -> dict[str, Any]:
         "work_pool": run.work_pool,
         "parent_task_run_id": str(run.parent_task_run_id) if run.parent_task_run_id else None,
     }
+    if run.state_scheduled_time is not None:
+        data["state_scheduled_time"] = _dt(run.state_scheduled_time)
     if run.parameters is not None:
         data["parameters"] = run.parameters
+    if run.job_variables is not None:
+        data["job_variables"] = run.job_variables
     if run.idempotency_key is not None:
         data["idempotency_key"] = run.idempotency_key
     return data
@@ -93,6 +97,8 @@ def change_to_json(change: Change) -> dict[str, Any]:
         data["tags"] = list(change.tags)
     if change.idempotency_key is not None:
         data["idempotency_key"] = change.idempotency_key
+    if change.carry is not None:
+        data["carry"] = list(change.carry)
     return data
 
 
@@ -564,6 +570,7 @@ class _Reader:
                 (*path, "run", "deployment_id"),
                 "missing: a recreate change needs the deployment to create the new run from",
             )
+        carry = None if data.get("carry") is None else self.carry(data, op, run, path)
         return Change(
             step=step,
             run=run,
@@ -572,7 +579,30 @@ class _Reader:
             state=state,
             tags=None if data.get("tags") is None else self.texts(data, "tags", path),
             idempotency_key=self.optional_text(data, "idempotency_key", path),
+            carry=carry,
         )
+
+    def carry(
+        self, data: dict[str, Any], op: str, run: RunView, path: _Path
+    ) -> tuple[Carried, ...]:
+        """What a recreate's new run takes from the old one: known names, each once, and
+        each one the plan kept a value of."""
+        if op != "recreate":
+            self.fail((*path, "carry"), f"only a recreate change carries anything, not {op}")
+        names = self.texts(data, "carry", path)
+        for index, name in enumerate(names):
+            if name not in CARRIED:
+                self.fail(
+                    (*path, "carry", index),
+                    f"expected one of {', '.join(sorted(CARRIED))}; got {_got(name)}",
+                )
+            if name in names[:index]:
+                self.fail((*path, "carry", index), f"{_got(name)} is listed twice")
+            if name in ("job_variables", "work_queue", "parameters") and (
+                getattr(run, name) is None
+            ):
+                self.fail((*path, "carry", index), f"the run has no {name} to carry")
+        return names  # type: ignore[return-value]  # checked against CARRIED
 
     def state(self, value: Any, path: _Path) -> TargetState:
         data = self.as_obj(value, path)
@@ -586,6 +616,7 @@ class _Reader:
 
     def run(self, data: dict[str, Any], path: _Path) -> RunView:
         parameters = data.get("parameters")
+        job_variables = data.get("job_variables")
         return RunView(
             id=self.uuid(data, "id", path),
             name=self.text(data, "name", path),
@@ -610,6 +641,10 @@ class _Reader:
             parameters=None
             if parameters is None
             else self.as_obj(parameters, (*path, "parameters")),
+            state_scheduled_time=self.optional_when(data, "state_scheduled_time", path),
+            job_variables=None
+            if job_variables is None
+            else self.as_obj(job_variables, (*path, "job_variables")),
             idempotency_key=self.optional_text(data, "idempotency_key", path),
         )
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from runner.plan import (
+    CARRIED,
+    Carried,
     Change,
     Observation,
     Plan,
@@ -87,12 +89,31 @@ def _set_state(index: int, step: Step, run: RunView, message: str, plan_id: str)
     return Change(step=index, run=run, op="set_state", state=state)
 
 
-def _reschedule_time(action: Reschedule, run: RunView, now: datetime) -> datetime | None:
+def _reschedule_target(action: Reschedule, run: RunView, now: datetime) -> datetime | None:
+    """A run's new time before any ``spread``: the ``at`` time, or ``delay`` after the run's
+    current scheduled time (``from: scheduled``) or after the plan's now (``from: now``)."""
     if action.at is not None:
         return action.at.resolve(now)
-    if run.expected_start is None or action.delay is None:
+    if action.delay is None:
         return None
-    return run.expected_start + action.delay
+    base = now if action.from_ == "now" else run.scheduled_time
+    return None if base is None else base + action.delay
+
+
+def _reschedule_slots(action: Reschedule, selected: list[RunView]) -> dict[UUID, int]:
+    """With ``spread``, each run's place in the stagger (0 for the first): the runs the step
+    can give a new time, in the step's sort order. A run found already at its time keeps its
+    place, so a plan made again after an apply finds every run where it was put."""
+    slots: dict[UUID, int] = {}
+    if action.spread is None:
+        return slots
+    for run in selected:
+        if run.state_type != "SCHEDULED":
+            continue
+        if action.delay is not None and action.from_ == "scheduled" and run.scheduled_time is None:
+            continue
+        slots[run.id] = len(slots)
+    return slots
 
 
 def _idempotency_key(run: RunView) -> str:
@@ -107,10 +128,27 @@ def _idempotency_key(run: RunView) -> str:
     return f"runner:recreate:{run.id}:{seen}"
 
 
-def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], Change]:
+def _carry(run: RunView) -> tuple[Carried, ...]:
+    """What a new run takes from the run it replaces: all a run made from a deployment can
+    be given, where the plan kept it. The work queue only in a work pool (the server refuses
+    a queue for a deployment without one; such a run is in the deployment's queue anyway);
+    job variables where the server has them."""
+    kept = {
+        "name": True,
+        "parameters": run.parameters is not None,
+        "tags": True,
+        "job_variables": run.job_variables is not None,
+        "work_queue": run.work_pool is not None and run.work_queue is not None,
+    }
+    return tuple(name for name in CARRIED if kept[name])
+
+
+def _make_reschedule(
+    now: datetime, action: Reschedule, selected: list[RunView]
+) -> Callable[[int, Step, RunView, str, str], Change]:
+    slots = _reschedule_slots(action, selected)
+
     def reschedule(index: int, step: Step, run: RunView, message: str, plan_id: str) -> Change:
-        action = step.action
-        assert isinstance(action, Reschedule)
         if run.state_type != "SCHEDULED":
             return _noop(
                 index,
@@ -118,11 +156,13 @@ def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], 
                 f"{_state_label(run)}, not Scheduled: only scheduled runs are rescheduled",
             )
         try:
-            when = _reschedule_time(action, run, now)
+            when = _reschedule_target(action, run, now)
+            if when is not None and action.spread is not None:
+                when += action.spread * slots.get(run.id, 0)
         except OverflowError:
             return _noop(index, run, "the new start time would be outside the years 1-9999")
         if when is None:
-            return _noop(index, run, "no expected start time to add the delay to")
+            return _noop(index, run, "no scheduled or expected start time to add the delay to")
         state = TargetState(
             type="SCHEDULED", name="Scheduled", message=message, scheduled_time=when
         )
@@ -136,6 +176,7 @@ def _make_reschedule(now: datetime) -> Callable[[int, Step, RunView, str, str], 
                 state=state,
                 tags=run.tags,
                 idempotency_key=_idempotency_key(run),
+                carry=_carry(run),
             )
         if run.scheduled_time == when and run.state_name == "Scheduled":
             return _noop(index, run, f"already scheduled at {when.isoformat()}")
@@ -253,6 +294,8 @@ def _step_violations(
     selected: int,
     changes: list[Change],
     unmatched: list[str],
+    *,
+    now: datetime,
 ) -> list[str]:
     label = f"step {index + 1} ({step.name!r})"
     violations = []
@@ -286,7 +329,30 @@ def _step_violations(
                 f"{label} would {what} {len(risky)} active runs ({', '.join(states)}) whose"
                 " infrastructure may still run; cancel them first, or set guards.allow_active: true"
             )
+    if isinstance(step.action, Reschedule) and not step.action.allow_past:
+        past = [
+            c.state.scheduled_time
+            for c in pending
+            if c.state is not None
+            and c.state.scheduled_time is not None
+            and c.state.scheduled_time < now
+        ]
+        if past:
+            later = (
+                "choose a later 'at'"
+                if step.action.at is not None
+                else "count the delay from now (from: now)"
+            )
+            violations.append(
+                f"{label} would schedule {len(past)} runs in the past (earliest"
+                f" {_utc(min(past))}; the plan was made at {_utc(now)}), so they would start"
+                f" at once; {later}, or set allow_past: true"
+            )
     return violations
+
+
+def _utc(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def make_plan(
@@ -307,7 +373,6 @@ def make_plan(
         Delete: _delete,
         Cancel: _cancel,
         SetState: _set_state,
-        Reschedule: _make_reschedule(now),
         RetryRuns: _make_retry(now),
         Resume: _resume,
         Tag: _tag,
@@ -324,14 +389,17 @@ def make_plan(
         claimed.update(run.id for run in selected)
         override = getattr(step.action, "message", None)
         message = playbook.message_for(step, override)
-        plan_one = planners[type(step.action)]
-        if isinstance(step.action, Reschedule) and step.action.recreates:
-            plan_one = _finishing_recreates(plan_one, selected)
+        if isinstance(step.action, Reschedule):
+            plan_one = _make_reschedule(now, step.action, selected)
+            if step.action.recreates:
+                plan_one = _finishing_recreates(plan_one, selected)
+        else:
+            plan_one = planners[type(step.action)]
         changes = [plan_one(index, step, run, message, plan_id) for run in selected]
         unmatched = _unmatched_exclusions(step, seen)
         notes += _exclusion_notes(index, step, unmatched)
         violations += _step_violations(
-            index, step, _guards_for(playbook, step), len(selected), changes, unmatched
+            index, step, _guards_for(playbook, step), len(selected), changes, unmatched, now=now
         )
         retry = step.retry or playbook.defaults.retry
         steps.append(

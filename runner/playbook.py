@@ -18,6 +18,8 @@ from runner.timeexpr import TimeExpr
 Names = tuple[str, ...]
 JSONValue = Union[None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]]  # noqa: UP007
 Strategy = Literal["in_place", "recreate"]
+#: What a reschedule's ``delay`` counts from: the run's current scheduled time, or the plan's now.
+DelayFrom = Literal["scheduled", "now"]
 Parent = Literal["any", "top_level", "subflow"]
 Expectation = Literal["any", "non_empty", "exclusions_match"]
 
@@ -165,6 +167,10 @@ class Reschedule:
     destructive: ClassVar[bool] = False
     delay: timedelta | None = None
     at: TimeExpr | None = None
+    #: The playbook's ``from`` (a Python keyword, so the field's metadata names the key).
+    from_: DelayFrom = field(default="scheduled", metadata={"key": "from"})
+    spread: timedelta | None = None
+    allow_past: bool = False
     strategy: Strategy = "in_place"
     message: str | None = None
 

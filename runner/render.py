@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from runner.plan import Change, Plan, StepPlan
+from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan
 from runner.planfile import dumps, write_document
 from runner.timeexpr import format_duration
 
@@ -17,11 +17,26 @@ _COLOURS = {"delete": "31", "noop": "2", "set_state": "33", "recreate": "36", "t
 
 
 def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z" if value else "-"
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:  # an `at` time written with an offset (+02:00)
+        value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
-def _before(change: Change) -> str:
-    return change.run.state_name or change.run.state_type or "no state"
+def describe_before(change: Change) -> str:
+    """The run's state; for a change that gives it a new time, with the time it has now."""
+    label = change.run.state_name or change.run.state_type or "no state"
+    current = _current_time(change)
+    return f"{label} at {_time(current)}" if current is not None else label
+
+
+def _current_time(change: Change) -> datetime | None:
+    """When a scheduled run a change moves is scheduled to start now (None for others)."""
+    moves = change.state is not None and change.state.scheduled_time is not None
+    if moves and change.run.state_type == "SCHEDULED":
+        return change.run.scheduled_time
+    return None
 
 
 def _where(change: Change) -> str:
@@ -77,12 +92,36 @@ def _row(change: Change, step: StepPlan) -> tuple[str, ...]:
     cells = (
         change.run.name,
         _where(change),
-        _before(change),
+        describe_before(change),
         _time(change.run.expected_start),
         *tags,
         describe_after(change),
     )
     return tuple(_printable(cell) for cell in cells)
+
+
+_CARRIED_WORDS = {"job_variables": "job variables", "work_queue": "work queue"}
+
+
+def carried_line(step: StepPlan) -> str | None:
+    """What a step's new runs take from the runs they replace, and what none can take
+    (None for a step that recreates nothing)."""
+    recreates = [c for c in step.pending if c.op == "recreate"]
+    if not recreates:
+        return None
+    counts: dict[str, int] = {}
+    for change in recreates:
+        for name in change.carry if change.carry is not None else LEGACY_CARRY:
+            counts[name] = counts.get(name, 0) + 1
+    parts = [
+        _CARRIED_WORDS.get(name, name)
+        + ("" if count == len(recreates) else f" ({count} of {len(recreates)})")
+        for name, count in counts.items()
+    ]
+    return (
+        f"New runs carry the old runs' {', '.join(parts)}; not their id, state history, logs,"
+        " task runs or artifacts."
+    )
 
 
 def summary_line(plan: Plan) -> str:
@@ -98,6 +137,9 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
     lines = [*_header(plan), ""]
     for step in plan.steps:
         lines.append(_step_title(step))
+        carried = carried_line(step)
+        if carried:
+            lines.append(f"  {carried}")
         headers = _headers(step)
         rows = [_row(c, step) for c in step.changes]
         shown = rows if max_rows is None else rows[:max_rows]
@@ -156,11 +198,13 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
     for step in plan.steps:
         if not step.changes:
             continue
+        carried = carried_line(step)
         out += [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
             f" ({len(step.changes)} runs)</summary>",
             "",
+            *([_md_cell(carried), ""] if carried else []),
             "| " + " | ".join(_headers(step)) + " |",
             "|" + "---|" * len(_headers(step)),
         ]
@@ -214,9 +258,12 @@ def describe_after(change: Change) -> str:
     assert change.state is not None
     text = change.state.name
     if change.state.scheduled_time is not None:
-        text += f" at {change.state.scheduled_time.strftime('%Y-%m-%d %H:%M:%S')}Z"
-        if change.run.expected_start is not None and change.op in ("set_state", "recreate"):
-            delta = change.state.scheduled_time - change.run.expected_start
+        text += f" at {_time(change.state.scheduled_time)}"
+        # How far the run moves: from the time it is scheduled at now (the "before" column),
+        # else (a retry) from its expected start.
+        since = _current_time(change) or change.run.expected_start
+        if since is not None and change.op in ("set_state", "recreate"):
+            delta = change.state.scheduled_time - since
             text += f" ({'+' if delta >= timedelta(0) else ''}{format_duration(delta)})"
     if change.op == "recreate":
         text = "new run, " + text + "; old run deleted"

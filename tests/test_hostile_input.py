@@ -497,10 +497,127 @@ def test_a_run_twice_in_a_step_is_refused(tmp_path: Path) -> None:
 def test_a_valid_plan_reads_back_the_same(tmp_path: Path) -> None:
     from runner.planfile import dumps, read_plan
 
-    for document in (plan_document(), plan_document("{reschedule: {delay: 1h}}")):
+    for document in (
+        plan_document(),
+        plan_document("{reschedule: {delay: 1h}}"),
+        recreate_document(),
+    ):
         path = tmp_path / "plan.json"
         path.write_text(json.dumps(document))
         assert json.loads(dumps(read_plan(path))) == document
+
+
+def recreate_document() -> dict[str, Any]:
+    """A valid plan document of one recreate, carrying all a new run can take."""
+    from datetime import datetime, timedelta, timezone
+    from uuid import UUID
+
+    from runner.plan import Observation, RunView, StepObservation
+    from runner.planfile import dumps
+    from runner.planner import make_plan
+
+    playbook = load_text(
+        "version: 1\nname: p\nsteps:\n  - name: s\n    select: {}\n"
+        "    action: {reschedule: {delay: 1h, strategy: recreate}}\n",
+        name="p.yaml",
+        env={},
+    )
+    now = datetime.now(timezone.utc)
+    run = RunView(
+        id=UUID(RUN_ID),
+        name="brave-otter",
+        flow="etl",
+        deployment="etl/nightly",
+        deployment_id=UUID(int=7),
+        state_type="SCHEDULED",
+        state_name="Late",
+        expected_start=now,
+        next_scheduled_start=now,
+        state_scheduled_time=now + timedelta(minutes=5),
+        work_queue="critical",
+        work_pool="k8s",
+        parameters={"n": 1},
+        job_variables={"env": {"REGION": "eu"}},
+    )
+    observation = Observation(
+        now=now, server_url=API_URL, server_version="3.9.1", steps=(StepObservation((run,)),)
+    )
+    document: dict[str, Any] = json.loads(
+        dumps(make_plan(playbook, observation, plan_id="0123456789ab"))
+    )
+    return document
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "expected"),
+    [
+        (
+            f"{CHANGE}.carry.1",
+            "history",
+            "steps[0].changes[0].carry[1]: expected one of job_variables, name, parameters,"
+            ' tags, work_queue; got "history"',
+        ),
+        (f"{CHANGE}.carry.1", "name", 'steps[0].changes[0].carry[1]: "name" is listed twice'),
+        (
+            f"{CHANGE}.run.job_variables",
+            DELETE,
+            "steps[0].changes[0].carry[3]: the run has no job_variables to carry",
+        ),
+        (f"{CHANGE}.carry", "all", 'steps[0].changes[0].carry: expected a list, got "all"'),
+        (
+            f"{CHANGE}.op",
+            "set_state",
+            "steps[0].changes[0].carry: only a recreate change carries anything, not set_state",
+        ),
+        (
+            f"{CHANGE}.run.state_scheduled_time",
+            "later",
+            "steps[0].changes[0].run.state_scheduled_time: expected an ISO 8601 date-time with"
+            ' a timezone, got "later"',
+        ),
+        (
+            f"{CHANGE}.run.job_variables",
+            [],
+            "steps[0].changes[0].run.job_variables: expected an object, got a list",
+        ),
+    ],
+)
+def test_what_a_recreate_carries_is_checked(
+    tmp_path: Path, where: str, value: Any, expected: str
+) -> None:
+    from runner.errors import PlanFileError
+    from runner.planfile import read_plan
+
+    document = recreate_document()
+    assert document["steps"][0]["changes"][0]["carry"] == [
+        "name",
+        "parameters",
+        "tags",
+        "job_variables",
+        "work_queue",
+    ]
+    path = write_document(tmp_path / "plan.json", edit(document, where, value))
+    with pytest.raises(PlanFileError) as info:
+        read_plan(path)
+    assert str(info.value) == f"{path}: {expected}"
+
+
+def test_a_recreate_planned_before_carry_was_listed_still_reads(tmp_path: Path) -> None:
+    """Plans made before runner listed what a recreate carries (and kept job variables and
+    the state's time) read as they were: their new runs get the parameters and tags."""
+    from runner.plan import LEGACY_CARRY
+    from runner.planfile import dumps, read_plan
+
+    document = recreate_document()
+    change_doc = document["steps"][0]["changes"][0]
+    del change_doc["carry"], change_doc["run"]["job_variables"]
+    del change_doc["run"]["state_scheduled_time"]
+    path = write_document(tmp_path / "plan.json", document)
+    plan = read_plan(path)
+    [change] = plan.changes
+    assert change.carry is None and change.run.job_variables is None
+    assert json.loads(dumps(plan)) == json.loads(path.read_text())
+    assert LEGACY_CARRY == ("parameters", "tags")
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,33 @@ steps:
     assert playbook.message_for(step) == "runner: tuned / s"
 
 
+def test_reschedule_keys() -> None:
+    playbook = load_text(
+        """
+version: 1
+steps:
+  - name: plain
+    select: {}
+    action: {reschedule: {delay: 1h}}
+  - name: staggered from now
+    select: {}
+    action: {reschedule: {delay: 45m, from: now, spread: 2m, allow_past: true}}
+  - name: staggered at
+    select: {}
+    action: {reschedule: {at: now+1h, spread: 90s, strategy: recreate}}
+""",
+        env={},
+    )
+    plain, from_now, at = (step.action for step in playbook.steps)
+    assert plain == pb.Reschedule(delay=timedelta(hours=1))
+    assert (plain.from_, plain.spread, plain.allow_past) == ("scheduled", None, False)
+    assert from_now == pb.Reschedule(
+        delay=timedelta(minutes=45), from_="now", spread=timedelta(minutes=2), allow_past=True
+    )
+    assert isinstance(at, pb.Reschedule) and at.at is not None
+    assert (at.spread, at.recreates) == (timedelta(seconds=90), True)
+
+
 def test_playbooks_are_frozen() -> None:
     playbook = load_text(SEED, env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -253,7 +280,12 @@ SCHEMA_TO_MODEL: dict[str, Any] = {
 
 
 def _fields(model: Any) -> set[str]:
-    return {f.name for f in dataclasses.fields(model) if not f.metadata.get("source")}
+    """A model's playbook keys: its fields, by the key they stand for (``from_``: ``from``)."""
+    return {
+        f.metadata.get("key", f.name)
+        for f in dataclasses.fields(model)
+        if not f.metadata.get("source")
+    }
 
 
 def _properties(name: str) -> dict[str, Any]:

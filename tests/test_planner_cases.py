@@ -15,7 +15,7 @@ import yaml
 from runner.loader import load_text
 from runner.plan import Observation, RunView, StepObservation
 from runner.planner import make_plan
-from runner.render import describe_after
+from runner.render import carried_line, describe_after, describe_before
 from tests.support.seed import STATES
 
 CASES = Path(__file__).parent / "planner_cases"
@@ -57,9 +57,14 @@ def view(raw: dict[str, Any]) -> RunView:
         state_id=state_id(raw["name"]),
         expected_start=_dt(raw.get("expected_start")),
         next_scheduled_start=_dt(raw.get("next_scheduled_start")),
+        state_scheduled_time=_dt(raw.get("state_scheduled_time")),
         start=_dt(raw.get("start")),
         end=_dt(raw.get("end")),
         tags=tuple(raw.get("tags", ())),
+        work_queue=raw.get("work_queue"),
+        work_pool=raw.get("work_pool"),
+        parameters=raw.get("parameters"),
+        job_variables=raw.get("job_variables"),
     )
 
 
@@ -95,6 +100,12 @@ def test_planner_case(case: str) -> None:
             .replace(f"STATE({name})", str(state_id(name)))
         )
         assert by_name[name].idempotency_key == expected_key
+    for name, carried in data.get("carry", {}).items():
+        assert list(by_name[name].carry or ()) == carried
+    for index, line in data.get("carried", {}).items():
+        assert carried_line(plan.steps[index]) == line
+    for name, before in data.get("before", {}).items():
+        assert describe_before(by_name[name]) == before
     # The plan survives its own JSON form.
     from runner.planfile import dumps, plan_from_json, plan_to_json
 

@@ -109,6 +109,12 @@ def actions(draw: st.DrawFn) -> Any:
         body: dict[str, Any] = (
             {"delay": draw(durations)} if draw(st.booleans()) else {"at": draw(times)}
         )
+        if "delay" in body and draw(st.booleans()):
+            body["from"] = draw(st.sampled_from(["scheduled", "now"]))
+        if draw(st.booleans()):
+            body["spread"] = draw(durations)
+        if draw(st.booleans()):
+            body["allow_past"] = draw(st.booleans())
         body["strategy"] = draw(st.sampled_from(["in_place", "recreate"]))
         return {"reschedule": body}
     if kind == "retry":
@@ -165,9 +171,14 @@ def runs(draw: st.DrawFn) -> list[RunView]:
                 state_name=state_name,
                 expected_start=draw(odd_times),
                 next_scheduled_start=draw(odd_times),
+                state_scheduled_time=draw(odd_times),
                 start=draw(odd_times),
                 end=draw(odd_times),
                 tags=tuple(draw(st.lists(names, max_size=3))),
+                work_queue=draw(st.one_of(st.none(), names)),
+                work_pool=draw(st.one_of(st.none(), names)),
+                parameters=draw(st.one_of(st.none(), st.just({"n": 1}))),
+                job_variables=draw(st.one_of(st.none(), st.just({"env": {"A": "b"}}))),
             )
         )
     return found

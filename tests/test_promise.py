@@ -248,7 +248,7 @@ async def test_like_wildcards_are_taken_literally(
 @pytest.mark.parametrize(
     ("action", "state", "strategy"),
     [
-        ("{reschedule: {delay: 1h}}", "Late", "per-run"),
+        ("{reschedule: {delay: 2h}}", "Late", "per-run"),
         ("cancel", "Late", "bulk"),
         ("cancel", "Late", "per-run"),
         ("{set_state: {type: FAILED, force: true}}", "Late", "per-run"),
@@ -307,7 +307,7 @@ async def test_recreate_leaves_an_old_run_that_started_before_its_delete(
         settings,
         playbook(
             f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-            "{reschedule: {delay: 1h, strategy: recreate}}",
+            "{reschedule: {delay: 2h, strategy: recreate}}",
         ),
     )
 
@@ -345,7 +345,7 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
         settings,
         playbook(
             f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-            "{reschedule: {delay: 1h, strategy: recreate}}",
+            "{reschedule: {delay: 2h, strategy: recreate}}",
         ),
     )
     journal = tmp_path / "j"
@@ -374,7 +374,7 @@ async def test_two_plans_of_one_recreate_make_one_new_run_each(
     old = seeder.late_runs(5, flow, deployment=deployment)
     book = playbook(
         f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-        "{reschedule: {delay: 1h, strategy: recreate}}",
+        "{reschedule: {delay: 2h, strategy: recreate}}",
     )
     first, second = await make_plan(settings, book), await make_plan(settings, book)
     assert first.id != second.id

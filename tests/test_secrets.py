@@ -70,7 +70,7 @@ def test_no_secret_in_any_output_or_file(auth_server: PrefectServer, tmp_path: P
         f"  - name: clean\n    select: {{flows: {flow['name']}, state: {{type: COMPLETED}}}}\n"
         f"    action: delete\n"
         f"  - name: late\n    select: {{flows: {flow['name']}, state: {{name: Late}}}}\n"
-        f"    action: {{reschedule: {{delay: 1h}}}}\n"
+        f"    action: {{reschedule: {{delay: 2h}}}}\n"
     )
     (tmp_path / "home").mkdir()
     url = auth_server.api_url

@@ -69,6 +69,12 @@ class Seeder:
             )
         )
 
+    def work_queue(self, pool: str, name: str | None = None) -> dict[str, Any]:
+        """A queue of ``pool`` (besides the ``default`` queue every pool has)."""
+        return dict(
+            self._call("POST", f"work_pools/{pool}/queues", json={"name": name or unique("q")})
+        )
+
     def deployment(
         self,
         flow: dict[str, Any],
@@ -103,9 +109,12 @@ class Seeder:
         parameters: dict[str, Any] | None = None,
         parent_task_run_id: str | None = None,
         idempotency_key: str | None = None,
+        work_queue: str | None = None,
+        job_variables: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One run. For Scheduled-type states ``scheduled`` sets the expected start time
-        (default: an hour ago for Late, in an hour otherwise)."""
+        (default: an hour ago for Late, in an hour otherwise). ``work_queue`` (a queue of the
+        deployment's work pool) and ``job_variables`` need a ``deployment``."""
         state_type, state_name = STATES[state]
         body_state: dict[str, Any] = {"type": state_type, "name": state_name}
         if state_type == "SCHEDULED":
@@ -120,6 +129,10 @@ class Seeder:
             body["parameters"] = parameters
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
+        if work_queue is not None:
+            body["work_queue_name"] = work_queue
+        if job_variables is not None:
+            body["job_variables"] = job_variables
         if deployment is not None:
             return dict(
                 self._call("POST", f"deployments/{deployment['id']}/create_flow_run", json=body)
