@@ -3,7 +3,9 @@ selects across the whole server, as an operator's would)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -70,5 +72,31 @@ def test_cleanup_old_runs_keeps_the_runs_tagged_keep(own_server: PrefectServer) 
             "Note: step 1 ('delete terminal runs older than 0s, except those tagged Keep'):"
             " select.exclude.tags matched none of the selected runs" in again.stdout
         )
+    finally:
+        seeder.close()
+
+
+def test_restart_backlog_staggers_the_late_runs_oldest_first(own_server: PrefectServer) -> None:
+    seeder = Seeder(own_server.api_url)
+    try:
+        flow = seeder.flow("etl")
+        deployment = seeder.deployment(flow, "nightly")
+        late = seeder.late_runs(4, flow, deployment=deployment)  # newest first
+        other = seeder.run(flow, "Late")  # not of the deployment
+        playbook = str(ROOT / "playbooks" / "restart-backlog.yaml")
+        applied = run_cli("apply", playbook, "--yes", api_url=own_server.api_url)
+        assert applied.returncode == 0, applied.stderr
+        runs = {r["id"]: r for r in seeder.read_runs(r["id"] for r in [*late, other])}
+        times = [
+            datetime.fromisoformat(
+                runs[r["id"]]["next_scheduled_start_time"].replace("Z", "+00:00")
+            )
+            for r in reversed(late)  # oldest first
+        ]
+        assert {runs[r["id"]]["state"]["name"] for r in late} == {"Scheduled"}
+        assert [b - a for a, b in itertools.pairwise(times)] == [timedelta(minutes=2)] * 3
+        made = datetime.now(timezone.utc)
+        assert made < times[0] <= made + timedelta(minutes=5)
+        assert runs[other["id"]]["state"]["name"] == "Late"
     finally:
         seeder.close()
