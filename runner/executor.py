@@ -252,8 +252,25 @@ def _drift(change: Change, current: FlowRun | None) -> str | None:
     if change.op == "recreate":
         # The new run would be made with what the plan saw: an edit since would be undone.
         carry = change.carry if change.carry is not None else LEGACY_CARRY
-        if "job_variables" in carry and current.job_variables != run.job_variables:
+        if "job_variables" in carry and not json_equal(current.job_variables, run.job_variables):
             return "its job variables changed since the plan"
+    return None
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _not_as_planned(change: Change, new_run: FlowRun) -> str | None:
+    """How the run a recreate's create returned differs from the plan's new run (None: it
+    is as planned: Scheduled, or marked Late, at the planned time)."""
+    planned = change.state.scheduled_time if change.state else None
+    state = new_run.state
+    if state is None or state.type is not StateType.SCHEDULED:
+        return f"now {_label(new_run)}"
+    when = state.state_details.scheduled_time or new_run.next_scheduled_start_time
+    if planned is not None and when != planned:
+        return f"scheduled at {_utc(when) if when else 'no time'}, not {_utc(planned)}"
     return None
 
 
@@ -301,6 +318,8 @@ class Executor:
         self._queued = 0
         self._deferred: list[tuple[Sequence[Change], BaseException]] = []
         self._bulk = False
+        #: Each deployment's work pool, read once a step (for recreates carrying a queue).
+        self._pools: dict[UUID, str | None] = {}
         #: Seconds between reading a run back and sending its write, one per write.
         self.windows: list[float] = []
         #: Runs read back ahead of their one-run writes: run (None: gone) and when it was read.
@@ -654,6 +673,38 @@ class Executor:
         )
         await self._finish_verified([change], {change.run.id: result})
 
+    def _refuse_passed(self, step: StepPlan, todo: list[Change]) -> list[Change]:
+        """A reschedule whose new start time was ahead when the plan was made but has passed
+        since (a saved plan applied late, a resume, a prompt left open) would start at once,
+        which the reviewed plan did not say: each is finished as failed, unless the step
+        allows the past. A time at or before the plan's now (``at: now``) is what the plan
+        said."""
+        if step.action != "reschedule" or step.allow_past:
+            return todo
+        now = datetime.now(timezone.utc)
+        keep: list[Change] = []
+        for change in todo:
+            when = change.state.scheduled_time if change.state else None
+            status = self.outcomes[change.key].status
+            if status == "pending" and when is not None and self.plan.created_at < when < now:
+                self._finish(
+                    change,
+                    "failed",
+                    f"its new start time {_utc(when)} has passed since the plan was made"
+                    f" ({_utc(self.plan.created_at)}): it would start at once; plan again,"
+                    " or set allow_past: true",
+                )
+            else:
+                keep.append(change)
+        return keep
+
+    async def _pool_of(self, deployment_id: UUID) -> str | None:
+        """The work pool a deployment's new runs go to (read once a step)."""
+        if deployment_id not in self._pools:
+            deployment = await self._api.read_deployment(deployment_id)
+            self._pools[deployment_id] = deployment.work_pool_name
+        return self._pools[deployment_id]
+
     async def _recreate(self, change: Change, created: str | None) -> None:
         """Create the new run (idempotent by the key the plan gave it), journal it, then
         delete the old run if it is still what the plan saw. A resumed half-done recreate
@@ -666,6 +717,17 @@ class Executor:
                 return
             run = change.run
             carry = change.carry if change.carry is not None else LEGACY_CARRY
+            if "work_queue" in carry:
+                pool = await self._pool_of(change.run.deployment_id)
+                if pool != run.work_pool:
+                    # The server would look the queue up (and make it) in the other pool.
+                    self._finish(
+                        change,
+                        "drifted",
+                        f"its deployment's runs now go to work pool {pool or '(none)'}, not"
+                        f" {run.work_pool}, where the plan saw it: the old run was left alone",
+                    )
+                    return
             new_run = await self._api.create_flow_run_from_deployment(
                 change.run.deployment_id,
                 state=_proposed(change.state),
@@ -676,6 +738,18 @@ class Executor:
                 job_variables=run.job_variables if "job_variables" in carry else None,
                 work_queue_name=run.work_queue if "work_queue" in carry else None,
             )
+            mismatch = _not_as_planned(change, new_run)
+            if mismatch is not None:
+                # The key returned a run an earlier apply made for this change, no longer
+                # (or never) where this plan puts it: the old run stays, nothing is deleted.
+                self._finish(
+                    change,
+                    "failed",
+                    f"Prefect returned run {new_run.name} ({new_run.id}), made for this change"
+                    f" by an earlier apply and {mismatch}: the old run was left alone; delete"
+                    " or move that run, then plan again",
+                )
+                return
             created = str(new_run.id)
             self._finish(change, "created", "new run created", new_run_id=created)
         outcome, why = await self._delete_if_unchanged(change, checked_at=checked_at)
@@ -827,6 +901,8 @@ class Executor:
             rate_limit=self.options.rate_limit or step.rate_limit,
         )
         todo = [c for c in step.pending if self.outcomes[c.key].status in ("pending", "created")]
+        todo = self._refuse_passed(step, todo)
+        self._pools = {}
         used: set[str] = set()
         for op in ("delete", "set_state", "recreate", "resume", "tag"):
             changes = [c for c in todo if c.op == op]

@@ -116,6 +116,9 @@ class StepPlan:
     max_backoff_seconds: float = 20.0
     #: The step selects by tags or changes them: its diff shows each run's tags.
     show_tags: bool = False
+    #: A reschedule step that may schedule runs in the past (``allow_past``); without it,
+    #: a new start time that passes between the plan and the write is refused then.
+    allow_past: bool = False
 
     @property
     def pending(self) -> tuple[Change, ...]:

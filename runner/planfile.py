@@ -126,6 +126,7 @@ def _outline(plan: Plan) -> dict[str, Any]:
                 "action": step.action,
                 "selected": step.selected,
                 "show_tags": step.show_tags,
+                "allow_past": step.allow_past,
                 "settings": {
                     "concurrency": step.concurrency,
                     "rate_limit": step.rate_limit,
@@ -522,6 +523,7 @@ class _Reader:
             selected=selected,
             changes=changes,
             show_tags=self.boolean(data, "show_tags", path),
+            allow_past=self.boolean(data, "allow_past", path),
             concurrency=self.integer(settings, "concurrency", at, 1, 256),
             rate_limit=None
             if settings.get("rate_limit") is None

@@ -112,6 +112,8 @@ def _reschedule_slots(action: Reschedule, selected: list[RunView]) -> dict[UUID,
             continue
         if action.delay is not None and action.from_ == "scheduled" and run.scheduled_time is None:
             continue
+        if action.recreates and run.deployment_id is None:
+            continue  # left alone: nothing to recreate it from
         slots[run.id] = len(slots)
     return slots
 
@@ -166,6 +168,9 @@ def _make_reschedule(
         state = TargetState(
             type="SCHEDULED", name="Scheduled", message=message, scheduled_time=when
         )
+        if run.scheduled_time == when and run.state_name == "Scheduled":
+            # Already where the plan would put it (a plan made again after an apply).
+            return _noop(index, run, f"already scheduled at {_utc(when)}")
         if action.recreates:
             if run.deployment_id is None:
                 return _noop(index, run, "not a deployment run: nothing to recreate it from")
@@ -178,15 +183,15 @@ def _make_reschedule(
                 idempotency_key=_idempotency_key(run),
                 carry=_carry(run),
             )
-        if run.scheduled_time == when and run.state_name == "Scheduled":
-            return _noop(index, run, f"already scheduled at {when.isoformat()}")
         return Change(step=index, run=run, op="set_state", state=state)
 
     return reschedule
 
 
 def _finishing_recreates(
-    plan_one: Callable[[int, Step, RunView, str, str], Change], selected: list[RunView]
+    plan_one: Callable[[int, Step, RunView, str, str], Change],
+    selected: list[RunView],
+    plan_now: datetime,
 ) -> Callable[[int, Step, RunView, str, str], Change]:
     """A run made by an unfinished recreate of another run this step selects is left alone:
     recreating it too would delete the run that carries the other's idempotency key, and the
@@ -205,6 +210,24 @@ def _finishing_recreates(
         change = plan_one(index, step, run, message, plan_id)
         product = made.get(str(run.id))
         if change.op == "recreate" and product is not None and product.id != run.id:
+            assert change.state is not None
+            if (
+                product.state_type != "SCHEDULED"
+                or product.scheduled_time != change.state.scheduled_time
+            ):
+                # Its create would return that run as it is, not where this plan puts it.
+                where = (
+                    f"scheduled at {_utc(product.scheduled_time)}"
+                    if product.state_type == "SCHEDULED" and product.scheduled_time
+                    else _state_label(product)
+                )
+                return _noop(
+                    index,
+                    run,
+                    f"an earlier apply already made {product.name} ({product.id}) to replace"
+                    f" it, {where}, not at {_utc(change.state.scheduled_time or plan_now)}:"
+                    " delete or move that run, then plan again",
+                )
             # Its create must return the run already made for it: that run's key.
             return dataclasses.replace(change, idempotency_key=product.idempotency_key)
         return change
@@ -392,7 +415,7 @@ def make_plan(
         if isinstance(step.action, Reschedule):
             plan_one = _make_reschedule(now, step.action, selected)
             if step.action.recreates:
-                plan_one = _finishing_recreates(plan_one, selected)
+                plan_one = _finishing_recreates(plan_one, selected, now)
         else:
             plan_one = planners[type(step.action)]
         changes = [plan_one(index, step, run, message, plan_id) for run in selected]
@@ -415,6 +438,7 @@ def make_plan(
                 backoff_seconds=retry.backoff.total_seconds(),
                 max_backoff_seconds=retry.max_backoff.total_seconds(),
                 show_tags=_uses_tags(step),
+                allow_past=isinstance(step.action, Reschedule) and step.action.allow_past,
             )
         )
     total = sum(len(s.pending) for s in steps)

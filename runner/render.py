@@ -118,6 +118,12 @@ def carried_line(step: StepPlan) -> str | None:
         + ("" if count == len(recreates) else f" ({count} of {len(recreates)})")
         for name, count in counts.items()
     ]
+    if not parts:
+        return (
+            "New runs carry nothing of the old runs: no name, parameters, tags, job variables"
+            " or work queue (the deployment's own), and not their id, state history, logs,"
+            " task runs or artifacts."
+        )
     return (
         f"New runs carry the old runs' {', '.join(parts)}; not their id, state history, logs,"
         " task runs or artifacts."

@@ -93,21 +93,51 @@ async def test_a_recreate_converging_on_an_earlier_new_run_ends_at_this_plans_ti
 
     fresh = await plan_for(settings, playbook)
     assert fresh.violations == ()  # the reviewed plan: nothing in the past
-    [planned] = fresh.pending
-    assert planned.state is not None and planned.state.scheduled_time is not None
-    want = planned.state.scheduled_time
-    assert close(want, fresh.created_at + timedelta(minutes=10))
+    result = await execute(settings, fresh, tmp_path / "j")
+    # The reviewed plan itself says it: the old run's recreate is left undone, because the
+    # run an earlier apply made for it is elsewhere; nothing is created or deleted.
+    [noop] = [c for c in fresh.changes if c.run.id != made.id]
+    assert noop.is_noop and f"an earlier apply already made {made.name} ({made.id})" in (
+        noop.reason or ""
+    )
+    assert result.outcomes == {}
+    assert len(seeder.runs_of_flow(flow)) == 2  # both left as they were
+
+
+async def test_a_create_returning_an_earlier_new_run_elsewhere_is_not_done(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The executor's own check, where the plan could not see the earlier new run (its
+    selection leaves it out): the create returns it, elsewhere than the plan says; the
+    change fails with the reason and the old run is not deleted."""
+    flow = seeder.flow()
+    dep = seeder.deployment(flow)
+    old = seeder.run(flow, "Late", deployment=dep, scheduled=utcnow() - timedelta(hours=3))
+    cut = (utcnow() - timedelta(minutes=150)).isoformat()
+    playbook = book(
+        f"{{flows: {flow['name']}, state: {{type: SCHEDULED}}, expected_start: {{before: '{cut}'}}}}",
+        "{reschedule: {at: now+10m, strategy: recreate}}",
+    )
+    first = await plan_for(settings, playbook, now=utcnow() - timedelta(hours=2))
+    [change] = first.pending
+    assert change.state is not None and change.run.deployment_id is not None
+    async with PrefectClient(settings) as client:
+        made = await client.create_flow_run_from_deployment(
+            change.run.deployment_id,
+            state=_proposed(change.state),
+            idempotency_key=change.idempotency_key,
+            name=change.run.name,
+        )
+    fresh = await plan_for(settings, playbook)
+    assert made.id not in {c.run.id for c in fresh.changes}  # out of the selection
     result = await execute(settings, fresh, tmp_path / "j")
     [outcome] = result.outcomes.values()
-    [left] = seeder.runs_of_flow(flow)
-    assert left["id"] == str(made.id)
-    # Either the run ends where the plan said, or runner does not call it done.
-    assert close(scheduled_at(left), want) or outcome.status != "done", (
-        outcome.status,
-        outcome.detail,
-        scheduled_at(left),
-        want,
+    assert outcome.status == "failed"
+    assert (outcome.detail or "").startswith(
+        f"Prefect returned run {made.name} ({made.id}), made for this change by an earlier"
+        " apply and scheduled at "
     )
+    assert {r["id"] for r in seeder.runs_of_flow(flow)} == {old["id"], str(made.id)}
 
 
 # -- 2. a reviewed plan applied after its target time ----------------------------------------

@@ -700,7 +700,7 @@ SAME_STATE_CASES: dict[str, tuple[str, str, str]] = {
     "set_state": ("Pending", "{set_state: {type: FAILED}}", "set_state"),
     "set_state force": ("Completed", "{set_state: {type: CANCELLED, force: true}}", "set_state"),
     "reschedule in_place": ("Scheduled", "{reschedule: {delay: 1h}}", "set_state"),
-    "reschedule recreate": ("Late", "{reschedule: {delay: 1h, strategy: recreate}}", "recreate"),
+    "reschedule recreate": ("Late", "{reschedule: {delay: 2h, strategy: recreate}}", "recreate"),
     "retry": ("Failed", "retry", "set_state"),
     "resume": ("Paused", "resume", "resume"),
     "tag": ("Crashed", "{tag: {add: [touched]}}", "tag"),
