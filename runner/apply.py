@@ -36,8 +36,8 @@ from runner.errors import (
     OutputError,
     RunnerError,
 )
-from runner.executor import ApplyOptions, ApplyResult, Executor, Progress
-from runner.journal import FINISHED, Journal, read_journal
+from runner.executor import ApplyOptions, ApplyResult, Executor, Outcome, Progress
+from runner.journal import FINISHED, Journal, JournalState, read_journal
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
 from runner.output import check_file, check_folder
@@ -53,6 +53,7 @@ from runner.playbook import Playbook
 from runner.render import summary_line, write_rendered
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
+from runner.words import plural
 
 DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
 STATUSES = ("done", "drifted", "raced", "failed", "pending", "created")
@@ -134,7 +135,7 @@ def _find_unfinished(
         if max_age_seconds is not None and age > max_age_seconds:
             out.write(
                 f"An unfinished apply in {candidate.parent} (plan {old.id}) is"
-                f" {age / 60:.0f} minutes old, more than --max-plan-age: planned anew"
+                f" {plural(round(age / 60), 'minute')} old, more than --max-plan-age: planned anew"
                 f" (runner apply --resume {candidate.parent} --max-plan-age none finishes"
                 " the old plan instead).\n"
             )
@@ -203,6 +204,18 @@ async def apply(
     async with PrefectClient(request.settings, bulk=False if request.dry_run else None) as client:
         now = datetime.now(timezone.utc)
         plan, workdir, retry, checksum = await _plan_stage(request, client, now=now, out=out)
+        journal_path: Path | None = None
+        previous: JournalState | None = None
+        if not request.dry_run:
+            workdir = workdir or _workdir(request.state_dir, plan)
+            journal_path = workdir / "checkpoint.jsonl"
+            if journal_path.exists():
+                previous = read_journal(journal_path, plan_id=plan.id)
+        left = [c for c in plan.pending if not previous or previous.status(c.key) not in FINISHED]
+        if previous is not None and journal_path is not None and plan.pending and not left:
+            # Not the plan's diff: none of it is to be done, an earlier apply did it.
+            _already_applied(plan, previous, journal_path, out)
+            return _nothing_sent(request, plan, previous, journal_path, err)
         # -- review: the stage a dry run and a refused plan end at --------------------------
         write_rendered(plan, request.fmt, out, full=request.full, colour=request.colour)
         if plan.violations:
@@ -210,13 +223,10 @@ async def apply(
         if request.dry_run:
             changes = request.detailed_exitcode and plan.has_changes
             return Applied(EXIT_CHANGES if changes else EXIT_OK, plan)
-        workdir = workdir or _workdir(request.state_dir, plan)
-        journal_path = workdir / "checkpoint.jsonl"
-        previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
-        left = [c for c in plan.pending if not previous or previous.status(c.key) not in FINISHED]
+        assert workdir is not None and journal_path is not None
         if not left:
             out.write("Nothing to do.\n")
-            return Applied(EXIT_OK, plan)
+            return _nothing_sent(request, plan, previous, None, err)
         if not confirm(plan):
             return Applied(EXIT_ERROR, plan)
         try:
@@ -306,6 +316,39 @@ async def _plan_stage(
     return plan, None, retry, None
 
 
+def _already_applied(plan: Plan, state: JournalState, journal: Path, out: TextIO) -> None:
+    started = f" on {state.started_at:%Y-%m-%d %H:%M:%S}Z" if state.started_at else ""
+    counts = {s: sum(1 for c in plan.pending if state.status(c.key) == s) for s in FINISHED}
+    outcome = ", ".join(f"{counts[s]} {s}" for s in ("done", "drifted", "raced") if counts[s])
+    out.write(
+        f"Plan {plan.id} ({plan.playbook_name}) was applied already{started}: {outcome}."
+        f" Nothing to do; nothing was sent.\n"
+        f"Its checkpoint: {journal} (runner status {journal.parent} shows it).\n"
+    )
+
+
+def _nothing_sent(
+    request: ApplyRequest,
+    plan: Plan,
+    previous: JournalState | None,
+    journal: Path | None,
+    err: TextIO,
+) -> Applied:
+    """An apply with nothing left to do: the ``--report`` is written all the same (each change
+    with the outcome its checkpoint recorded), so a pipeline always finds one."""
+    outcomes: dict[str, Outcome] = {}
+    for change in plan.pending:
+        entry = previous.entries.get(change.key) if previous else None
+        if entry is not None and entry.status in FINISHED:
+            outcomes[change.key] = Outcome(change, entry.status, entry.detail, entry.new_run_id)
+    result = ApplyResult(
+        outcomes=outcomes, stopped=None, requests=0, retries=0, seconds=0.0, strategies={}
+    )
+    if request.report and not _write_report(request.report, result, plan, journal, err):
+        return Applied(EXIT_ERROR, plan)
+    return Applied(EXIT_OK, plan)
+
+
 def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | None:
     """The checkpoint write failure in ``error`` (or in the exception groups it holds)."""
     if isinstance(error, CheckpointWriteError):
@@ -317,16 +360,20 @@ def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | N
     return None
 
 
-def _write_report(path: str, result: ApplyResult, plan: Plan, journal: Path, err: TextIO) -> bool:
+def _write_report(
+    path: str, result: ApplyResult, plan: Plan, journal: Path | None, err: TextIO
+) -> bool:
     """``--report``, written after the summary: a failure to write it loses nothing applied."""
     text = json.dumps(report_document(result, plan), indent=2) + "\n"
     try:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
-        err.write(
-            f"runner: --report {path}: cannot write: {exc.strerror or exc}; the outcome of"
-            f" every run is in the checkpoint: runner status {journal}\n"
+        where = (
+            f"; the outcome of every run is in the checkpoint: runner status {journal}"
+            if journal is not None
+            else ""
         )
+        err.write(f"runner: --report {path}: cannot write: {exc.strerror or exc}{where}\n")
         return False
     return True
 
@@ -359,7 +406,7 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
     out.write(
         f"Applied: {done} done, {drifted} drifted (left alone), {failed} failed, {pending} pending"
         + (f", {raced} raced (made, over a state the plan did not see)" if raced else "")
-        + f" in {result.seconds:.1f}s, {result.requests} requests"
+        + f" in {result.seconds:.1f}s, {plural(result.requests, 'request')}"
         f" ({', '.join(f'step {i + 1}: {s}' for i, s in result.strategies.items())}).\n"
     )
     for outcome in [*result.outcomes.values()]:
@@ -373,25 +420,59 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
         )
     if raced:
         err.write(
-            f"runner: {raced} change(s) landed on a state the plan did not see (the run changed"
-            " while the write was in flight): look at the runs listed as raced\n"
+            f"runner: {plural(raced, 'change')} landed on a state the plan did not see (the run"
+            " changed while the write was in flight): look at the runs listed as raced\n"
         )
     if result.stopped == "interrupted":
         return EXIT_INTERRUPTED
     return EXIT_OK if result.complete and not raced else EXIT_ERROR
 
 
-def status(path: str, *, out: TextIO) -> int:
-    """``runner status CHECKPOINT``: done / drifted / failed / pending counts."""
+def status(path: str, *, fmt: str = "text", out: TextIO) -> int:
+    """``runner status CHECKPOINT``: done / drifted / failed / pending counts (``fmt``
+    ``json``: those and every change's status, one document). 0 when every change is
+    finished (done, drifted or raced), 1 when one failed or is pending (a resume finishes it)."""
     target = Path(path)
     workdir = target.parent if target.is_file() else target
     plan = read_plan(workdir / "plan.json")
     journal = workdir / "checkpoint.jsonl"
     state = read_journal(journal, plan_id=plan.id) if journal.exists() else None
     counts = {"done": 0, "drifted": 0, "raced": 0, "failed": 0, "pending": 0}
+    statuses: dict[str, str] = {}
     for change in plan.pending:
-        status = state.status(change.key) if state else None
-        counts[status if status in ("done", "drifted", "raced", "failed") else "pending"] += 1
+        recorded = state.status(change.key) if state else None
+        statuses[change.key] = (
+            recorded if recorded in ("done", "drifted", "raced", "failed") else "pending"
+        )
+        counts[statuses[change.key]] += 1
+    code = EXIT_OK if counts["failed"] == 0 and counts["pending"] == 0 else EXIT_ERROR
+    if fmt == "json":
+        document = {
+            "plan_id": plan.id,
+            "playbook": plan.playbook_name,
+            "server": plan.server_url,
+            "checkpoint": str(journal) if state else None,
+            "started_at": state.started_at.isoformat() if state and state.started_at else None,
+            "complete": code == EXIT_OK,
+            "counts": counts,
+            "torn_lines": state.torn_lines if state else 0,
+            "runs": [
+                {
+                    "key": change.key,
+                    "step": change.step,
+                    "run_id": str(change.run.id),
+                    "run_name": change.run.name,
+                    "op": change.op,
+                    "status": statuses[change.key],
+                    "detail": entry.detail if entry else None,
+                    "new_run_id": entry.new_run_id if entry else None,
+                }
+                for change in plan.pending
+                for entry in [state.entries.get(change.key) if state else None]
+            ],
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return code
     out.write(
         f"plan {plan.id} ({plan.playbook_name}) against {plan.server_url}: {summary_line(plan)}\n"
         f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
@@ -400,5 +481,8 @@ def status(path: str, *, out: TextIO) -> int:
         + "\n"
     )
     if state and state.torn_lines:
-        out.write(f"({state.torn_lines} torn line(s) in the checkpoint were skipped)\n")
-    return EXIT_OK if counts["failed"] == 0 and counts["pending"] == 0 else EXIT_ERROR
+        out.write(
+            f"({plural(state.torn_lines, 'torn line')} in the checkpoint"
+            f" {'was' if state.torn_lines == 1 else 'were'} skipped)\n"
+        )
+    return code

@@ -11,6 +11,7 @@ import re
 from runner.executor import ApplyResult
 from runner.plan import Plan
 from runner.render import render
+from runner.words import plural
 
 MAX_PROBLEM_ROWS = 200
 
@@ -37,7 +38,7 @@ def summary_markdown(plan: Plan | None, result: ApplyResult | None, *, dry_run: 
         parts.append(
             f"\n**Applied**: {counts['done']} done, {counts['drifted']} drifted (left alone),"
             f" {counts['failed']} failed, {pending} pending{raced} in {result.seconds:.1f}s,"
-            f" {result.requests} requests.\n"
+            f" {plural(result.requests, 'request')}.\n"
         )
         if result.stopped:
             parts.append(f"\n**Stopped**: {result.stopped}. Resume with `runner apply --resume`.\n")

@@ -30,12 +30,34 @@ def connection_options(func: F) -> F:
 
 
 def _settings(api_url: str | None) -> Any:
+    """The connection settings; when no URL is set anywhere, which one is used, said once on
+    stderr before anything is sent (a server on another port is then found at once)."""
     from runner.settings import resolve_settings
 
-    return resolve_settings(api_url=api_url)
+    settings = resolve_settings(api_url=api_url)
+    if settings.sources.get("PREFECT_API_URL") == "default":
+        click.echo(
+            "runner: PREFECT_API_URL is not set (no --api-url, no environment variable, not in"
+            f" the Prefect profile): using {settings.display_url}",
+            err=True,
+        )
+    return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Click's group, but Ctrl-C and SIGTERM (see :func:`main`) exit 130, at any stage, as
+    the exit-code table says (click itself would print "Aborted!" and exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            name = str(exc) or "SIGINT"
+            click.echo(f"\nrunner: {name}: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="runner")
 def cli() -> None:
     """Declarative batch operations on Prefect flow runs, driven by YAML playbooks."""
@@ -264,6 +286,11 @@ def apply(
         raise click.UsageError("give a playbook or plan.json, or --resume CHECKPOINT")
     if dry_run and artifact:
         raise click.UsageError("--artifact records an apply; for a dry run use --format markdown")
+    if detailed_exitcode and not dry_run:
+        raise click.UsageError(
+            "--detailed-exitcode goes with --dry-run (or runner plan): an apply exits 0 when"
+            " every change is made"
+        )
     from runner.apply import ApplyRequest
     from runner.commands import apply as command
     from runner.executor import ApplyOptions
@@ -276,32 +303,36 @@ def apply(
             age = parse_duration(max_plan_age).total_seconds()
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
-    request = ApplyRequest(
-        target=target or "",
-        variables=parse_vars(variables),
-        settings=_settings(api_url),
-        options=ApplyOptions(
-            rate_limit=rate,
-            concurrency=concurrency,
-            strategy=strategy,  # type: ignore[arg-type]
-            max_failures=max_failures,
-            max_fail_ratio=max_fail_ratio,
-        ),
-        state_dir=Path(state_dir),
-        resume=resume,
-        fresh=fresh,
-        max_plan_age=age,
-        report=report,
-        artifact=artifact,
-        dry_run=dry_run,
-        detailed_exitcode=detailed_exitcode,
-        fmt=fmt,
-        full=full,
-        colour=_colour() and fmt == "text",
-    )
+    variable_values = parse_vars(variables)
+
+    def request() -> ApplyRequest:  # inside _run_command: a bad setting is an error, exit 1
+        return ApplyRequest(
+            target=target or "",
+            variables=variable_values,
+            settings=_settings(api_url),
+            options=ApplyOptions(
+                rate_limit=rate,
+                concurrency=concurrency,
+                strategy=strategy,  # type: ignore[arg-type]
+                max_failures=max_failures,
+                max_fail_ratio=max_fail_ratio,
+            ),
+            state_dir=Path(state_dir),
+            resume=resume,
+            fresh=fresh,
+            max_plan_age=age,
+            report=report,
+            artifact=artifact,
+            dry_run=dry_run,
+            detailed_exitcode=detailed_exitcode,
+            fmt=fmt,
+            full=full,
+            colour=_colour() and fmt == "text",
+        )
+
     _run_command(
         lambda: command.run(
-            request,
+            request(),
             yes=yes,
             interactive=sys.stdin.isatty() and sys.stdout.isatty(),
             out=sys.stdout,
@@ -312,11 +343,26 @@ def apply(
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
-def status(checkpoint: str) -> None:
-    """Done / drifted / failed / pending counts of an apply's checkpoint (or its folder)."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: the counts and every change's status on stdout.",
+)
+def status(checkpoint: str, fmt: str) -> None:
+    """Done / drifted / failed / pending counts of an apply's checkpoint (or its folder).
+
+    \b
+    Exit codes:
+      0  every change is finished (done, drifted or raced)
+      1  a change failed or is still pending (runner apply --resume finishes
+         it), or the checkpoint or its plan cannot be read
+    """
     from runner.apply import status as command
 
-    _run_command(lambda: command(checkpoint, out=sys.stdout))
+    _run_command(lambda: command(checkpoint, fmt=fmt, out=sys.stdout))
 
 
 @cli.command()
@@ -374,13 +420,20 @@ def _configure_logging() -> None:
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")  # stopped as Ctrl-C is: exit 130, not 143
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
     _configure_logging()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(prog_name="runner")
-    except KeyboardInterrupt:
-        click.echo("runner: interrupted", err=True)
+    except KeyboardInterrupt as exc:  # between commands' own handling and the exit
+        click.echo(f"\nrunner: {str(exc) or 'SIGINT'}: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception:  # not a RunnerError: a bug in runner, never the input's fault
         import traceback

@@ -54,8 +54,15 @@ from runner.models import (
 )
 from runner.ratelimit import RateLimiter
 from runner.redact import redact, register_secret, register_settings
-from runner.retry import MalformedAnswer, RetryableStatus, RetryPolicy, retrying
+from runner.retry import (
+    MalformedAnswer,
+    RetryableStatus,
+    RetryPolicy,
+    is_no_connection,
+    retrying,
+)
 from runner.settings import ConnectionSettings, resolve_settings
+from runner.words import plural
 
 log = logging.getLogger("runner.client")
 
@@ -273,13 +280,17 @@ def _mentions_csrf(response: httpx.Response) -> bool:
 @dataclass
 class _Learned:
     """What a client learns about its server, shared by its :meth:`~PrefectClient.tuned`
-    views: the server's version and routes, its page size, the CSRF token."""
+    views: whether it ever answered, the server's version and routes, its page size, the CSRF
+    token, whether the API URL lacks the API's path."""
 
+    answered: bool = False
     info: ServerInfo | None = None
     page_size: int = MAX_PAGE_SIZE
     csrf_enabled: bool | None = None
     csrf_token: str | None = None
     csrf_expires: float = 0.0
+    api_path_checked: bool = False
+    api_path_missing: str | None = None
 
 
 def _learned(name: str) -> Any:
@@ -374,6 +385,7 @@ class PrefectClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    _answered: bool = _learned("answered")
     _info: ServerInfo | None = _learned("info")
     _page_size: int = _learned("page_size")
     _csrf_enabled: bool | None = _learned("csrf_enabled")
@@ -462,6 +474,7 @@ class PrefectClient:
         if self._csrf_token is None or time.time() > self._csrf_expires - 30:
             response = await self._http.get("csrf-token", params={"client": self._csrf_client})
             self.stats.requests += 1
+            self._answered = True
             if response.status_code in self.retry_policy.statuses:
                 raise RetryableStatus(response)  # inside the caller's retry loop
             if response.status_code == 422 and "disabled" in response.text.lower():
@@ -508,6 +521,7 @@ class PrefectClient:
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers
             )
+            self._answered = True
         except httpx.TransportError as exc:
             self.stats.transport_errors += 1
             failure = _certificate_failure(exc)
@@ -581,10 +595,12 @@ class PrefectClient:
         recognise a change the server carried out although its answer was lost).
         """
         ok_statuses = set(ok)
+        attempts = 0
         try:
-            async for attempt in retrying(self.retry_policy):
+            async for attempt in retrying(self.retry_policy, answered=lambda: self._answered):
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
+                    attempts = attempt.retry_state.attempt_number
+                    if attempts > 1:
                         self.stats.retries += 1
                         if before_retry is not None:
                             done = await before_retry()
@@ -594,7 +610,7 @@ class PrefectClient:
         except RetryableStatus as exc:
             status = exc.response.status_code
             raise ServerError(
-                f"HTTP {status} after {self.retry_policy.max_attempts} attempts:"
+                f"HTTP {status} after {plural(attempts, 'attempt')}:"
                 f" {_describe_detail(_detail(exc.response))}",
                 method=method,
                 url=self._url_for(path),
@@ -602,21 +618,73 @@ class PrefectClient:
             ) from None
         except MalformedAnswer as exc:
             raise ServerError(
-                f"{exc} after {self.retry_policy.max_attempts} attempts",
+                f"{exc} after {plural(attempts, 'attempt')}",
                 method=method,
                 url=self._url_for(path),
                 status_code=exc.response.status_code,
             ) from None
         except httpx.TransportError as exc:
+            if is_no_connection(exc) and not self._answered:
+                reason = f": {exc}" if str(exc) else ""
+                what = f"no connection after {plural(attempts, 'attempt')}"
+                what += f" ({type(exc).__name__}{reason})"
+            else:
+                what = f"no answer after {plural(attempts, 'attempt')} ({type(exc).__name__})"
             raise Unreachable(
-                f"no answer after {self.retry_policy.max_attempts} attempts"
-                f" ({type(exc).__name__}); is the server at {self.settings.display_url} running?",
+                f"{what}; is the server at {self.settings.display_url} running?",
                 method=method,
                 url=self._url_for(path),
             ) from None
+        except ServerError as exc:
+            if exc.status_code is not None and 200 <= exc.status_code < 300:  # not JSON
+                missing = await self._api_path_missing()
+                if missing is not None:
+                    raise missing from None
+            raise
         if response.status_code not in ok_statuses:
+            if response.status_code in (404, 405):
+                missing = await self._api_path_missing()
+                if missing is not None:
+                    raise missing
             self._raise_for_status(method, path, response)
         return response
+
+    async def _api_path_missing(self) -> SettingsError | None:
+        """The error that says so when the API URL is a server's address without the API's
+        path (``http://host:4200`` for ``http://host:4200/api``): asked after a 404, a 405 or
+        an answer that is not JSON, once per client, by whether ``<url>/api/health`` answers.
+        A URL whose path ends in ``/api`` is not asked about; nor is anything else answering
+        there (a Prefect Cloud workspace URL answers 404)."""
+        if self._learned.api_path_checked:
+            missing = self._learned.api_path_missing
+            return SettingsError(missing) if missing is not None else None
+        self._learned.api_path_checked = True
+        base = self.settings.display_url.rstrip("/")
+        if urlsplit(base).path.endswith("/api"):
+            return None
+        try:
+            self.stats.requests += 1
+            response = await self._http.get("api/health")
+            healthy = response.status_code == 200 and response.json() is True
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not healthy:
+            return None
+        source = self.settings.sources.get("PREFECT_API_URL", "")
+        fixed = f"{base}/api"
+        if source == "argument":
+            advice = f"use --api-url {fixed}"
+        elif source == "environment":
+            advice = f"set PREFECT_API_URL={fixed}"
+        elif source.startswith("profile"):
+            advice = f"set PREFECT_API_URL={fixed} in {source}"
+        else:
+            advice = f"use {fixed}"
+        self._learned.api_path_missing = redact(
+            f"{base} is the address of a Prefect server, not of its API, which answers at"
+            f" {fixed}: {advice}"
+        )
+        return SettingsError(self._learned.api_path_missing)
 
     def _raise_for_status(self, method: str, path: str, response: httpx.Response) -> None:
         status = response.status_code

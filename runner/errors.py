@@ -29,11 +29,12 @@ Any other exception is a bug in runner: the CLI shows its traceback and asks for
 Exit codes, for every command (:data:`EXIT_CODES`):
 
 ====  ==========================================================================
-0     success, or nothing to change
+0     success, or nothing to change (``runner status``: every change is finished)
 1     an error: invalid input, a guard refused the plan, a change failed or raced,
-      the server failed
+      the server failed (``runner status``: a change failed or is pending)
 2     wrong usage; with ``--detailed-exitcode``, changes are pending
-130   interrupted (Ctrl-C, SIGTERM): the resume command was printed
+130   interrupted (Ctrl-C, SIGTERM) at any stage; an apply that had begun to write
+      printed the resume command
 ====  ==========================================================================
 """
 
@@ -53,7 +54,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success, or nothing to change",
     EXIT_ERROR: "an error: invalid input, a refused plan, a failed or raced change",
     EXIT_USAGE: "wrong usage; with --detailed-exitcode, changes are pending",
-    EXIT_INTERRUPTED: "interrupted: the resume command was printed",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM); an apply that wrote printed how to resume",
 }
 
 

@@ -59,6 +59,7 @@ from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, S
 from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan, TargetState
 from runner.retry import RetryPolicy
 from runner.selection import json_equal
+from runner.words import plural
 
 Strategy = Literal["auto", "bulk", "per-run"]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
@@ -365,7 +366,9 @@ class Executor:
             ratio is not None and failed >= 5 and failed / total > ratio
         ):
             if self.stopped is None:
-                self.stopped = f"stopped after {failed} failures (the failure policy's limit)"
+                self.stopped = (
+                    f"stopped after {plural(failed, 'failure')} (the failure policy's limit)"
+                )
             self.stop.set()
 
     def _finish_if_ours(self, change: Change, current: FlowRun | None) -> bool:

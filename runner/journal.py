@@ -53,6 +53,8 @@ class JournalState:
     plan_id: str
     entries: dict[str, Entry] = field(default_factory=dict)
     torn_lines: int = 0
+    #: When the first apply of the plan started (the header's time), if it says.
+    started_at: datetime | None = None
 
     def status(self, key: str) -> Status | None:
         entry = self.entries.get(key)
@@ -88,7 +90,7 @@ def read_journal(
             f"{path}: this checkpoint was started for another version of plan"
             f" {header.get('plan_id')} (the plan file changed since): refusing to mix them"
         )
-    state = JournalState(plan_id=str(header.get("plan_id")))
+    state = JournalState(plan_id=str(header.get("plan_id")), started_at=_time(header))
     for raw in lines[1:]:
         if not raw.strip():
             continue
@@ -108,6 +110,14 @@ def read_journal(
             entry.new_run_id = previous.new_run_id
         state.entries[entry.key] = entry
     return state
+
+
+def _time(header: dict[str, Any]) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(str(header["created_at"]))
+    except (KeyError, ValueError):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 class Journal:

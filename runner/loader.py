@@ -253,9 +253,48 @@ class _TooLarge(Exception):
         self.node = node
 
 
+#: ``${name}`` as written, and the same braces as characters YAML gives no meaning to (from
+#: Unicode's private use area): ``{`` and ``}`` open and close a mapping in flow style.
+_REFERENCE = re.compile(r"\$\{([^{}\n]*)\}")
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_RESTORE = str.maketrans({_OPEN: "{", _CLOSE: "}"})
+_ESCAPED = re.compile(r"\\(u|U0000)[eE]00[01]")  # a stand-in written as a YAML escape
+
+
+def _hide_references(text: str) -> str | None:
+    """``text`` with the braces of every ``${name}`` replaced, character for character, so
+    that a reference inside a flow mapping or list (``end: {before: -${days}d}``) reads as
+    part of a plain scalar rather than a mapping inside it; every line and column stays
+    where it was. None when there is nothing to replace, or the text holds the stand-ins
+    itself, or as an escape (it is then parsed as written)."""
+    if "${" not in text or _OPEN in text or _CLOSE in text or _ESCAPED.search(text):
+        return None
+    hidden = _REFERENCE.sub(lambda m: f"${_OPEN}{m.group(1)}{_CLOSE}", text)
+    return hidden if hidden != text else None
+
+
+def _restore_references(root: yaml.Node) -> None:
+    """Put back the braces :func:`_hide_references` replaced, in every scalar (keys too)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: the node was restored where it was anchored
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            node.value = node.value.translate(_RESTORE)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+
+
 def _parse_yaml(text: str, src: _Source) -> Any:
+    hidden = _hide_references(text)
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(hidden or text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -276,6 +315,8 @@ def _parse_yaml(text: str, src: _Source) -> Any:
             Problem(file=src.name, line=1, column=1, path="", message="the file is empty")
         )
         return None
+    if hidden is not None:
+        _restore_references(node)
     try:
         return _construct(node, (), src)
     except _TooLarge as exc:
@@ -821,6 +862,20 @@ def _clean(faulty: set[KeyPath], prefix: KeyPath) -> bool:
     return not any(p[: len(prefix)] == prefix for p in faulty)
 
 
+def _duplicate_step_names(raw_steps: list[Any], src: _Source, *, faulty: set[KeyPath]) -> None:
+    """Two steps of one name, found whatever else is wrong in either (every problem at once)."""
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_steps):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not _clean(faulty, ("steps", index, "name")):
+            continue
+        if name in seen:
+            src.problem(
+                ("steps", index, "name"), f"duplicate step name {name!r} (also steps[{seen[name]}])"
+            )
+        seen.setdefault(name, index)
+
+
 def _build(
     data: dict[str, Any], name: str, src: _Source, *, faulty: set[KeyPath]
 ) -> Playbook | None:
@@ -835,18 +890,12 @@ def _build(
             message=raw_defaults.get("message", Defaults().message),
         )
     steps: list[Step] = []
-    seen: dict[str, int] = {}
     raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    _duplicate_step_names(raw_steps or [], src, faulty=faulty)
     for index, raw in enumerate(raw_steps or []):
         path: KeyPath = ("steps", index)
         if not _clean(faulty, path) or not isinstance(raw, dict):
             continue
-        if raw["name"] in seen:
-            src.problem(
-                (*path, "name"),
-                f"duplicate step name {raw['name']!r} (also steps[{seen[raw['name']]}])",
-            )
-        seen.setdefault(raw["name"], index)
         action = _action(raw["action"], (*path, "action"), src)
         select = _select(raw["select"], (*path, "select"), src)
         step_retry = _retry(raw.get("retry"), (*path, "retry"), src)

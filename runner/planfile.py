@@ -22,6 +22,7 @@ from runner.plan import CARRIED, Carried, Change, Op, Plan, RunView, StepPlan, T
 from runner.playbook import ACTION_TYPES
 from runner.states import StateType
 from runner.timeexpr import MAX_DURATION
+from runner.words import plural
 
 PLAN_FORMAT = "runner-plan"
 PLAN_VERSION = 1
@@ -511,7 +512,8 @@ class _Reader:
         if selected != len(changes):
             self.fail(
                 (*path, "selected"),
-                f"{selected} runs selected, but the step has {len(changes)} changes"
+                f"{plural(selected, 'run')} selected, but the step has"
+                f" {plural(len(changes), 'change')}"
                 " (one a selected run)",
             )
         for i, change in enumerate(changes):
@@ -729,7 +731,7 @@ def check_applicable(
         age = (now - plan.created_at).total_seconds()
         if age > max_age_seconds:
             raise PlanFileError(
-                f"the plan is {age / 60:.0f} minutes old (the limit is"
+                f"the plan is {plural(round(age / 60), 'minute')} old (the limit is"
                 f" {max_age_seconds / 60:.0f}): make a new plan, or pass --max-plan-age to allow it"
             )
     if plan.violations:

@@ -37,6 +37,7 @@ from runner.playbook import (
     Tag,
 )
 from runner.selection import order
+from runner.words import plural
 
 ACTIVE_STATE_TYPES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELLING"})
 TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -336,7 +337,8 @@ def _step_violations(
         limit = step.guards.max_affected
         if len(pending) > limit:
             violations.append(
-                f"{label} would change {len(pending)} runs, more than its max_affected ({limit})"
+                f"{label} would change {plural(len(pending), 'run')}, more than its"
+                f" max_affected ({limit})"
             )
     if not guards.allow_active:
         risky = [
@@ -445,7 +447,8 @@ def make_plan(
     limit = playbook.guards.max_affected
     if limit is not None and total > limit:
         violations.append(
-            f"the playbook would change {total} runs, more than its max_affected ({limit})"
+            f"the playbook would change {plural(total, 'run')}, more than its max_affected"
+            f" ({limit})"
         )
     return Plan(
         id=plan_id,

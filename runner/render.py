@@ -11,6 +11,7 @@ from typing import TextIO
 from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan
 from runner.planfile import dumps, write_document
 from runner.timeexpr import format_duration
+from runner.words import plural
 
 DEFAULT_ROWS = 25
 _COLOURS = {"delete": "31", "noop": "2", "set_state": "33", "recreate": "36", "tag": "34"}
@@ -208,7 +209,7 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
         out += [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
-            f" ({len(step.changes)} runs)</summary>",
+            f" ({plural(len(step.changes), 'run')})</summary>",
             "",
             *([_md_cell(carried), ""] if carried else []),
             "| " + " | ".join(_headers(step)) + " |",

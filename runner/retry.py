@@ -6,6 +6,7 @@ import dataclasses
 import email.utils
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -27,6 +28,11 @@ class RetryPolicy:
     base / 2))`` unless the server said how long to wait (capped at ``max_retry_after``). The
     jitter never adds more than half the wait: a short first backoff stays short (a busy SQLite
     server's 503 clears in a fraction of a second).
+
+    A server that has not answered yet and takes no connection (refused, no such host) gets
+    ``first_contact_attempts``, each wait at most ``first_contact_backoff``: a server that is
+    not running is said in a second, not after the backoff meant for a busy one. A server that
+    answered before and then drops gets the whole policy.
     """
 
     max_attempts: int = 10
@@ -35,10 +41,12 @@ class RetryPolicy:
     jitter: float = 0.5
     max_retry_after: float = 120.0
     statuses: frozenset[int] = RETRY_STATUSES
+    first_contact_attempts: int = 3
+    first_contact_backoff: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts < 1 or self.first_contact_attempts < 1:
+            raise ValueError("max_attempts and first_contact_attempts must be at least 1")
         if self.initial_backoff < 0 or self.max_backoff < 0 or self.jitter < 0:
             raise ValueError("backoff and jitter must not be negative")
 
@@ -104,17 +112,35 @@ def backoff_seconds(policy: RetryPolicy, failed_attempts: int) -> float:
     return base + random.uniform(0, min(policy.jitter, base / 2))
 
 
-def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
-    """A tenacity loop for one logical request under ``policy``."""
+def is_no_connection(exc: BaseException | None) -> bool:
+    """No connection could be made: refused, no such host, timed out while connecting."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def retrying(
+    policy: RetryPolicy, *, answered: Callable[[], bool] | None = None
+) -> tenacity.AsyncRetrying:
+    """A tenacity loop for one logical request under ``policy``. ``answered`` says whether
+    the server has answered before (the first-contact rule applies until it has)."""
+
+    def first_contact(state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return answered is not None and not answered() and is_no_connection(exc)
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableStatus) and exc.retry_after is not None:
             return min(exc.retry_after, policy.max_retry_after)
-        return backoff_seconds(policy, state.attempt_number)
+        seconds = backoff_seconds(policy, state.attempt_number)
+        return min(seconds, policy.first_contact_backoff) if first_contact(state) else seconds
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        return first_contact(state) and state.attempt_number >= policy.first_contact_attempts
 
     return tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        stop=stop,
         wait=wait,
         retry=tenacity.retry_if_exception(is_retryable),
         reraise=True,

@@ -930,7 +930,7 @@ def test_a_full_disk_when_the_checkpoint_is_started(
             "delete",
             "steps.0.selected",
             5,
-            "steps[0].selected: 5 runs selected, but the step has 1 changes (one a selected run)",
+            "steps[0].selected: 5 runs selected, but the step has 1 change (one a selected run)",
         ),
         (
             "delete",

@@ -7,7 +7,7 @@ from typing import TextIO
 import anyio
 
 from runner.client import PrefectClient
-from runner.errors import APIError
+from runner.errors import APIError, SettingsError
 from runner.redact import redact
 from runner.settings import ConnectionSettings
 
@@ -27,6 +27,9 @@ def run(settings: ConnectionSettings, *, out: TextIO) -> int:
         async with PrefectClient(settings) as client:
             try:
                 info = await client.server_info()
+            except SettingsError as exc:  # the URL lacks the API's path
+                print(f"server:       wrong API URL: {exc}", file=out)
+                return 1
             except APIError as exc:
                 print(f"server:       unreachable or refused: {exc}", file=out)
                 return 1

@@ -220,10 +220,16 @@ def start_server(
     venv = ensure_venv(version)
     template = template_home(version, venv)
     home = Path(tempfile.mkdtemp(prefix="runner-prefect-home-"))
-    for name in ("prefect.db",):
-        if (template / name).exists():
-            shutil.copy2(template / name, home / name)
-    return PrefectServer(venv, home, extra_env=extra_env).start()
+    server = PrefectServer(venv, home, extra_env=extra_env)
+    try:
+        for name in ("prefect.db",):
+            if (template / name).exists():
+                shutil.copy2(template / name, home / name)
+        return server.start()
+    except BaseException:  # a failed start, or Ctrl-C / SIGTERM during it: nothing left behind
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+        raise
 
 
 def main() -> None:

@@ -1,0 +1,113 @@
+"""Ctrl-C and SIGTERM exit 130 at every stage, as the exit-code table says: while planning
+and at the prompt nothing has been sent, and nothing is; while applying, the requests in
+flight finish and the resume command is printed (test_cli_apply.py)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import RUNNER, cli_env, start_cli
+from tests.support.fault_proxy import FaultProxy
+from tests.support.prefect_server import PrefectServer
+from tests.support.seed import Seeder
+
+SIGNALS = [signal.SIGINT, signal.SIGTERM]
+
+
+def playbook(tmp: Path, flow: dict[str, Any]) -> Path:
+    path = tmp / "playbook.yaml"
+    path.write_text(
+        f"version: 1\nname: t\nsteps:\n  - name: act\n    select: {{flows: {flow['name']}}}\n"
+        "    action: delete\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("plan",), "interrupted"),
+        (("apply", "--dry-run"), "stopped before anything was sent"),
+        (("apply", "--yes"), "stopped before anything was sent"),
+    ],
+    ids=["plan", "apply --dry-run", "apply --yes"],
+)
+def test_a_signal_while_planning_exits_130(
+    prefect_server: PrefectServer,
+    seeder: Seeder,
+    tmp_path: Path,
+    signum: signal.Signals,
+    args: tuple[str, ...],
+    said: str,
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    path = playbook(tmp_path, flow)
+    # The server's answer to the read of the runs is held: the plan is being made.
+    with FaultProxy(
+        prefect_server.api_url,
+        seed=1,
+        rate=1.0,
+        kinds=("slow",),
+        slow_seconds=60,
+        only="POST /api/flow_runs/filter",
+    ) as proxy:
+        process = start_cli(args[0], str(path), *args[1:], api_url=proxy.api_url, cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while not proxy.injected["slow"] and process.poll() is None:
+            assert time.monotonic() < deadline, "the plan never read the runs"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert (out, err) == ("", f"\nrunner: {signum.name}: {said}\n")
+    assert not (tmp_path / ".runner").exists()
+    assert len(seeder.runs_of_flow(flow)) == 2
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_at_the_prompt_exits_130(
+    api_url: str, seeder: Seeder, tmp_path: Path, signum: signal.Signals
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    path = playbook(tmp_path, flow)
+    terminal, side = pty.openpty()  # a terminal: runner asks before it applies
+    process = subprocess.Popen(
+        [RUNNER, "apply", str(path)],
+        stdin=side,
+        stdout=side,
+        stderr=subprocess.PIPE,
+        env=cli_env(api_url),
+        cwd=tmp_path,
+        text=True,
+    )
+    os.close(side)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"? [y/N] " not in shown:
+            assert time.monotonic() < deadline and process.poll() is None, shown.decode()
+            if select.select([terminal], [], [], 0.1)[0]:
+                shown += os.read(terminal, 65536)
+        assert f"Apply 2 changes to {api_url}? [y/N] ".encode() in shown
+        process.send_signal(signum)
+        assert process.stderr is not None
+        err = process.stderr.read()
+        process.wait(timeout=30)
+    finally:
+        os.close(terminal)
+    assert process.returncode == 130, err
+    assert err == f"\nrunner: {signum.name}: stopped before anything was sent\n"
+    assert not (tmp_path / ".runner").exists()
+    assert len(seeder.runs_of_flow(flow)) == 2
