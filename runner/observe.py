@@ -98,7 +98,10 @@ async def check_names(client: PrefectClient, playbook: Playbook) -> dict[str, UU
         missing = [(path, name) for path, name in used if name not in known]
         if not missing:
             continue
-        everything = await client.read_names(kind)
+        try:
+            everything = await client.read_names(kind)
+        except NotFound:  # no list to suggest from (a route this server lacks)
+            everything = []
         for path, name in missing:
             line, column = playbook.where(path)
             problems.append(

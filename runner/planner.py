@@ -190,9 +190,7 @@ def _make_reschedule(
 
 
 def _finishing_recreates(
-    plan_one: Callable[[int, Step, RunView, str, str], Change],
-    selected: list[RunView],
-    plan_now: datetime,
+    plan_one: Callable[[int, Step, RunView, str, str], Change], selected: list[RunView]
 ) -> Callable[[int, Step, RunView, str, str], Change]:
     """A run made by an unfinished recreate of another run this step selects is left alone:
     recreating it too would delete the run that carries the other's idempotency key, and the
@@ -212,25 +210,19 @@ def _finishing_recreates(
         product = made.get(str(run.id))
         if change.op == "recreate" and product is not None and product.id != run.id:
             assert change.state is not None
-            if (
-                product.state_type != "SCHEDULED"
-                or product.scheduled_time != change.state.scheduled_time
-            ):
-                # Its create would return that run as it is, not where this plan puts it.
-                where = (
-                    f"scheduled at {_utc(product.scheduled_time)}"
-                    if product.state_type == "SCHEDULED" and product.scheduled_time
-                    else _state_label(product)
-                )
+            if product.state_type != "SCHEDULED":
+                # Its create would return that run, started or finished: nothing to finish.
                 return _noop(
                     index,
                     run,
                     f"an earlier apply already made {product.name} ({product.id}) to replace"
-                    f" it, {where}, not at {_utc(change.state.scheduled_time or plan_now)}:"
-                    " delete or move that run, then plan again",
+                    f" it, now {_state_label(product)}: delete or move that run, then plan"
+                    " again",
                 )
-            # Its create must return the run already made for it: that run's key.
-            return dataclasses.replace(change, idempotency_key=product.idempotency_key)
+            # Its create returns the run already made for it (that run's key), as that run
+            # is: the plan says so, with its time (which the guards check, past or not).
+            state = dataclasses.replace(change.state, scheduled_time=product.scheduled_time)
+            return dataclasses.replace(change, state=state, idempotency_key=product.idempotency_key)
         return change
 
     return plan
@@ -417,7 +409,7 @@ def make_plan(
         if isinstance(step.action, Reschedule):
             plan_one = _make_reschedule(now, step.action, selected)
             if step.action.recreates:
-                plan_one = _finishing_recreates(plan_one, selected, now)
+                plan_one = _finishing_recreates(plan_one, selected)
         else:
             plan_one = planners[type(step.action)]
         changes = [plan_one(index, step, run, message, plan_id) for run in selected]

@@ -92,16 +92,14 @@ async def test_a_recreate_converging_on_an_earlier_new_run_ends_at_this_plans_ti
         )
 
     fresh = await plan_for(settings, playbook)
-    assert fresh.violations == ()  # the reviewed plan: nothing in the past
-    result = await execute(settings, fresh, tmp_path / "j")
-    # The reviewed plan itself says it: the old run's recreate is left undone, because the
-    # run an earlier apply made for it is elsewhere; nothing is created or deleted.
-    [noop] = [c for c in fresh.changes if c.run.id != made.id]
-    assert noop.is_noop and f"an earlier apply already made {made.name} ({made.id})" in (
-        noop.reason or ""
-    )
-    assert result.outcomes == {}
-    assert len(seeder.runs_of_flow(flow)) == 2  # both left as they were
+    # The reviewed plan itself says it: the old run's recreate finishes with the run the
+    # earlier apply made, at that run's time, which is in the past: the plan is refused.
+    [change] = [c for c in fresh.changes if c.run.id != made.id]
+    assert change.op == "recreate" and change.state is not None
+    assert change.state.scheduled_time == scheduled_at(seeder.read_run(str(made.id)) or {})
+    assert len(fresh.violations) == 1
+    assert "would schedule 1 runs in the past" in fresh.violations[0]
+    assert len(seeder.runs_of_flow(flow)) == 2  # nothing sent
 
 
 async def test_a_create_returning_an_earlier_new_run_elsewhere_is_not_done(

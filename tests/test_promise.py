@@ -25,7 +25,7 @@ import pytest
 from runner.apply import ApplyRequest, apply
 from runner.client import PrefectClient
 from runner.errors import EXIT_OK, RunnerError, SelectionError
-from runner.executor import ApplyOptions, ApplyResult, Executor, Strategy
+from runner.executor import ApplyOptions, ApplyResult, Executor, Strategy, _proposed
 from runner.journal import Journal, read_journal
 from runner.loader import load_text
 from runner.observe import plan_playbook
@@ -81,11 +81,15 @@ async def create_new_runs(settings: ConnectionSettings, plan: Plan) -> list[Any]
         made = []
         for change in plan.pending:
             assert change.run.deployment_id is not None
+            assert change.state is not None
             made.append(
                 await client.create_flow_run_from_deployment(
                     change.run.deployment_id,
+                    state=_proposed(change.state),
                     parameters=change.run.parameters,
+                    tags=change.tags,
                     idempotency_key=change.idempotency_key,
+                    name=change.run.name,
                 )
             )
         return made
