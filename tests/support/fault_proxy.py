@@ -14,7 +14,8 @@ schedule the proxy instead:
 - ``garbage``: forwards, then answers 200 with a body cut off mid-JSON (the change happened;
   the answer is unreadable);
 - ``extra-fields``: forwards and answers, with fields no Prefect version has added to every
-  JSON object (a newer server: must be ignored).
+  JSON object of the server's own (a newer server: must be ignored); the user's data inside
+  (parameters, job variables) is left as it is.
 
 The schedule depends only on the seed and the order of requests, and ``injected`` counts what
 was done, so a failing scenario can be replayed. Runs its own event loop in a thread.
@@ -193,9 +194,14 @@ class FaultProxy:
 def _with_extra_fields(content: bytes) -> bytes:
     import json
 
+    # A newer server adds fields to its own objects, never inside the user's data (a run's
+    # parameters, job variables, a state's data): those are left as they are.
+    user_data = {"parameters", "job_variables", "data", "labels"}
+
     def add(value: Any) -> Any:
         if isinstance(value, dict):
-            return {**{k: add(v) for k, v in value.items()}, "x_future_field": {"nested": [1]}}
+            fields = {k: v if k in user_data else add(v) for k, v in value.items()}
+            return {**fields, "x_future_field": {"nested": [1]}}
         if isinstance(value, list):
             return [add(v) for v in value]
         return value
