@@ -429,7 +429,7 @@ def main() -> None:
     import signal
 
     _configure_logging()
-    signal.signal(signal.SIGTERM, _terminated)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(prog_name="runner")
     except KeyboardInterrupt as exc:  # between commands' own handling and the exit
@@ -445,6 +445,8 @@ def main() -> None:
             err=True,
         )
         sys.exit(EXIT_ERROR)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # called in-process (tests): as it was
 
 
 if __name__ == "__main__":

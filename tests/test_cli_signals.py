@@ -102,10 +102,14 @@ def test_a_signal_at_the_prompt_exits_130(
                 shown += os.read(terminal, 65536)
         assert f"Apply 2 changes to {api_url}? [y/N] ".encode() in shown
         process.send_signal(signum)
-        assert process.stderr is not None
-        err = process.stderr.read()
-        process.wait(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"runner did not stop on {signum.name} at the prompt") from None
     finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
         os.close(terminal)
     assert process.returncode == 130, err
     assert err == f"\nrunner: {signum.name}: stopped before anything was sent\n"
