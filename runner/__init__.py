@@ -24,6 +24,7 @@ _EXPORTS = {
     # loading a playbook
     "load_playbook": "runner.loader",
     "load_text": "runner.loader",
+    "load_select": "runner.loader",
     "Playbook": "runner.playbook",
     # planning: the observation of the server, then the pure planner
     "plan_playbook": "runner.observe",
@@ -33,6 +34,9 @@ _EXPORTS = {
     "Observation": "runner.plan",
     "read_plan": "runner.planfile",
     "write_plan": "runner.planfile",
+    # listing what each step selects (runner ls)
+    "list_selections": "runner.listing",
+    "ListingWriter": "runner.listing",
     # showing a plan
     "render_plan": "runner.render",
     # applying: the one apply path
@@ -76,6 +80,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
     "__version__",
     "load_playbook",
     "load_text",
+    "load_select",
     "Playbook",
     "plan_playbook",
     "make_plan",
@@ -84,6 +89,8 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
     "Observation",
     "read_plan",
     "write_plan",
+    "list_selections",
+    "ListingWriter",
     "render_plan",
     "apply_playbook",
     "ApplyRequest",
@@ -141,7 +148,8 @@ if _typing.TYPE_CHECKING:
     )
     from runner.executor import ApplyOptions, ApplyResult
     from runner.filters import FlowRunFilter, FlowRunQuery, FlowRunSort
-    from runner.loader import load_playbook, load_text
+    from runner.listing import ListingWriter, list_selections
+    from runner.loader import load_playbook, load_select, load_text
     from runner.observe import plan_playbook
     from runner.plan import Change, Observation, Plan
     from runner.planfile import read_plan, write_plan

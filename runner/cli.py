@@ -380,6 +380,55 @@ def show(plan_file: str, fmt: str, full: bool) -> None:
     )
 
 
+@cli.command(name="ls")
+@click.argument("playbook", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--select",
+    metavar="YAML",
+    help="List this selection instead: a step's select keys as YAML ('{state: {name: Late}}').",
+)
+@var_option
+@connection_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="json: JSON Lines, one object a run; csv: a header, then a row a run.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after N runs in all.")
+def ls(
+    playbook: str | None,
+    select: str | None,
+    variables: tuple[str, ...],
+    api_url: str | None,
+    fmt: str,
+    limit: int | None,
+) -> None:
+    """List the runs each step of PLAYBOOK selects, as a plan would. Sends no write.
+
+    Runs are written as they are read (a step with a limit: at its end, in its sort order).
+    With --select, each --var defines a variable it can use as ${NAME}.
+    """
+    from runner.commands import ls as command
+
+    if (playbook is None) == (select is None):
+        raise click.UsageError("give a PLAYBOOK or --select YAML (one of them)")
+    _run_command(
+        lambda: command.run(
+            playbook,
+            select=select,
+            variables=parse_vars(variables),
+            settings=_settings(api_url),
+            fmt=fmt,  # type: ignore[arg-type]
+            limit=limit,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:

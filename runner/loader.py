@@ -291,7 +291,7 @@ def _restore_references(root: yaml.Node) -> None:
                 stack.extend((key, value))
 
 
-def _parse_yaml(text: str, src: _Source) -> Any:
+def _parse_yaml(text: str, src: _Source, at: KeyPath = ()) -> Any:
     hidden = _hide_references(text)
     try:
         node = yaml.compose(hidden or text, Loader=_Loader)
@@ -318,7 +318,7 @@ def _parse_yaml(text: str, src: _Source) -> Any:
     if hidden is not None:
         _restore_references(node)
     try:
-        return _construct(node, (), src)
+        return _construct(node, at, src)
     except _TooLarge as exc:
         line, column = _mark(exc.node)
         src.problems.append(
@@ -990,7 +990,22 @@ def load_text(
         src.problem((), f"a playbook is a mapping (version, steps, ...), got {describe(data)}")
     if src.problems or data is None:
         raise PlaybookError(src.problems)
-    values = _resolve_vars(data, variables or {}, os.environ if env is None else env, src)
+    playbook = _load_data(
+        data, src, variables or {}, os.environ if env is None else env, default_name
+    )
+    digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return dataclasses.replace(playbook, path=name, digest=digest)
+
+
+def _load_data(
+    data: dict[str, Any],
+    src: _Source,
+    variables: Mapping[str, str],
+    env: Mapping[str, str],
+    default_name: str,
+) -> Playbook:
+    """The parsed YAML of a playbook -> variables -> schema -> semantic checks -> frozen."""
+    values = _resolve_vars(data, variables, env, src)
     data = _substitute(data, (), values, src)
     _check_strings(data, (), src, skip=set(src.problem_paths))
     # Report everything at once: the schema skips what a variable problem already explains,
@@ -1005,6 +1020,75 @@ def load_text(
         playbook = None  # a part the problems found already explain
     if playbook is None or src.problems:
         raise PlaybookError(src.problems)
-    digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     positions = {format_path(p): at for p, at in src.values.items() if p[:1] == ("steps",)}
-    return dataclasses.replace(playbook, path=name, digest=digest, positions=positions)
+    return dataclasses.replace(playbook, path=src.name, positions=positions)
+
+
+#: The option an ad-hoc selection is given with: where its problems are said to be.
+SELECT_OPTION = "--select"
+#: Where an ad-hoc selection stands in the one-step playbook it is loaded as.
+_SELECT_AT: KeyPath = ("steps", 0, "select")
+
+
+def load_select(
+    text: str, *, variables: Mapping[str, str] | None = None, option: str = SELECT_OPTION
+) -> Playbook:
+    """An ad-hoc selection (``runner ls --select '{state: {name: Late}, flows: etl}'``): the
+    keys of a step's ``select`` as YAML, checked by the same schema and semantic checks.
+
+    Returns a playbook of one step, both named ``option``, whose action changes nothing (a
+    tag action that adds and removes no tag): it is there to be listed. ``variables``
+    (``--var``) are its variables, each usable as ``${name}``. A :class:`PlaybookError`'s
+    problems name ``option`` and the selection key (``--select:1:17: state.name: ...``);
+    :func:`select_error` says a problem found later (an unknown flow) the same way.
+    """
+    src = _Source(option)
+    if len(text) > MAX_PLAYBOOK_BYTES:
+        raise select_error([_too_large(option)])
+    if not text.strip():
+        src.problem((), "an empty selection: give its keys, e.g. '{state: {name: Late}}'")
+        raise select_error(src.problems)
+    raw = _parse_yaml(text, src, at=_SELECT_AT)
+    if not src.problems and not isinstance(raw, dict):
+        src.problem(
+            _SELECT_AT, f"a selection is a mapping (state, flows, ...), got {describe(raw)}"
+        )
+    if src.problems or raw is None:
+        raise select_error(src.problems)
+    declared = dict(variables or {})
+    data = {
+        "version": 1,
+        "name": option,
+        "vars": declared,
+        "steps": [{"name": option, "select": raw, "action": "resume"}],
+    }
+    try:
+        playbook = _load_data(data, src, declared, {}, option)
+    except PlaybookError as exc:
+        raise select_error(exc.problems) from None
+    (step,) = playbook.steps
+    return dataclasses.replace(playbook, steps=(dataclasses.replace(step, action=Tag()),))
+
+
+def select_error(problems: list[Problem]) -> PlaybookError:
+    """Problems of an ad-hoc selection (:func:`load_select`), each at the selection key
+    (``state.name``) rather than where the selection stands in its one-step playbook."""
+    prefix = format_path(_SELECT_AT)
+
+    def key(path: str) -> str:
+        if path == "vars" or path == prefix:
+            return ""
+        return path.removeprefix(prefix + ".") if path.startswith(prefix + ".") else path
+
+    return PlaybookError(
+        [
+            Problem(
+                file=p.file,
+                line=p.line,
+                column=p.column,
+                path=key(p.path),
+                message=p.message.replace("this playbook defines no variables", "no --var given"),
+            )
+            for p in problems
+        ]
+    )

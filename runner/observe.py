@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from typing import TypeVar
 from uuid import UUID
@@ -132,6 +132,13 @@ class _Shared:
         return self._seen.setdefault(value, value)  # type: ignore[return-value]
 
 
+class _Unshared(_Shared):
+    """Every value as it is: for views not held together (``runner ls`` writes each page out)."""
+
+    def __call__(self, value: _T) -> _T:
+        return value
+
+
 def _state_time(run: FlowRun) -> datetime | None:
     """The time of the run's Scheduled-type state, where ``next_scheduled_start_time`` does
     not already say it (Prefect copies it there on every move into such a state)."""
@@ -141,8 +148,10 @@ def _state_time(run: FlowRun) -> datetime | None:
     return None if when == run.next_scheduled_start_time else when
 
 
-def _view(run: FlowRun, keep_parameters: bool, same: _Shared) -> RunView:
-    """A slim view of ``run``; its flow and deployment are named later (:func:`_named`)."""
+def run_view(run: FlowRun, keep_parameters: bool, same: _Shared | None = None) -> RunView:
+    """A slim view of ``run`` (``same`` shares the values many runs repeat); its flow and
+    deployment are named later (:func:`named_view`)."""
+    same = same or _Unshared()
     return RunView(
         id=run.id,
         name=run.name,
@@ -207,7 +216,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                         dep_ids.add(run.deployment_id)
                     if wants_parents and run.parent_task_run_id:
                         parent_tasks.add(run.parent_task_run_id)
-                    views.append(_view(run, keep, shared))
+                    views.append(run_view(run, keep, shared))
         raw_steps.append(views)
     flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
     deployments = {
@@ -218,41 +227,31 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     steps: list[StepObservation] = []
     notes: list[str] = []
     for index, (step, sq, views) in enumerate(zip(playbook.steps, queries, raw_steps, strict=True)):
-        selected = [deployment_ids[n] for n in step.select.deployments]
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         matched = {e.label: 0 for e in step.select.exclude}
         read = len(views)
         # In place: each view is replaced by its named copy, so the two never both exist.
         for i, view in enumerate(views):
             assert view is not None
-            named = _named(view, flows, deployments)
-            failed = failed_keys(
-                step.select, named, now=now, deployment_ids=selected, parents=parents
+            named = named_view(view, flows, deployments)
+            excluded = check_run(
+                step.select,
+                sq,
+                named,
+                where=f"steps[{index}] ({step.name!r})",
+                now=now,
+                deployment_ids=deployment_ids,
+                parents=parents,
+                version=info.version,
             )
-            trusted = [key for key in failed if key not in sq.loose]
-            if trusted:
-                raise SelectionError(
-                    _ignored_filter(index, step.name, named, trusted, info.version)
-                )
-            excluded = (
-                matching_exclusions(
-                    step.select.exclude,
-                    named,
-                    now=now,
-                    deployment_ids=deployment_ids,
-                    parents=parents,
-                )
-                if not failed
-                else []
-            )
-            for label in excluded:
+            for label in excluded or ():
                 matched[label] += 1
             if named.idempotency_key is not None and not recreates:
                 # Parameters stay (they guard the change: drift); the key is recreate's.
                 named = dataclasses.replace(named, idempotency_key=None)
             # A run failing only conditions that runner applies itself (ServerQuery.loose),
             # or matching an exclusion, is not selected.
-            views[i] = None if failed or excluded else named
+            views[i] = None if excluded is None or excluded else named
         kept = tuple(v for v in views if v is not None)
         views.clear()
         local = sorted(sq.loose - {"name_like", "deployment_like"})
@@ -278,19 +277,53 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     )
 
 
-def _ignored_filter(
-    index: int, name: str, run: RunView, keys: list[str], version: str | None
-) -> str:
-    state = run.state_name or run.state_type or "no state"
-    return (
-        f"steps[{index}] ({name!r}): the server returned run {run.name} ({run.id}, {state}),"
-        f" which does not match select.{', select.'.join(keys)}: the server"
-        f" (Prefect {version or 'unknown version'}) ignored or mis-read that filter."
-        " Nothing was planned and nothing was sent."
+def check_run(
+    select: Select,
+    sq: ServerQuery,
+    run: RunView,
+    *,
+    where: str,
+    now: datetime,
+    deployment_ids: Mapping[str, UUID],
+    parents: Mapping[UUID, UUID],
+    version: str | None,
+    outcome: str = "Nothing was planned and nothing was sent.",
+) -> list[str] | None:
+    """runner's own check of a run the server returned for ``select`` (sent as ``sq``):
+    None when it fails a key runner applies itself (``sq.loose``: it is not selected),
+    else the labels of the exclusions it matches (empty: it is selected). ``run`` must be
+    named (:func:`named_view`); ``deployment_ids`` are every named deployment's id.
+
+    A run failing a key the server was trusted with raises :class:`SelectionError` (the
+    server ignored or mis-read that filter), saying ``where`` the selection is, and then
+    ``outcome``."""
+    failed = failed_keys(
+        select,
+        run,
+        now=now,
+        deployment_ids=[deployment_ids[n] for n in select.deployments],
+        parents=parents,
+    )
+    trusted = [key for key in failed if key not in sq.loose]
+    if trusted:
+        raise SelectionError(_ignored_filter(where, run, trusted, version) + " " + outcome)
+    if failed:
+        return None
+    return matching_exclusions(
+        select.exclude, run, now=now, deployment_ids=deployment_ids, parents=parents
     )
 
 
-def _named(
+def _ignored_filter(where: str, run: RunView, keys: list[str], version: str | None) -> str:
+    state = run.state_name or run.state_type or "no state"
+    return (
+        f"{where}: the server returned run {run.name} ({run.id}, {state}),"
+        f" which does not match select.{', select.'.join(keys)}: the server"
+        f" (Prefect {version or 'unknown version'}) ignored or mis-read that filter."
+    )
+
+
+def named_view(
     view: RunView,
     flows: dict[UUID, str],
     deployments: dict[UUID, str],

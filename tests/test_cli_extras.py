@@ -96,14 +96,16 @@ def runner_lines(text: str, *, fenced_only: bool) -> list[list[str]]:
             continue
         line = raw.strip().removeprefix("- run: ").removeprefix("run: ")
         if line.startswith("runner "):
-            line = line.split(">>")[0].split(" > ")[0].split("#")[0]
+            line = line.split(">>")[0].split(" > ")[0].split(" | ")[0].split("#")[0]
             line = line.replace('"$playbook"', "playbooks/cleanup-old-runs.yaml")
             line = line.replace('"reports/$name.json"', "reports/x.json")
             lines.append(shlex.split(line)[1:])
     return lines
 
 
-@pytest.mark.parametrize("document", ["docs/examples/playbooks.yml", "docs/ci.md", "README.md"])
+@pytest.mark.parametrize(
+    "document", ["docs/examples/playbooks.yml", "docs/ci.md", "README.md", "docs/listing.md"]
+)
 def test_documented_command_lines_parse(document: str) -> None:
     """Every ``runner`` line in the CI example and the docs' snippets parses: real commands,
     real options, valid values."""
