@@ -45,6 +45,8 @@ _EXPORTS = {
     "Applied": "runner.apply",
     "ApplyOptions": "runner.executor",
     "ApplyResult": "runner.executor",
+    # the archive deletes write
+    "read_archive": "runner.archive",
     # talking to Prefect
     "PrefectClient": "runner.client",
     "ProposedState": "runner.client",
@@ -63,6 +65,8 @@ _EXPORTS = {
     "PlanFileError": "runner.errors",
     "CheckpointError": "runner.errors",
     "CheckpointWriteError": "runner.errors",
+    "ArchiveError": "runner.errors",
+    "ArchiveWriteError": "runner.errors",
     "OutputError": "runner.errors",
     "APIError": "runner.errors",
     "Unreachable": "runner.errors",
@@ -97,6 +101,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
     "Applied",
     "ApplyOptions",
     "ApplyResult",
+    "read_archive",
     "PrefectClient",
     "ProposedState",
     "ensure_accepted",
@@ -113,6 +118,8 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
     "PlanFileError",
     "CheckpointError",
     "CheckpointWriteError",
+    "ArchiveError",
+    "ArchiveWriteError",
     "OutputError",
     "APIError",
     "Unreachable",
@@ -127,9 +134,12 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
 if _typing.TYPE_CHECKING:
     from runner.apply import Applied, ApplyRequest
     from runner.apply import apply as apply_playbook
+    from runner.archive import read_archive
     from runner.client import PrefectClient, ProposedState, ensure_accepted
     from runner.errors import (
         APIError,
+        ArchiveError,
+        ArchiveWriteError,
         CheckpointError,
         CheckpointWriteError,
         InvalidRequest,

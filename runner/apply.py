@@ -74,6 +74,9 @@ class ApplyRequest:
     max_plan_age: float | None = 3600.0
     report: str | None = None
     artifact: bool = False
+    #: Where deletes archive their runs (default: ``archive.jsonl.gz`` in the apply's folder,
+    #: or where an earlier apply of the same plan archived them).
+    archive: str | None = None
     #: Runs never selected (the flow run applying the playbook, say).
     exclude: frozenset[UUID] = frozenset()
     #: Stop after the review: plan (or read the plan) and show it; write nothing.
@@ -161,6 +164,16 @@ def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
         "requests": result.requests,
         # Seconds between runner's read-back of a run and its write (count, median, p99, max).
         "read_to_write": result.window_summary(),
+        # Where the deleted runs were archived: the file, the runs this apply wrote, all it holds.
+        "archive": (
+            {
+                "path": str(result.archive.path),
+                "written": result.archive.written,
+                "runs": result.archive.runs,
+            }
+            if result.archive is not None
+            else None
+        ),
         "counts": {s: result.count(s) for s in STATUSES},
         "runs": [
             {
@@ -200,6 +213,8 @@ async def apply(
             check_folder(request.state_dir, "--state-dir")
         if request.report:
             check_file(request.report, "--report", replaced=False)
+        if request.archive:
+            check_file(request.archive, "--archive", replaced=False)
     stop = stop or anyio.Event()
     async with PrefectClient(request.settings, bulk=False if request.dry_run else None) as client:
         now = datetime.now(timezone.utc)
@@ -253,6 +268,7 @@ async def apply(
                 retry=retry,
                 stop=stop,
                 on_progress=progress,
+                archive=Path(request.archive) if request.archive else None,
             )
             try:
                 result = await executor.run()
@@ -409,6 +425,13 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
         + f" in {result.seconds:.1f}s, {plural(result.requests, 'request')}"
         f" ({', '.join(f'step {i + 1}: {s}' for i, s in result.strategies.items())}).\n"
     )
+    if result.archive is not None:
+        archive = result.archive
+        more = f"; it holds {archive.runs}" if archive.runs != archive.written else ""
+        out.write(
+            f"Archive: {plural(archive.written, 'run')} archived before the delete to"
+            f" {archive.path}{more} (runner show {archive.path} lists them).\n"
+        )
     for outcome in [*result.outcomes.values()]:
         if outcome.status in ("drifted", "raced", "failed"):
             run = outcome.change.run
@@ -452,6 +475,11 @@ def status(path: str, *, fmt: str = "text", out: TextIO) -> int:
             "playbook": plan.playbook_name,
             "server": plan.server_url,
             "checkpoint": str(journal) if state else None,
+            "archive": (
+                {"path": str(workdir / state.archive), "runs": state.archive_runs}
+                if state and state.archive
+                else None
+            ),
             "started_at": state.started_at.isoformat() if state and state.started_at else None,
             "complete": code == EXIT_OK,
             "counts": counts,
@@ -473,9 +501,15 @@ def status(path: str, *, fmt: str = "text", out: TextIO) -> int:
         }
         out.write(json.dumps(document, indent=2) + "\n")
         return code
+    archive = ""
+    if state and state.archive:
+        held = state.archive_runs
+        archive = f"archive: {workdir / state.archive}"
+        archive += (f" ({plural(held, 'run')})" if held is not None else "") + "\n"
     out.write(
         f"plan {plan.id} ({plan.playbook_name}) against {plan.server_url}: {summary_line(plan)}\n"
-        f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
+        + archive
+        + f"done {counts['done']}, drifted {counts['drifted']}, failed {counts['failed']},"
         f" pending {counts['pending']}"
         + (f", raced {counts['raced']}" if counts["raced"] else "")
         + "\n"

@@ -245,6 +245,12 @@ def plan(
 )
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome per run here.")
 @click.option(
+    "--archive",
+    type=click.Path(dir_okay=False),
+    help="Archive the runs deletes remove to this gzip JSON Lines file, appending"
+    " (default: archive.jsonl.gz in the apply's folder).",
+)
+@click.option(
     "--artifact",
     is_flag=True,
     help="Also store the summary in Prefect as a markdown artifact (key runner-<playbook>).",
@@ -270,6 +276,7 @@ def apply(
     state_dir: str,
     max_plan_age: str,
     report: str | None,
+    archive: str | None,
     artifact: bool,
     fmt: str,
     full: bool,
@@ -322,6 +329,7 @@ def apply(
             fresh=fresh,
             max_plan_age=age,
             report=report,
+            archive=archive,
             artifact=artifact,
             dry_run=dry_run,
             detailed_exitcode=detailed_exitcode,
@@ -366,11 +374,11 @@ def status(checkpoint: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.argument("plan_file", metavar="PLAN_OR_ARCHIVE", type=click.Path(dir_okay=False))
 @format_option
 @full_option
 def show(plan_file: str, fmt: str, full: bool) -> None:
-    """Render a saved plan."""
+    """Render a saved plan, or list the runs in a delete archive (text or json)."""
     from runner.commands import show as command
 
     _run_command(

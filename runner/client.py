@@ -807,8 +807,10 @@ class PrefectClient:
         sort: FlowRunSort = FlowRunSort.ID_DESC,
         limit: int = MAX_PAGE_SIZE,
         offset: int = 0,
+        documents: dict[UUID, dict[str, Any]] | None = None,
     ) -> list[FlowRun]:
-        """One page of runs (``limit`` is capped at the server's page limit)."""
+        """One page of runs (``limit`` is capped at the server's page limit). ``documents``,
+        if given, takes each run's JSON as the server answered it, by id."""
         body = (query or FlowRunQuery()).body()
         body.update(sort=sort.value, limit=min(limit, self._page_size), offset=offset)
         try:
@@ -819,8 +821,13 @@ class PrefectClient:
                 raise
             # The server runs with a smaller page limit than Prefect's default: learn it.
             self._page_size = max(1, int(match.group(1)))
-            return await self.read_flow_runs(query, sort=sort, limit=limit, offset=offset)
-        return self._parse_list(FlowRun, response)
+            return await self.read_flow_runs(
+                query, sort=sort, limit=limit, offset=offset, documents=documents
+            )
+        runs = self._parse_list(FlowRun, response)
+        if documents is not None:
+            documents.update(zip((run.id for run in runs), _body(response), strict=True))
+        return runs
 
     async def iter_flow_runs(
         self,
@@ -922,8 +929,67 @@ class PrefectClient:
         oldest = datetime.min.replace(tzinfo=timezone.utc)
         return sorted(states, key=lambda s: s.timestamp or oldest)
 
-    async def read_flow_run(self, flow_run_id: UUID) -> FlowRun:
-        return self._parse(FlowRun, await self._request("GET", f"flow_runs/{flow_run_id}"))
+    async def read_flow_run_state_documents(self, flow_run_id: UUID) -> list[dict[str, Any]]:
+        """Every state the run has had, oldest first, as the server answered them (each
+        checked to be a state)."""
+        response = await self._request(
+            "GET", "flow_run_states/", params={"flow_run_id": str(flow_run_id)}
+        )
+        states = self._parse_list(State, response)
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        pairs = sorted(
+            zip(states, _body(response), strict=True), key=lambda p: p[0].timestamp or oldest
+        )
+        return [document for _, document in pairs]
+
+    async def read_logs(self, flow_run_ids: Sequence[UUID]) -> list[dict[str, Any]]:
+        """Every log line of these runs, oldest first, as the server answered them.
+
+        Read a page at a time by time (each page from the last one's time on, the lines
+        already read left out), not by offset: a line written meanwhile never shifts the
+        pages. Pages by offset only within one time shared by more lines than a page."""
+        if not flow_run_ids:
+            return []
+        ids = [str(i) for i in flow_run_ids]
+        size = min(MAX_PAGE_SIZE, self._page_size)
+        found: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        after: str | None = None
+        skip = 0
+        while True:
+            logs: dict[str, Any] = {"flow_run_id": {"any_": ids}}
+            if after is not None:
+                logs["timestamp"] = {"after_": after}
+            body = {"logs": logs, "sort": "TIMESTAMP_ASC", "limit": size, "offset": skip}
+            page = await self._json_list("POST", "logs/filter", body)
+            for line in page:
+                key = str(line.get("id"))
+                if key not in seen:
+                    seen.add(key)
+                    found.append(line)
+            if len(page) < size:
+                return found
+            last = page[-1].get("timestamp")
+            if not isinstance(last, str):
+                raise ServerError(
+                    "unexpected answer: a log line without a timestamp",
+                    method="POST",
+                    url=self._url_for("logs/filter"),
+                )
+            if last == after:  # a whole page at one time: on by offset within it
+                skip += size
+            else:
+                after, skip = last, 0
+
+    async def read_flow_run(
+        self, flow_run_id: UUID, *, documents: dict[UUID, dict[str, Any]] | None = None
+    ) -> FlowRun:
+        """One run; ``documents``, if given, takes its JSON as the server answered it."""
+        response = await self._request("GET", f"flow_runs/{flow_run_id}")
+        run = self._parse(FlowRun, response)
+        if documents is not None:
+            documents[run.id] = _body(response)
+        return run
 
     async def read_flow(self, flow_id: UUID) -> Flow:
         return self._parse(Flow, await self._request("GET", f"flows/{flow_id}"))

@@ -10,7 +10,11 @@
     ├── PlanFileError            a saved plan cannot be used (unreadable, edited out of step
     │                            with itself, another server's, too old, breaks its guards)
     ├── CheckpointError          a checkpoint cannot be used (another plan's, locked)
-    │   └── CheckpointWriteError   it cannot be written (a full disk): the apply stops
+    │   ├── CheckpointWriteError   it cannot be written (a full disk): the apply stops
+    │   │   └── ArchiveWriteError    the delete archive cannot be written: the apply stops,
+    │   │                            and the runs it was archiving are not deleted
+    │   └── ArchiveError           a delete archive cannot be read or appended to (not an
+    │                              archive, damaged, written by another apply right now)
     ├── OutputError              a file or folder runner must write cannot be written
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
@@ -78,6 +82,16 @@ class CheckpointError(RunnerError):
 class CheckpointWriteError(CheckpointError):
     """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
     written before stays; a resume redoes the rest."""
+
+
+class ArchiveError(CheckpointError):
+    """A delete archive cannot be read or appended to: not an archive, damaged before its
+    end, a newer format, or being written by another apply."""
+
+
+class ArchiveWriteError(CheckpointWriteError):
+    """The delete archive cannot be written (a full disk, say): the apply stops like a
+    checkpoint write failure, and the runs whose records were not written are not deleted."""
 
 
 class SettingsError(RunnerError):

@@ -13,7 +13,10 @@ an interrupted apply resumes without repeating or losing work:
 - a recreate records the new run's id before it deletes the old run (checked again first),
   and its create carries an idempotency key derived from the old run and the state the plan
   saw, so any two plans of the same change converge on one new run;
-- a delete answered 404 is done.
+- a delete answered 404 is done;
+- a delete whose step archives (the default) writes each run's record to the archive
+  (:mod:`runner.archive`), fsynced, before the delete is sent: a run whose record could not
+  be read or written is not deleted.
 
 Concurrency adapts to the server: it halves when the server answers 429/503 or drops a
 connection, and grows by one after as many successes as the current limit.
@@ -21,19 +24,23 @@ connection, and grows by one after as many successes as the current limit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from uuid import UUID
 
 import anyio
 
+from runner.archive import ARCHIVE_NAME, ArchiveWriter, archive_record
 from runner.client import MAX_BULK_SIZE, PrefectClient, ProposedState
 from runner.concurrency import AdaptiveLimit
 from runner.errors import (
@@ -56,7 +63,7 @@ from runner.filters import (
 )
 from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
-from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan, TargetState
+from runner.plan import LEGACY_CARRY, ArchiveSpec, Change, Plan, StepPlan, TargetState
 from runner.retry import RetryPolicy
 from runner.selection import json_equal
 from runner.words import plural
@@ -113,6 +120,16 @@ class Progress:
         )
 
 
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """Where an apply archived the runs it deleted: the file, the run records this apply
+    wrote to it, and how many the file holds (earlier applies' included)."""
+
+    path: Path
+    written: int
+    runs: int
+
+
 @dataclass
 class ApplyResult:
     outcomes: dict[str, Outcome]
@@ -123,6 +140,8 @@ class ApplyResult:
     strategies: dict[int, str]
     #: Seconds between reading each run back and sending its write (see Executor.windows).
     windows: Sequence[float] = ()
+    #: The delete archive, when this apply wrote to one.
+    archive: ArchiveSummary | None = None
 
     def window_summary(self) -> dict[str, float | int]:
         """How long runner's own check of a run stood before its write: count, median, max
@@ -304,6 +323,7 @@ class Executor:
         retry: RetryPolicy | None = None,
         stop: anyio.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        archive: Path | None = None,
     ) -> None:
         self.client = client
         self._base_policy = retry or client.retry_policy
@@ -325,6 +345,15 @@ class Executor:
         self.windows: list[float] = []
         #: Runs read back ahead of their one-run writes: run (None: gone) and when it was read.
         self._ahead: dict[UUID, tuple[FlowRun | None, float]] = {}
+        #: Where deletes are archived: ``archive``, else where the journal says an earlier
+        #: apply of the plan archived, else next to the journal. Opened by :meth:`run`.
+        recorded = previous.archive if previous is not None else None
+        folder = journal.path.parent
+        self.archive_path = archive or (folder / recorded if recorded else folder / ARCHIVE_NAME)
+        self.archive: ArchiveWriter | None = None
+        #: The server's JSON of runs read back before an archived delete, by id, until
+        #: their record is written (or they need no write).
+        self._documents: dict[UUID, dict[str, Any]] = {}
         #: What every request goes through: the client with this apply's settings (each step
         #: its own retry policy and rate), and push-back slowing the concurrency limit down.
         self._api = self._tuned(retry=self._base_policy, rate_limit=options.rate_limit)
@@ -445,17 +474,23 @@ class Executor:
 
     # -- reading back --------------------------------------------------------------------
 
-    async def _current(self, changes: Sequence[Change]) -> dict[UUID, FlowRun]:
+    async def _current(
+        self, changes: Sequence[Change], *, before_write: bool = False
+    ) -> dict[UUID, FlowRun]:
         """The runs as they are now, by id (a run that is gone is absent). Paged by the
-        server's page size, read again where the server turned out to take smaller pages."""
+        server's page size, read again where the server turned out to take smaller pages.
+        ``before_write``: the read-back right before their write; the JSON of runs to be
+        archived is kept for their record."""
         ids = [c.run.id for c in changes]
+        keep = before_write and any(self._archives(c) for c in changes)
+        documents = self._documents if keep else None
         found: dict[UUID, FlowRun] = {}
         start = 0
         while start < len(ids):
             size = self._api.page_size
             chunk = ids[start : start + size]
             runs = await self._api.read_flow_runs(
-                FlowRunQuery(flow_runs=by_ids(chunk)), limit=len(chunk)
+                FlowRunQuery(flow_runs=by_ids(chunk)), limit=len(chunk), documents=documents
             )
             if len(runs) < len(chunk) and self._api.page_size < size:
                 continue  # the server's pages are smaller than assumed: this chunk again
@@ -471,11 +506,13 @@ class Executor:
         if len(known) == len(changes):
             found = {run.id: run for run, _ in known if run is not None}
             return found, min(at for _, at in known)
-        return await self._current(changes), time.monotonic()
+        return await self._current(changes, before_write=True), time.monotonic()
 
-    async def _read_one(self, change: Change) -> FlowRun | None:
+    async def _read_one(self, change: Change, *, before_write: bool = False) -> FlowRun | None:
+        """The run as it is now (None: gone); ``before_write`` as for :meth:`_current`."""
+        documents = self._documents if before_write and self._archives(change) else None
         try:
-            return await self._api.read_flow_run(change.run.id)
+            return await self._api.read_flow_run(change.run.id, documents=documents)
         except NotFound:
             return None
 
@@ -483,10 +520,12 @@ class Executor:
         """Finish ``change`` if it needs no write (made earlier by this plan, drifted, or a
         delete of a run that is gone); True when it did."""
         if self._finish_if_ours(change, current):
+            self._documents.pop(change.run.id, None)
             return True
         why = _drift(change, current)
         if why is None:
             return False
+        self._documents.pop(change.run.id, None)  # not to be archived: not deleted
         if current is None and change.op == "delete":
             self._finish(change, "done", "already gone")
         else:
@@ -579,10 +618,71 @@ class Executor:
         self._writing(read_at)
         return read_at
 
+    def _archives(self, change: Change) -> bool:
+        """Whether ``change`` is a delete its step archives first."""
+        return change.op == "delete" and self.plan.steps[change.step].archive is not None
+
+    async def _archive(self, live: Sequence[Change]) -> None:
+        """Write the records of runs about to be deleted to the archive, one batch, fsynced,
+        before their delete is sent. The run's JSON is the read-back's; its state history is
+        read now (a request a run), and its logs when the step says so (a request a page of
+        200 lines, for the batch). A run this plan archived already (an apply that stopped
+        between the archive and the delete) is not written again. Raises when a record
+        cannot be read or written: then nothing of the batch is deleted."""
+        documents = {c.run.id: self._documents.pop(c.run.id, None) for c in live}
+        writer = self.archive
+        todo = [c for c in live if self._archives(c)]
+        if writer is None or not todo:
+            return
+        todo = [c for c in todo if c.run.id not in writer.archived]
+        if not todo:
+            return
+        specs = {c.run.id: self.plan.steps[c.step].archive or ArchiveSpec() for c in todo}
+        states: dict[UUID, list[dict[str, Any]]] = {}
+        errors: list[Exception] = []
+        limit = anyio.Semaphore(4)
+
+        async def read(change: Change) -> None:
+            try:
+                async with limit:
+                    run_id = change.run.id
+                    if documents.get(run_id) is None:  # never read back with its JSON
+                        found: dict[UUID, dict[str, Any]] = {}
+                        await self._api.read_flow_run(run_id, documents=found)
+                        documents[run_id] = found[run_id]
+                    states[run_id] = await self._api.read_flow_run_state_documents(run_id)
+            except Exception as exc:  # raised below as itself, not in an exception group
+                errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for change in todo:
+                group.start_soon(read, change)
+        if errors:
+            raise errors[0]
+        logs: dict[str, list[dict[str, Any]]] = {}
+        wanted = [c.run.id for c in todo if specs[c.run.id].logs]
+        for line in await self._api.read_logs(wanted) if wanted else ():
+            logs.setdefault(str(line.get("flow_run_id")), []).append(line)
+        writer.write(
+            archive_record(
+                documents[c.run.id] or {},
+                states[c.run.id],
+                logs=logs.get(str(c.run.id), []) if specs[c.run.id].logs else None,
+                flow=c.run.flow,
+                deployment=c.run.deployment,
+                plan_id=self.plan.id,
+                step=c.step,
+            )
+            for c in todo
+        )
+
     async def _delete_bulk(self, changes: Sequence[Change]) -> None:
-        live = await self._still_as_planned(changes)
+        current, read_at = await self._read_back(changes)
+        live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
         if not live:
             return
+        await self._archive(live)
+        self._writing(read_at)
         gone = await self._api.bulk_delete_flow_runs(
             [c.run.id for c in live], only_if=guard_filter(live)
         )
@@ -598,22 +698,25 @@ class Executor:
                 self._finish(change, "drifted", why)
 
     async def _delete_if_unchanged(
-        self, change: Change, *, checked_at: float | None = None
+        self, change: Change, *, checked_at: float | None = None, archive: bool = False
     ) -> tuple[str, str | None]:
         """Delete one run if it is still what the plan saw: ("deleted" | "gone" | "drifted",
         why it drifted). ``checked_at``: the run was read back and found unchanged then; on
         the bulk route (its filter read and its delete are one transaction) it is not read
-        again."""
+        again. ``archive``: its record is archived first (a delete, not a recreate's)."""
         if checked_at is not None and self._bulk:
             read_at = checked_at
         else:
-            current = await self._read_one(change)
+            current = await self._read_one(change, before_write=archive)
             read_at = time.monotonic()
             if current is None:
                 return "gone", None
             why = _drift(change, current)
             if why is not None:
+                self._documents.pop(change.run.id, None)
                 return "drifted", why
+            if archive:
+                await self._archive([change])
         self._writing(read_at)
         if self._bulk:
             gone = await self._api.bulk_delete_flow_runs(
@@ -629,7 +732,7 @@ class Executor:
         return ("deleted" if deleted else "gone"), None
 
     async def _delete_one(self, change: Change) -> None:
-        outcome, why = await self._delete_if_unchanged(change)
+        outcome, why = await self._delete_if_unchanged(change, archive=True)
         if outcome == "drifted":
             self._finish(change, "drifted", why)
         else:
@@ -830,7 +933,7 @@ class Executor:
         time between is measured, see :meth:`_writing`). A failed read leaves them to be read
         one by one."""
         try:
-            current = await self._current(changes)
+            current = await self._current(changes, before_write=True)
         except APIError:
             return
         read_at = time.monotonic()
@@ -926,6 +1029,7 @@ class Executor:
             for batch, exc in self._deferred:
                 self._fail_all(batch, exc)
             self._deferred = []
+        self._documents.clear()
         return "+".join(sorted(used)) or "none"
 
     async def run(self) -> ApplyResult:
@@ -944,6 +1048,39 @@ class Executor:
                 self.outcomes[change.key] = Outcome(change, "pending")
         remaining = sum(1 for o in self.outcomes.values() if o.status in ("pending", "created"))
         self.progress = Progress(total=remaining)
+        to_archive = frozenset(
+            c.run.id
+            for c in self.plan.pending
+            if self._archives(c) and self.outcomes[c.key].status == "pending"
+        )
+        with contextlib.ExitStack() as stack:
+            if to_archive:  # opened before anything is sent: a file it cannot use stops here
+                self.archive = stack.enter_context(
+                    ArchiveWriter(
+                        self.archive_path,
+                        plan_id=self.plan.id,
+                        playbook=self.plan.playbook_name,
+                        server_url=self.plan.server_url,
+                        planned=to_archive,
+                    )
+                )
+                self.journal.archive(self._recorded_archive_path())
+            result = await self._run(started, remaining)
+            if self.archive is not None:
+                self.journal.archive(self._recorded_archive_path(), runs=self.archive.runs)
+                result.archive = ArchiveSummary(
+                    self.archive_path, written=self.archive.written, runs=self.archive.runs
+                )
+        return result
+
+    def _recorded_archive_path(self) -> str:
+        """The archive's path as the journal keeps it: relative to the journal's folder when
+        it is in it (the folder can move), else absolute (a resume from elsewhere finds it)."""
+        folder = os.path.abspath(self.journal.path.parent)
+        path = os.path.abspath(self.archive_path)
+        return os.path.relpath(path, folder) if os.path.dirname(path) == folder else path
+
+    async def _run(self, started: float, remaining: int) -> ApplyResult:
         strategies: dict[int, str] = {}
         try:
             self._bulk = bulk = await self._api.supports_bulk() if remaining else False

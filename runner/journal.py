@@ -14,6 +14,10 @@ Record statuses:
 - ``raced``: the change is made, but it landed on a state the plan did not see (the run
   changed while the write was in flight): made, and to be looked at
 - ``failed``: the change failed after its retries (``detail`` has the reason); retried on resume
+
+A line without a key says where the apply's delete archive is (``{"archive": path}``, relative
+to the journal's folder when it is in it), and once the apply ends how many runs it holds
+(``"runs"``): a resume appends to the same archive.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class JournalState:
     torn_lines: int = 0
     #: When the first apply of the plan started (the header's time), if it says.
     started_at: datetime | None = None
+    #: The delete archive of the last apply that kept one (as recorded: relative to the
+    #: journal's folder, or absolute), and how many runs it held when that apply ended.
+    archive: str | None = None
+    archive_runs: int | None = None
 
     def status(self, key: str) -> Status | None:
         entry = self.entries.get(key)
@@ -96,6 +104,11 @@ def read_journal(
             continue
         try:
             record = json.loads(raw)
+            if isinstance(record, dict) and "archive" in record and "key" not in record:
+                state.archive = str(record["archive"])
+                runs = record.get("runs")
+                state.archive_runs = runs if isinstance(runs, int) else None
+                continue
             entry = Entry(
                 key=record["key"],
                 status=record["status"],
@@ -270,6 +283,15 @@ class Journal:
             or time.monotonic() - self._last_sync >= self.interval
         ):
             self.sync()
+
+    def archive(self, path: str, *, runs: int | None = None) -> None:
+        """Record where this apply's delete archive is (and, once it ends, how many runs
+        it holds); synced at once."""
+        record: dict[str, Any] = {"archive": path}
+        if runs is not None:
+            record["runs"] = runs
+        self._write(record)
+        self.sync()
 
     def sync(self) -> None:
         if self._handle is None or self._unsynced == 0:

@@ -28,7 +28,9 @@ from runner.errors import PlaybookError, Problem
 from runner.playbook import (
     ACTION_TYPES,
     Action,
+    Archive,
     Defaults,
+    Delete,
     Exclusion,
     Guards,
     Playbook,
@@ -847,6 +849,12 @@ def _action(raw: Any, path: KeyPath, src: _Source) -> Action | None:
         if both:
             src.problem(apath, f"tags both added and removed: {', '.join(both)}")
         return Tag(add=add, remove=remove)
+    if name == "delete":
+        archive = params.get("archive", True)
+        if archive is False:
+            return Delete(archive=None)
+        options = archive if isinstance(archive, dict) else {}  # true, or null: the defaults
+        return Delete(archive=Archive(logs=options.get("logs", False)))
     if name == "set_state":
         return SetState(
             type=StateType(params["type"]),

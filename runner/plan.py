@@ -103,6 +103,14 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveSpec:
+    """What a delete step archives before each delete (see :mod:`runner.archive`): the run
+    as the API returns it and its state history; its logs with ``logs``."""
+
+    logs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StepPlan:
     index: int
     name: str
@@ -119,6 +127,9 @@ class StepPlan:
     #: A reschedule step that may schedule runs in the past (``allow_past``); without it,
     #: a new start time that passes between the plan and the write is refused then.
     allow_past: bool = False
+    #: A delete step's archive (None: deleted without one, ``archive: false``, or not a
+    #: delete step).
+    archive: ArchiveSpec | None = None
 
     @property
     def pending(self) -> tuple[Change, ...]:

@@ -18,7 +18,17 @@ from typing import Any, NoReturn, TextIO, get_args
 from uuid import UUID, uuid4
 
 from runner.errors import PlanFileError
-from runner.plan import CARRIED, Carried, Change, Op, Plan, RunView, StepPlan, TargetState
+from runner.plan import (
+    CARRIED,
+    ArchiveSpec,
+    Carried,
+    Change,
+    Op,
+    Plan,
+    RunView,
+    StepPlan,
+    TargetState,
+)
 from runner.playbook import ACTION_TYPES
 from runner.states import StateType
 from runner.timeexpr import MAX_DURATION
@@ -103,6 +113,28 @@ def change_to_json(change: Change) -> dict[str, Any]:
     return data
 
 
+def _step_outline(step: StepPlan) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "index": step.index,
+        "name": step.name,
+        "action": step.action,
+        "selected": step.selected,
+        "show_tags": step.show_tags,
+        "allow_past": step.allow_past,
+    }
+    if step.action == "delete":
+        data["archive"] = {"logs": step.archive.logs} if step.archive is not None else None
+    data["settings"] = {
+        "concurrency": step.concurrency,
+        "rate_limit": step.rate_limit,
+        "max_attempts": step.max_attempts,
+        "backoff_seconds": step.backoff_seconds,
+        "max_backoff_seconds": step.max_backoff_seconds,
+    }
+    data["changes"] = []
+    return data
+
+
 def _outline(plan: Plan) -> dict[str, Any]:
     """The plan document without its changes (each step's ``changes`` is empty)."""
     return {
@@ -120,25 +152,7 @@ def _outline(plan: Plan) -> dict[str, Any]:
         "summary": plan.counts(),
         "violations": list(plan.violations),
         "notes": list(plan.notes),
-        "steps": [
-            {
-                "index": step.index,
-                "name": step.name,
-                "action": step.action,
-                "selected": step.selected,
-                "show_tags": step.show_tags,
-                "allow_past": step.allow_past,
-                "settings": {
-                    "concurrency": step.concurrency,
-                    "rate_limit": step.rate_limit,
-                    "max_attempts": step.max_attempts,
-                    "backoff_seconds": step.backoff_seconds,
-                    "max_backoff_seconds": step.max_backoff_seconds,
-                },
-                "changes": [],
-            }
-            for step in plan.steps
-        ],
+        "steps": [_step_outline(step) for step in plan.steps],
     }
 
 
@@ -526,6 +540,7 @@ class _Reader:
             changes=changes,
             show_tags=self.boolean(data, "show_tags", path),
             allow_past=self.boolean(data, "allow_past", path),
+            archive=self.archive(action, data, path),
             concurrency=self.integer(settings, "concurrency", at, 1, 256),
             rate_limit=None
             if settings.get("rate_limit") is None
@@ -538,6 +553,24 @@ class _Reader:
                 settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
             ),
         )
+
+    def archive(self, action: str, data: dict[str, Any], path: _Path) -> ArchiveSpec | None:
+        """A delete step's archive: ``null`` (none) or ``{"logs": bool}``. A plan made before
+        runner archived has no ``archive``: its deletes archive, as that playbook's would
+        now (the runs and their state history)."""
+        if "archive" not in data:
+            return ArchiveSpec() if action == "delete" else None
+        value = data["archive"]
+        if value is None:
+            return None
+        at: _Path = (*path, "archive")
+        if action != "delete":
+            self.fail(at, f"a {action} step archives nothing; expected null, got {_got(value)}")
+        spec = self.as_obj(value, at)
+        unknown = sorted(set(spec) - {"logs"})
+        if unknown:
+            self.fail((*at, unknown[0]), "unknown key (an archive takes only logs)")
+        return ArchiveSpec(logs=self.boolean(spec, "logs", at))
 
     def fits_action(self, action: str, change: Change, path: _Path) -> None:
         """A change is one its step's action makes: a ``tag`` step never deletes."""

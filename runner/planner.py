@@ -15,6 +15,7 @@ from uuid import UUID
 
 from runner.plan import (
     CARRIED,
+    ArchiveSpec,
     Carried,
     Change,
     Observation,
@@ -287,6 +288,13 @@ def _uses_tags(step: Step) -> bool:
     )
 
 
+def _archive_of(step: Step) -> ArchiveSpec | None:
+    """What a delete step archives before each delete (None: nothing, or not a delete)."""
+    if isinstance(step.action, Delete) and step.action.archive is not None:
+        return ArchiveSpec(logs=step.action.archive.logs)
+    return None
+
+
 def _unmatched_exclusions(step: Step, seen: StepObservation) -> list[str]:
     """The exclusions that left out none of the runs the step's selection matched: a typo in
     a safety clause (``tags: {any: [Keep]}``) must be visible before anything is deleted."""
@@ -433,6 +441,7 @@ def make_plan(
                 max_backoff_seconds=retry.max_backoff.total_seconds(),
                 show_tags=_uses_tags(step),
                 allow_past=isinstance(step.action, Reschedule) and step.action.allow_past,
+                archive=_archive_of(step),
             )
         )
     total = sum(len(s.pending) for s in steps)

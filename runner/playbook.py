@@ -139,9 +139,19 @@ _SELECT_KEYS = (
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Archive:
+    """What a delete writes to its archive before the run is deleted: the run as the API
+    returns it and its state history, always; its logs with ``logs``."""
+
+    logs: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Delete:
     kind: ClassVar[str] = "delete"
     destructive: ClassVar[bool] = True
+    #: None: ``archive: false``, deleted without an archive.
+    archive: Archive | None = field(default_factory=Archive)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -131,6 +131,20 @@ def carried_line(step: StepPlan) -> str | None:
     )
 
 
+def archive_line(step: StepPlan) -> str | None:
+    """What a delete step keeps of the runs it deletes (None for other steps, or nothing to
+    delete)."""
+    if step.action != "delete" or not step.pending:
+        return None
+    if step.archive is None:
+        return (
+            "Not archived (archive: false): the runs, their state history and logs are gone"
+            " once deleted."
+        )
+    what = "state history and logs" if step.archive.logs else "state history"
+    return f"Archived before the delete: each run as the API returns it, with its {what}."
+
+
 def summary_line(plan: Plan) -> str:
     counts = plan.counts()
     unchanged = counts.pop("unchanged")
@@ -144,9 +158,9 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
     lines = [*_header(plan), ""]
     for step in plan.steps:
         lines.append(_step_title(step))
-        carried = carried_line(step)
-        if carried:
-            lines.append(f"  {carried}")
+        for note in (carried_line(step), archive_line(step)):
+            if note:
+                lines.append(f"  {note}")
         headers = _headers(step)
         rows = [_row(c, step) for c in step.changes]
         shown = rows if max_rows is None else rows[:max_rows]
@@ -205,13 +219,13 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
     for step in plan.steps:
         if not step.changes:
             continue
-        carried = carried_line(step)
+        notes = [_md_cell(n) for n in (carried_line(step), archive_line(step)) if n]
         out += [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
             f" ({plural(len(step.changes), 'run')})</summary>",
             "",
-            *([_md_cell(carried), ""] if carried else []),
+            *[part for note in notes for part in (note, "")],
             "| " + " | ".join(_headers(step)) + " |",
             "|" + "---|" * len(_headers(step)),
         ]

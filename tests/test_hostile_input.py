@@ -710,6 +710,9 @@ class FakeServer:
         if request.method == "GET" and path.startswith("flow_runs/"):
             run = self.runs.get(path.removeprefix("flow_runs/"))
             return httpx.Response(200, json=run) if run else httpx.Response(404)
+        if request.method == "GET" and path == "flow_run_states/":  # archived before a delete
+            run = self.runs.get(request.url.params["flow_run_id"])
+            return httpx.Response(200, json=[run["state"]] if run else [])
         if request.method == "DELETE" and path.startswith("flow_runs/"):
             gone = self.runs.pop(path.removeprefix("flow_runs/"), None)
             return httpx.Response(204 if gone else 404)
@@ -867,7 +870,7 @@ def test_a_full_disk_while_journaling_stops_with_the_resume_hint(
 ) -> None:
     from runner import journal as journal_module
 
-    fill_the_disk(monkeypatch, room=2)  # the header and one record
+    fill_the_disk(monkeypatch, room=3)  # the header, where the archive is, and one record
     code, out, err = invoke("apply", "plan.json", "--yes", "--strategy", "per-run")
     (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
     assert code == 1
@@ -877,7 +880,7 @@ def test_a_full_disk_while_journaling_stops_with_the_resume_hint(
         f" apply --resume {journal}\n"
     )
     lines = journal.read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["status"] == "done"
+    assert len(lines) == 3 and json.loads(lines[2])["status"] == "done"
     assert 1 <= 3 - len(server.runs) <= 2  # the run whose record failed may be gone too
 
     monkeypatch.delattr(journal_module, "open")  # room again
@@ -898,6 +901,19 @@ def test_a_full_disk_when_the_checkpoint_is_started(
         " left on device\n"
     )
     assert [r for r in server.requests if not r.startswith("GET")] == []
+    assert len(server.runs) == 3
+
+
+def test_an_archive_on_a_full_disk_deletes_nothing(server: FakeServer) -> None:
+    code, _, err = invoke("apply", "plan.json", "--yes", "--archive", "/dev/full")
+    assert code == 1
+    (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
+    assert err == (
+        "runner: /dev/full: cannot write the archive: No space left on device (the runs it was"
+        " archiving were not deleted); the apply stopped. What the checkpoint recorded stays;"
+        f" with room again, resume with: runner apply --resume {journal}\n"
+    )
+    assert [r for r in server.requests if r.startswith("DELETE")] == []
     assert len(server.runs) == 3
 
 

@@ -275,7 +275,9 @@ SCHEMA_TO_MODEL: dict[str, Any] = {
     "retry_action": pb.RetryRuns,
     "tag": pb.Tag,
     "message_only": pb.Cancel,
-    "no_params": pb.Delete,
+    "no_params": pb.Resume,
+    "delete": pb.Delete,
+    "archive": pb.Archive,
 }
 
 

@@ -8,6 +8,7 @@ and an API key is refused: every path, success and failure, with debug logging o
 from __future__ import annotations
 
 import base64
+import gzip
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def test_no_secret_in_any_output_or_file(auth_server: PrefectServer, tmp_path: P
     }
     [workdir] = list(Path(state).iterdir())
     results["status"] = run(["status", str(workdir)], tmp_path, **good)
+    results["show-archive"] = run(["show", str(workdir / "archive.jsonl.gz")], tmp_path, **good)
     # Failures: a wrong auth string, an API key the server refuses, credentials in the URL of
     # a server that is not there, an invalid playbook.
     results["wrong-auth"] = run(
@@ -123,11 +125,15 @@ def test_no_secret_in_any_output_or_file(auth_server: PrefectServer, tmp_path: P
     assert results["unreachable"].returncode == 1
     assert "127.0.0.1:9" in results["unreachable"].stderr
     assert results["invalid"].returncode == 1
+    assert "5 runs archived" in results["show-archive"].stdout
 
     for name, result in results.items():
         assert_clean(result.stdout, f"the stdout of {name}")
         assert_clean(result.stderr, f"the stderr of {name}")
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
-    assert {"plan.json", "report.json", "checkpoint.jsonl"} <= {p.name for p in files}
+    assert {"plan.json", "report.json", "checkpoint.jsonl", "archive.jsonl.gz"} <= {
+        p.name for p in files
+    }
     for path in files:
-        assert_clean(path.read_text(errors="replace"), str(path.relative_to(tmp_path)))
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        assert_clean(data.decode(errors="replace"), str(path.relative_to(tmp_path)))

@@ -178,6 +178,36 @@ class Seeder:
             )
         )
 
+    def logs(
+        self, run_id: str, messages: Sequence[str], *, at: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Log lines of ``run_id``, a millisecond apart from ``at`` (default: now)."""
+        base = at or utcnow()
+        lines = [
+            {
+                "name": "prefect.flow_runs",
+                "level": 20,
+                "message": message,
+                "timestamp": (base + timedelta(milliseconds=i)).isoformat(),
+                "flow_run_id": run_id,
+                "task_run_id": None,
+            }
+            for i, message in enumerate(messages)
+        ]
+        for start in range(0, len(lines), 200):
+            self._call("POST", "logs/", json=lines[start : start + 200])
+        return lines
+
+    def logs_at_one_time(self, run_id: str, count: int, at: datetime) -> None:
+        """``count`` log lines of ``run_id``, every one at the same time ``at``."""
+        line = {"name": "prefect.flow_runs", "level": 20, "flow_run_id": run_id}
+        lines = [
+            {**line, "message": f"same time {i}", "timestamp": at.isoformat(), "task_run_id": None}
+            for i in range(count)
+        ]
+        for start in range(0, len(lines), 200):
+            self._call("POST", "logs/", json=lines[start : start + 200])
+
     def set_state(self, run_id: str, state_type: str, name: str) -> None:
         """Force ``run_id`` into a new state (the server's clock stamps it)."""
         state = {"type": state_type, "name": name}
