@@ -121,10 +121,13 @@ def validate(files: tuple[str, ...], variables: tuple[str, ...], output_format: 
 @cli.command()
 @click.option("--path", "show_path", is_flag=True, help="Print the schema file's path instead.")
 def schema(show_path: bool) -> None:
-    """Print the playbook JSON Schema (for editors and yaml-language-server)."""
+    """Print the playbook JSON Schema for editors (yaml-language-server): ${name} is
+    accepted wherever a value goes; runner validate checks the values once substituted."""
     from importlib import resources
 
-    ref = resources.files("runner").joinpath("schema/playbook.schema.json")
+    from runner.schema_gen import EDITOR_FILE
+
+    ref = resources.files("runner").joinpath(EDITOR_FILE)
     if show_path:
         click.echo(str(ref))
     else:

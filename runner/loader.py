@@ -494,7 +494,8 @@ def _lookup(name: str, path: KeyPath, variables: Mapping[str, Any], src: _Source
 
 
 def schema_text() -> str:
-    """The published JSON Schema, as shipped with the package."""
+    """The loader's strict JSON Schema, as shipped with the package: values as they are once
+    variables are in. Editors get the one :mod:`runner.schema_gen` makes from it."""
     return resources.files("runner").joinpath("schema/playbook.schema.json").read_text("utf-8")
 
 
