@@ -4,9 +4,10 @@ selects across the whole server, as an operator's would)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,14 +28,26 @@ def own_server() -> Iterator[PrefectServer]:
         server.stop()
 
 
+def ended(
+    seeder: Seeder, flow: dict[str, Any], state: str, tags: Sequence[str] = ()
+) -> dict[str, Any]:
+    run = seeder.run(flow, "Running", tags=tags)
+    seeder.set_state(run["id"], state.upper(), state)
+    return run
+
+
 def test_cleanup_old_runs_keeps_the_runs_tagged_keep(own_server: PrefectServer) -> None:
     seeder = Seeder(own_server.api_url)
     try:
         flow = seeder.flow()
-        old = [seeder.run(flow, state) for state in ("Completed", "Failed", "Cancelled", "Crashed")]
+        # Each run ends through a transition, so the server gives it an end time (Prefect 2.20
+        # gives none to a run created in a terminal state).
+        old = [
+            ended(seeder, flow, state) for state in ("Completed", "Failed", "Cancelled", "Crashed")
+        ]
         kept = [
-            seeder.run(flow, "Completed", tags=["keep"]),
-            seeder.run(flow, "Failed", tags=["keep", "x"]),
+            ended(seeder, flow, "Completed", ["keep"]),
+            ended(seeder, flow, "Failed", ["keep", "x"]),
         ]
         active = [seeder.run(flow, "Running"), seeder.run(flow, "Late")]
         playbook = str(ROOT / "playbooks" / "cleanup-old-runs.yaml")
