@@ -215,6 +215,11 @@ async def apply(
             check_file(request.report, "--report", replaced=False)
         if request.archive:
             check_file(request.archive, "--archive", replaced=False)
+            if request.report and _same_file(request.report, request.archive):
+                raise OutputError(
+                    f"--report {request.report} and --archive {request.archive} name the same"
+                    " file: the report would overwrite the archive of the deleted runs"
+                )
     stop = stop or anyio.Event()
     async with PrefectClient(request.settings, bulk=False if request.dry_run else None) as client:
         now = datetime.now(timezone.utc)
@@ -374,6 +379,14 @@ def _checkpoint_failure(error: BaseException | None) -> CheckpointWriteError | N
         if found is not None:
             return found
     return None
+
+
+def _same_file(one: str, other: str) -> bool:
+    """Whether two paths name one file (after links; existing or not)."""
+    a, b = Path(one), Path(other)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _write_report(

@@ -38,7 +38,7 @@ from uuid import UUID
 
 from runner import __version__
 from runner.errors import ArchiveError, ArchiveWriteError
-from runner.redact import redact
+from runner.redact import redact, redact_secrets
 
 ARCHIVE_FORMAT = "runner-archive"
 ARCHIVE_VERSION = 1
@@ -49,6 +49,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 Record = dict[str, Any]
 
 _CHUNK = 1 << 16  # compressed bytes read at a time
+#: How every archive's first line begins (its header's first key).
+_HEADER_START = b'{"format":"' + ARCHIVE_FORMAT.encode() + b'"'
 _OUT = 1 << 20  # decompressed bytes produced at a time (a gzip bomb is read in steps too)
 
 
@@ -151,6 +153,32 @@ def _events(handle: BinaryIO) -> Iterator[tuple[str, int, bytes]]:
             decoder, pending = None, False
 
 
+def _zeros_from(handle: BinaryIO, offset: int) -> bool:
+    """Whether every byte of the file from ``offset`` on is zero."""
+    handle.seek(offset)
+    while chunk := handle.read(_CHUNK):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _torn_header_is_ours(path: Path) -> bool:
+    """Whether a file that ends inside its first gzip member began as a runner archive (a
+    crash while its header was written), not as somebody else's cut-off gzip file: what
+    decompresses of it starts as an archive header does, or, too short to tell, it has the
+    gzip header runner writes (no time, no name)."""
+    with open(path, "rb") as handle:
+        data = handle.read(_CHUNK)
+    out = zlib.decompressobj(wbits=31)
+    try:
+        text = out.decompress(data)
+    except zlib.error:
+        return False
+    if text:
+        return _HEADER_START.startswith(text[: len(_HEADER_START)])
+    return data[:10] == gzip.compress(b"", mtime=0)[:10]
+
+
 def _header(value: Any) -> bool:
     return isinstance(value, dict) and "format" in value
 
@@ -202,6 +230,11 @@ class ArchiveReader:
                 else:
                     self.torn = TornTail(offset=at, size=self.size - at)
         except _Damaged as exc:
+            if not first and _zeros_from(handle, exc.offset):
+                # A crash can leave the unsynced end of the file as zeros rather than cut
+                # off: that is a torn last batch too (its runs were not deleted).
+                self.torn = TornTail(offset=exc.offset, size=self.size - exc.offset)
+                return
             if first:
                 raise self._fail(f"not a runner archive ({exc.reason})") from None
             raise self._fail(f"damaged at byte {exc.offset}: {exc.reason}") from None
@@ -332,7 +365,9 @@ class ArchiveWriter:
     def _open(self) -> None:
         fresh = not self.path.exists()
         try:
-            self._handle = open(self.path, "ab")  # noqa: SIM115 (held until close())
+            # Only its owner may read it (the runs' parameters and logs), as the plan.
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._handle = os.fdopen(descriptor, "ab")
         except OSError as exc:
             raise self._failed(exc, "open") from None
         try:
@@ -392,6 +427,12 @@ class ArchiveWriter:
                 " move it aside, or give --archive another path"
             ) from None
         if reader.torn is not None and end == 0 and reader.torn.offset == 0:
+            if not _torn_header_is_ours(self.path):
+                raise ArchiveError(
+                    f"{self.path}: not a runner archive (a gzip file cut off before its first"
+                    " line); runner appends only to a runner archive: move it aside, or give"
+                    " --archive another path"
+                )
             return 0  # nothing but a torn header: begun anew
         return end
 
@@ -400,7 +441,14 @@ class ArchiveWriter:
         batch = list(records)
         if not batch:
             return
-        self._append(gzip.compress(b"".join(_line(r) for r in batch), mtime=0))
+        lines = b"".join(_line(r) for r in batch)
+        # runner's own credential never lands in a file of runner's, even where a run's
+        # parameters or logs hold it.
+        text = lines.decode("utf-8")
+        cleaned = redact_secrets(text)
+        if cleaned is not text:
+            lines = cleaned.encode("utf-8")
+        self._append(gzip.compress(lines, mtime=0))
         self.written += len(batch)
         self.runs += len(batch)
         for record in batch:

@@ -281,6 +281,19 @@ def _utc(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _moved_since(change: Change, states: Sequence[dict[str, Any]]) -> str | None:
+    """Why a run's state history (newest last, as the server reads it) says it moved since
+    the plan saw it (None: its latest state is the very state the plan saw, or the plan has
+    no state id to compare)."""
+    if change.run.state_id is None or not states:
+        return None
+    latest = max(states, key=lambda s: str(s.get("timestamp") or ""))
+    if str(latest.get("id")) == str(change.run.state_id):
+        return None
+    label = latest.get("name") or latest.get("type") or "another state"
+    return f"in a new {label} state since the plan (seen while archiving it): not deleted"
+
+
 def _not_as_planned(change: Change, new_run: FlowRun) -> str | None:
     """How the run a recreate's create returned differs from the plan's new run (None: it
     is as planned: Scheduled, or marked Late, at the planned time)."""
@@ -622,7 +635,7 @@ class Executor:
         """Whether ``change`` is a delete its step archives first."""
         return change.op == "delete" and self.plan.steps[change.step].archive is not None
 
-    async def _archive(self, live: Sequence[Change]) -> None:
+    async def _archive(self, live: Sequence[Change]) -> dict[UUID, str]:
         """Write the records of runs about to be deleted to the archive, one batch, fsynced,
         before their delete is sent. The run's JSON is the read-back's; its state history is
         read now (a request a run), and its logs when the step says so (a request a page of
@@ -633,10 +646,10 @@ class Executor:
         writer = self.archive
         todo = [c for c in live if self._archives(c)]
         if writer is None or not todo:
-            return
+            return {}
         todo = [c for c in todo if c.run.id not in writer.archived]
         if not todo:
-            return
+            return {}
         specs = {c.run.id: self.plan.steps[c.step].archive or ArchiveSpec() for c in todo}
         states: dict[UUID, list[dict[str, Any]]] = {}
         errors: list[Exception] = []
@@ -659,6 +672,16 @@ class Executor:
                 group.start_soon(read, change)
         if errors:
             raise errors[0]
+        # The history just read is the newest word on the run: one whose latest state is not
+        # the one the plan saw has moved since the read-back (even to a state of the same type
+        # and name, which the bulk route's filter cannot tell): it is neither archived nor
+        # deleted.
+        drifted: dict[UUID, str] = {}
+        for change in todo:
+            moved = _moved_since(change, states[change.run.id])
+            if moved is not None:
+                drifted[change.run.id] = moved
+        todo = [c for c in todo if c.run.id not in drifted]
         logs: dict[str, list[dict[str, Any]]] = {}
         wanted = [c.run.id for c in todo if specs[c.run.id].logs]
         for line in await self._api.read_logs(wanted) if wanted else ():
@@ -675,13 +698,20 @@ class Executor:
             )
             for c in todo
         )
+        return drifted
 
     async def _delete_bulk(self, changes: Sequence[Change]) -> None:
         current, read_at = await self._read_back(changes)
         live = [c for c in changes if not self._settled(c, current.get(c.run.id))]
         if not live:
             return
-        await self._archive(live)
+        drifted = await self._archive(live)
+        for change in live:
+            if change.run.id in drifted:
+                self._finish(change, "drifted", drifted[change.run.id])
+        live = [c for c in live if c.run.id not in drifted]
+        if not live:
+            return
         self._writing(read_at)
         gone = await self._api.bulk_delete_flow_runs(
             [c.run.id for c in live], only_if=guard_filter(live)
@@ -716,7 +746,9 @@ class Executor:
                 self._documents.pop(change.run.id, None)
                 return "drifted", why
             if archive:
-                await self._archive([change])
+                moved = (await self._archive([change])).get(change.run.id)
+                if moved is not None:
+                    return "drifted", moved
         self._writing(read_at)
         if self._bulk:
             gone = await self._api.bulk_delete_flow_runs(

@@ -433,6 +433,23 @@ def step_footer(done: StepDone) -> str:
     return f"{shown} (read {done.read}: {'; '.join(parts)})" if parts else shown
 
 
+#: Fields written by runner or the playbook's author, not run data: as they are.
+_OURS = frozenset({"step", "step_name"})
+#: What a spreadsheet reads as the start of a formula in a cell.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> object:
+    """A CSV cell as a spreadsheet should take it: text with control characters escaped (as
+    the table does), and text that would start a formula (a run named ``=HYPERLINK(..)``)
+    led by a ``'``, as OWASP advises; numbers and the JSON of tags and parameters as they
+    are."""
+    if not isinstance(value, str):
+        return value
+    text = _printable(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 class ListingWriter:
     """Writes :class:`Listed` events to ``out`` as they come, flushing after each page.
 
@@ -470,7 +487,16 @@ class ListingWriter:
                 fields = run_fields(event.index, event.name, run)
                 fields["tags"] = json.dumps(fields["tags"], ensure_ascii=False)
                 fields["parameters"] = json.dumps(fields["parameters"], ensure_ascii=False)
-                self.csv.writerow(["" if fields[k] is None else fields[k] for k in FIELDS])
+                self.csv.writerow(
+                    [
+                        ""
+                        if fields[k] is None
+                        else fields[k]
+                        if k in _OURS
+                        else _csv_cell(fields[k])
+                        for k in FIELDS
+                    ]
+                )
 
     def _table(self, event: Listed) -> None:
         if isinstance(event, StepStarted):

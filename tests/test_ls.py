@@ -324,7 +324,7 @@ def test_select_as_csv_word_for_word(seeder: Seeder, api_url: str) -> None:
                 if k in ("tags", "parameters")
                 else ""
                 if v is None
-                else str(v)
+                else str(v).replace("\x1b", "\\x1b")  # escaped, as in the table
             )
             for k, v in row.items()
         }

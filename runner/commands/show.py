@@ -113,7 +113,9 @@ def list_archive(path: str, *, fmt: str, out: TextIO) -> int:
         count += 1
     if not count:
         out.write(f"Archive {path}\n")
-    by = ", ".join(f"{plural(n, 'run')} by plan {plan}" for plan, n in plans.items())
+    by = ", ".join(
+        f"{plural(n, 'run')} by plan {_printable(str(plan))}" for plan, n in plans.items()
+    )
     out.write(f"{plural(count, 'run')} archived" + (f": {by}" if by else "") + "\n")
     if reader.torn is not None:
         torn = reader.torn
