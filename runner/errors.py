@@ -11,6 +11,8 @@
     │                            with itself, another server's, too old, breaks its guards)
     ├── CheckpointError          a checkpoint cannot be used (another plan's, locked)
     │   └── CheckpointWriteError   it cannot be written (a full disk): the apply stops
+    ├── LockError                the server lock of a playbook is held by another apply,
+    │                            cannot be taken as it is set up, or was lost
     ├── OutputError              a file or folder runner must write cannot be written
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
@@ -78,6 +80,12 @@ class CheckpointError(RunnerError):
 class CheckpointWriteError(CheckpointError):
     """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
     written before stays; a resume redoes the rest."""
+
+
+class LockError(RunnerError):
+    """The server lock (:mod:`runner.lease`) cannot be had: another apply of the playbook
+    holds it, its limit is set up otherwise than runner needs, or the lease was lost before
+    anything was sent."""
 
 
 class SettingsError(RunnerError):
