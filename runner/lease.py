@@ -10,9 +10,10 @@ one slot, held under a lease.
   the same playbook share even when their bytes, variables or plans differ (an edited copy
   must wait too). Two playbooks of the same name wait for each other: give them names of
   their own. The state directory plays no part.
-- **When**: taken before the server is read (once the playbook is loaded or the plan read),
-  held through the review, the prompt and the writes, released on the way out (on an error
-  and an interrupt too). A dry run and ``runner plan`` never take it.
+- **When**: taken once the playbook is loaded, before the server is read for the plan (a
+  saved or resumed plan, which reads nothing first, takes it before its first write); held
+  through the review, the prompt and the writes; released on the way out (on an error and
+  an interrupt too). A dry run and ``runner plan`` never take it.
 - **The limit**: made on first use with ``limit: 1``. A limit of that name with another
   limit, or inactive, is refused (runner never changes a limit it did not make).
 - **The lease** lasts :data:`LEASE_SECONDS` (60, the least the server takes) and is renewed
@@ -23,6 +24,8 @@ one slot, held under a lease.
   lets the requests in flight finish, and leaves everything else pending for the resume.
 - **Taken**: the apply fails at once (:class:`~runner.errors.LockError`, naming the limit),
   nothing sent; or, with ``wait``, asks again until the lock is free or the wait is over.
+  Refused after a request whose answer was lost (which may have taken the slot under a
+  lease this apply never learned of), it waits for such a lease to run out.
 - **A crash**: once an apply starts writing, the lease it holds is written to its plan's
   folder (``<state-dir>/<plan-id>/lease``), under a file lock that dies with the process. The
   resume of that plan finds it unlocked and releases that lease first: resuming after a crash
@@ -70,6 +73,12 @@ LEASE_SECONDS = 60.0
 RENEW_SECONDS = 20.0
 #: The most a release may take on the way out; a lease not released runs out by itself.
 RELEASE_SECONDS = 10.0
+#: After a lease runs out, how long until the server frees its slot (its repossessor looks
+#: every 15 s by default).
+REPOSSESS_SECONDS = 20.0
+#: How many times a refusal after a lost answer extends the wait (each such answer may have
+#: left a lease of this apply's own, unknown to it, holding the slot).
+ORPHANS_WAITED_FOR = 3
 #: Every limit runner makes is called so.
 PREFIX = "runner:"
 #: What Prefect refuses in a name.
@@ -184,6 +193,7 @@ class ServerLock:
             await self._release_left_behind(resuming)
         deadline = time.monotonic() + self.wait
         waiting_since: float | None = None
+        orphaned = 0  # refusals after a lost answer: waited for, up to ORPHANS_WAITED_FOR
         made = False
         while True:
             sent = time.monotonic()
@@ -207,11 +217,25 @@ class ServerLock:
                     raise LockError(_not_one(name, playbook, limit.limit)) from None
                 raise
             if isinstance(answer, LeaseRefused):
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if answer.after_lost_answer and orphaned < ORPHANS_WAITED_FOR:
+                    # The slot may be this apply's own, taken by the request whose answer was
+                    # lost (its lease unknown, so never released): wait for it to run out.
+                    orphaned += 1
+                    until = now + self.lease_seconds + REPOSSESS_SECONDS
+                    if until > deadline:
+                        deadline, waiting_since = until, waiting_since or now
+                        self.err.write(
+                            f"runner: the answer to a request for the server lock {name!r} was"
+                            " lost, and the lock is taken: by that request, perhaps; waiting up"
+                            f" to {_seconds(until - now)} for its lease to run out\n"
+                        )
+                        self.err.flush()
+                left = deadline - now
                 if left <= 0:
-                    raise LockError(self._taken(playbook, name, answer, waiting_since))
+                    raise LockError(self._taken(playbook, name, orphaned > 0, waiting_since))
                 if waiting_since is None:
-                    waiting_since = time.monotonic()
+                    waiting_since = now
                     self.err.write(
                         f"runner: another apply of playbook {playbook!r} holds the server lock"
                         f" {name!r}; waiting up to {_seconds(self.wait)} for it"
@@ -272,11 +296,10 @@ class ServerLock:
         )
         self.err.flush()
 
-    def _taken(
-        self, playbook: str, name: str, refused: LeaseRefused, waiting_since: float | None
-    ) -> str:
+    def _taken(self, playbook: str, name: str, orphaned: bool, waiting_since: float | None) -> str:
         waited = (
-            f", still after {_seconds(time.monotonic() - waiting_since)} (--wait-for-lock)"
+            f", still after {_seconds(time.monotonic() - waiting_since)}"
+            + ("" if orphaned and self.wait == 0 else " (--wait-for-lock)")
             if waiting_since is not None
             else ""
         )
@@ -286,11 +309,6 @@ class ServerLock:
             " shows the limit; an apply that died frees it when its lease runs out, within"
             f" {_seconds(self.lease_seconds + 15)}. --wait-for-lock DURATION waits for it"
         )
-        if refused.after_lost_answer:
-            text += (
-                " (this apply's own first request may have taken it, its answer lost: then it"
-                " frees itself as well)"
-            )
         return text
 
     def _hold(self, lease_id: UUID, sent: float) -> None:
