@@ -2,10 +2,12 @@
 the tests all call (:func:`apply`).
 
 Stages, each a boundary: load -> find an unfinished apply of the same playbook, variables and
-server (before the server is read) -> plan, or read the saved plan -> review (the diff) ->
-stop here on a dry run or a plan that breaks its guards -> confirm -> apply with the journal
--> summary, report, artifact. Each apply keeps its plan and checkpoint in
-``<state-dir>/<plan-id>/``; applying the same playbook again resumes an unfinished one.
+server (before the server is read) -> take the playbook's server lock (:mod:`runner.lease`)
+-> plan, or read the saved plan -> review (the diff) -> stop here on a dry run or a plan that
+breaks its guards -> confirm -> apply with the journal (a saved or resumed plan takes the lock
+here) -> summary, report, artifact -> release the lock. Each apply keeps its plan and
+checkpoint in ``<state-dir>/<plan-id>/``; applying the same playbook again resumes an
+unfinished one.
 
 Prompting and signals are the caller's: ``confirm`` is asked before anything is written, and
 setting ``stop`` ends the apply after the requests in flight.
