@@ -2,10 +2,12 @@
 the tests all call (:func:`apply`).
 
 Stages, each a boundary: load -> find an unfinished apply of the same playbook, variables and
-server (before the server is read) -> plan, or read the saved plan -> review (the diff) ->
-stop here on a dry run or a plan that breaks its guards -> confirm -> apply with the journal
--> summary, report, artifact. Each apply keeps its plan and checkpoint in
-``<state-dir>/<plan-id>/``; applying the same playbook again resumes an unfinished one.
+server (before the server is read) -> take the playbook's server lock (:mod:`runner.lease`)
+-> plan, or read the saved plan -> review (the diff) -> stop here on a dry run or a plan that
+breaks its guards -> confirm -> apply with the journal (a saved or resumed plan takes the lock
+here) -> summary, report, artifact -> release the lock. Each apply keeps its plan and
+checkpoint in ``<state-dir>/<plan-id>/``; applying the same playbook again resumes an
+unfinished one.
 
 Prompting and signals are the caller's: ``confirm`` is asked before anything is written, and
 setting ``stop`` ends the apply after the requests in flight.
@@ -38,6 +40,7 @@ from runner.errors import (
 )
 from runner.executor import ApplyOptions, ApplyResult, Executor, Outcome, Progress
 from runner.journal import FINISHED, Journal, JournalState, read_journal
+from runner.lease import ServerLock, server_lock
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
 from runner.output import check_file, check_folder
@@ -86,6 +89,10 @@ class ApplyRequest:
     fmt: str = "text"
     full: bool = False
     colour: bool = False
+    #: Hold the playbook's lock on the server while applying (runner.lease); how long to
+    #: wait for it when another apply holds it (0: fail at once).
+    server_lock: bool = True
+    wait_for_lock: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -221,9 +228,24 @@ async def apply(
                     " file: the report would overwrite the archive of the deleted runs"
                 )
     stop = stop or anyio.Event()
-    async with PrefectClient(request.settings, bulk=False if request.dry_run else None) as client:
+    executor: Executor | None = None
+
+    def lock_lost(reason: str) -> None:  # stop as on Ctrl-C, with the reason
+        if executor is not None and executor.stopped is None:
+            executor.stopped = f"stopped: {reason}"
+        stop.set()
+
+    async with (
+        PrefectClient(request.settings, bulk=False if request.dry_run else None) as client,
+        server_lock(
+            client, err=err, wait=request.wait_for_lock, holder=_flow_run(), on_lost=lock_lost
+        ) as lock,
+    ):
         now = datetime.now(timezone.utc)
-        plan, workdir, retry, checksum = await _plan_stage(request, client, now=now, out=out)
+        held = lock if request.server_lock and not request.dry_run else None
+        plan, workdir, retry, checksum = await _plan_stage(
+            request, client, now=now, out=out, lock=held
+        )
         journal_path: Path | None = None
         previous: JournalState | None = None
         if not request.dry_run:
@@ -264,6 +286,8 @@ async def apply(
                 err.flush()
 
         with Journal(journal_path, plan_id=plan.id, plan_checksum=checksum) as journal:
+            if held is not None:
+                await held.hold_for_writing(plan.playbook_name, workdir)
             executor = Executor(
                 client,
                 plan,
@@ -296,12 +320,26 @@ async def apply(
         return Applied(code, plan, result)
 
 
+def _flow_run() -> UUID | None:
+    """The Prefect flow run this apply runs in, if it does."""
+    try:
+        return UUID(os.environ["PREFECT__FLOW_RUN_ID"])
+    except (KeyError, ValueError):
+        return None
+
+
 async def _plan_stage(
-    request: ApplyRequest, client: PrefectClient, *, now: datetime, out: TextIO
+    request: ApplyRequest,
+    client: PrefectClient,
+    *,
+    now: datetime,
+    out: TextIO,
+    lock: ServerLock | None = None,
 ) -> tuple[Plan, Path | None, RetryPolicy, str | None]:
     """The plan to apply; the folder of the unfinished apply it resumes, if it does, with the
     checksum its ``plan.json`` was verified against; and the playbook's retry policy for the
-    reads and writes that follow."""
+    reads and writes that follow. ``lock`` is taken before the server is read for a plan (a
+    saved or resumed plan takes it before its first write)."""
     server_url = client.settings.display_url
     if request.resume:
         workdir = Path(request.resume)
@@ -333,6 +371,9 @@ async def _plan_stage(
                 f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
             )
             return plan, unfinished, retry, checksum
+    if lock is not None:
+        await lock.take(playbook.name)
+        now = datetime.now(timezone.utc)  # the plan counts from when the lock was taken
     plan = await plan_playbook(playbook, client.with_retry(retry), now=now, exclude=request.exclude)
     return plan, None, retry, None
 

@@ -241,6 +241,18 @@ def plan(
     help="Where plans and checkpoints of applies are kept.",
 )
 @click.option(
+    "--wait-for-lock",
+    metavar="DURATION",
+    help="When another apply of the playbook holds its server lock, wait up to this long"
+    " (e.g. 10m) instead of failing at once.",
+)
+@click.option(
+    "--no-server-lock",
+    is_flag=True,
+    help="Do not take the playbook's lock on the server (a Prefect global concurrency limit"
+    " runner:<playbook>): only applies sharing --state-dir are then kept apart.",
+)
+@click.option(
     "--max-plan-age",
     default="1h",
     show_default=True,
@@ -277,6 +289,8 @@ def apply(
     resume: str | None,
     fresh: bool,
     state_dir: str,
+    wait_for_lock: str | None,
+    no_server_lock: bool,
     max_plan_age: str,
     report: str | None,
     archive: str | None,
@@ -306,6 +320,16 @@ def apply(
     from runner.executor import ApplyOptions
     from runner.timeexpr import parse_duration
 
+    if wait_for_lock is not None and (no_server_lock or dry_run):
+        raise click.UsageError(
+            "--wait-for-lock waits for the server lock, which "
+            + ("--no-server-lock" if no_server_lock else "a dry run")
+            + " does not take"
+        )
+    try:
+        wait = parse_duration(wait_for_lock).total_seconds() if wait_for_lock else 0.0
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-for-lock") from None
     if max_plan_age.lower() == "none":
         age: float | None = None
     else:
@@ -328,6 +352,8 @@ def apply(
                 max_fail_ratio=max_fail_ratio,
             ),
             state_dir=Path(state_dir),
+            server_lock=not no_server_lock,
+            wait_for_lock=wait,
             resume=resume,
             fresh=fresh,
             max_plan_age=age,

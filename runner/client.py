@@ -43,9 +43,12 @@ from runner.errors import (
 from runner.filters import FlowRunFilter, FlowRunQuery, FlowRunSort, by_ids
 from runner.models import (
     BulkStateResult,
+    ConcurrencyLimit,
     Deployment,
     Flow,
     FlowRun,
+    LeaseGrant,
+    LeaseRefused,
     OrchestrationResult,
     ServerInfo,
     SetStateStatus,
@@ -512,6 +515,7 @@ class PrefectClient:
         params: Mapping[str, Any] | None = None,
         *,
         csrf_refreshed: bool = False,
+        no_content: bool = False,
     ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -540,14 +544,15 @@ class PrefectClient:
             self._csrf_token = None
             self._csrf_enabled = None
             return await self._send_once(
-                method, path, json=json, params=params, csrf_refreshed=True
+                method, path, json=json, params=params, csrf_refreshed=True, no_content=no_content
             )
         if response.status_code in self.retry_policy.statuses:
             if self.on_backoff is not None:
                 self.on_backoff(response.status_code)
             raise RetryableStatus(response)
         if 200 <= response.status_code < 300 and (
-            method in _JSON_METHODS or (response.content and "json" in _media_type(response))
+            (method in _JSON_METHODS and not (no_content and response.status_code == 204))
+            or (response.content and "json" in _media_type(response))
         ):
             response.extensions[_PARSED] = self._json_answer(method, path, response)
         return response
@@ -587,8 +592,10 @@ class PrefectClient:
         params: Mapping[str, Any] | None = None,
         ok: Iterable[int] = (200, 201, 204),
         before_retry: Any = None,
+        no_content: bool = False,
     ) -> httpx.Response:
-        """Send with retries; map failures to the exception tree.
+        """Send with retries; map failures to the exception tree. ``no_content``: a POST
+        this route answers 204, without a body.
 
         ``before_retry`` is an async callable run before every attempt but the first; when it
         returns a response-like value, that value is returned instead of sending again (used to
@@ -606,7 +613,9 @@ class PrefectClient:
                             done = await before_retry()
                             if done is not None:
                                 return done  # type: ignore[no-any-return]
-                    response = await self._send_once(method, path, json=json, params=params)
+                    response = await self._send_once(
+                        method, path, json=json, params=params, no_content=no_content
+                    )
         except RetryableStatus as exc:
             status = exc.response.status_code
             raise ServerError(
@@ -1327,6 +1336,88 @@ class PrefectClient:
     async def update_flow_run_tags(self, flow_run_id: UUID, tags: Iterable[str]) -> None:
         """Replace a run's tags (idempotent: sending it twice leaves the same tags)."""
         await self._request("PATCH", f"flow_runs/{flow_run_id}", json={"tags": list(tags)})
+
+    # -- the server lock (runner.lease): a global concurrency limit held under a lease --------
+
+    async def read_concurrency_limit(self, name: str) -> ConcurrencyLimit | None:
+        """The global concurrency limit called ``name``, or None when there is none."""
+        path = f"v2/concurrency_limits/{quote(name, safe='')}"
+        response = await self._request("GET", path, ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        return self._parse(ConcurrencyLimit, response)
+
+    async def create_concurrency_limit(self, name: str, *, limit: int) -> bool:
+        """Create a global concurrency limit: True, or False when one of that name exists
+        (the server answers 409; a retry whose first attempt created it gets that too)."""
+        response = await self._request(
+            "POST",
+            "v2/concurrency_limits/",
+            json={"name": name, "limit": limit},
+            ok=(200, 201, 409),
+        )
+        return response.status_code != 409
+
+    async def take_concurrency_lease(
+        self, name: str, *, lease_seconds: float, holder: UUID | None = None
+    ) -> LeaseGrant | LeaseRefused:
+        """One slot of the limit ``name`` under a lease that lasts ``lease_seconds`` unless
+        renewed (``POST /v2/concurrency_limits/increment-with-lease``; the server takes 60 to
+        86,400). ``holder`` is the flow run applying, shown by the server with the lease.
+
+        Refused (423 Locked) when every slot is taken. A grant lists the limits it counts
+        against: none when no limit is called ``name``. :class:`UnsupportedByServer` when the
+        server has no leases (Prefect 2.x answers 405)."""
+        body: dict[str, Any] = {
+            "names": [name],
+            "slots": 1,
+            "mode": "concurrency",
+            "lease_duration": lease_seconds,
+        }
+        if holder is not None:
+            body["holder"] = {"type": "flow_run", "id": str(holder)}
+        # An attempt whose answer was lost (no answer, or a garbled one) may have taken the slot.
+        lost_before = self.stats.transport_errors + self.stats.malformed
+        path = "v2/concurrency_limits/increment-with-lease"
+        try:
+            response = await self._request("POST", path, json=body, ok=(200, 423))
+        except NotFound:
+            raise UnsupportedByServer(
+                "HTTP 404: the server has no concurrency leases",
+                method="POST",
+                url=self._url_for(path),
+            ) from None
+        if response.status_code == 423:
+            try:
+                retry_after: float | None = float(response.headers.get("retry-after", ""))
+            except ValueError:
+                retry_after = None
+            lost = self.stats.transport_errors + self.stats.malformed > lost_before
+            return LeaseRefused(retry_after=retry_after, after_lost_answer=lost)
+        return self._parse(LeaseGrant, response)
+
+    async def renew_concurrency_lease(self, lease_id: UUID, *, lease_seconds: float) -> bool:
+        """Extend a lease to ``lease_seconds`` from now: False when the server no longer has
+        it (410 Gone: it expired, or was released)."""
+        response = await self._request(
+            "POST",
+            f"v2/concurrency_limits/leases/{lease_id}/renew",
+            json={"lease_duration": lease_seconds},
+            ok=(200, 204, 404, 410),
+            no_content=True,
+        )
+        return response.status_code in (200, 204)
+
+    async def release_concurrency_lease(self, lease_id: UUID) -> None:
+        """Give a lease's slots back and end it (``decrement-with-lease``; a lease the server
+        no longer has is answered 204 all the same, so sending it twice is harmless)."""
+        await self._request(
+            "POST",
+            "v2/concurrency_limits/decrement-with-lease",
+            json={"lease_id": str(lease_id)},
+            ok=(200, 204),
+            no_content=True,
+        )
 
     async def _read_by_ids(self, ids: Sequence[UUID]) -> list[FlowRun]:
         runs: list[FlowRun] = []

@@ -15,6 +15,11 @@
     │   │                            and the runs it was archiving are not deleted
     │   └── ArchiveError           a delete archive cannot be read or appended to (not an
     │                              archive, damaged, written by another apply right now)
+
+
+    │   └── CheckpointWriteError   it cannot be written (a full disk): the apply stops
+    ├── LockError                the server lock of a playbook is held by another apply,
+    │                            cannot be taken as it is set up, or was lost
     ├── OutputError              a file or folder runner must write cannot be written
     └── APIError                 the Prefect API answered with an error, or not at all
         ├── Unreachable          no answer after the retries (names the URL, never a key)
@@ -92,6 +97,12 @@ class ArchiveError(CheckpointError):
 class ArchiveWriteError(CheckpointWriteError):
     """The delete archive cannot be written (a full disk, say): the apply stops like a
     checkpoint write failure, and the runs whose records were not written are not deleted."""
+
+
+class LockError(RunnerError):
+    """The server lock (:mod:`runner.lease`) cannot be had: another apply of the playbook
+    holds it, its limit is set up otherwise than runner needs, or the lease was lost before
+    anything was sent."""
 
 
 class SettingsError(RunnerError):

@@ -128,3 +128,38 @@ class ServerInfo(_Model):
     version: str | None = None
     api_version: str | None = None
     bulk_routes: bool = False
+
+
+class ConcurrencyLimit(_Model):
+    """A global concurrency limit (``/v2/concurrency_limits/``): what the server lock is."""
+
+    id: UUID
+    name: str
+    limit: int
+    active: bool = True
+    active_slots: int = 0
+
+
+class LimitSlot(_Model):
+    """A limit an ``increment-with-lease`` counted against."""
+
+    id: UUID
+    name: str
+    limit: int
+
+
+class LeaseGrant(_Model):
+    """``increment-with-lease`` answered 200: the lease, and the limits it takes a slot of
+    (none when no limit has the name asked for: the server grants a lease on nothing)."""
+
+    lease_id: UUID
+    limits: tuple[LimitSlot, ...] = ()
+
+
+class LeaseRefused(_Model):
+    """``increment-with-lease`` answered 423 Locked: every slot is taken. ``retry_after`` is
+    the server's ``Retry-After`` (seconds); ``after_lost_answer`` says the request was sent
+    again after an attempt whose answer was lost (which may have taken the slot)."""
+
+    retry_after: float | None = None
+    after_lost_answer: bool = False

@@ -681,9 +681,17 @@ def test_resuming_from_a_plan_whose_id_is_a_path_is_refused(
 # -- where runner writes -------------------------------------------------------------------
 
 
+#: What an apply says on a server without concurrency leases, as FakeServer is (runner.lease).
+NO_LEASES = (
+    "runner: the server has no concurrency leases (Prefect 2.x and early 3.x have none): the"
+    " server lock 'runner:p' is not used; only the file lock in .runner keeps another apply of"
+    " this plan out, and only one from the same state directory\n"
+)
+
+
 class FakeServer:
     """Just enough of the Prefect API to apply a delete, one run at a time (a Prefect 2.x
-    server: no bulk routes; each run read back before its delete)."""
+    server: no bulk routes, no concurrency leases; each run read back before its delete)."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.runs = {
@@ -745,7 +753,7 @@ def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServ
 
 def test_the_fake_server_takes_an_apply(server: FakeServer, tmp_path: Path) -> None:
     code, out, err = invoke("apply", "plan.json", "--yes", "--report", "report.json")
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, NO_LEASES)
     assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
     assert server.runs == {}
     assert json.loads((tmp_path / "report.json").read_text())["counts"]["done"] == 3
@@ -819,7 +827,7 @@ def test_a_report_that_cannot_be_written_keeps_the_summary(
     assert code == 1
     assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
     (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
-    assert err == (
+    assert err == NO_LEASES + (
         "runner: --report /dev/full: cannot write: No space left on device; the outcome of"
         f" every run is in the checkpoint: runner status {journal}\n"
     )
@@ -874,7 +882,7 @@ def test_a_full_disk_while_journaling_stops_with_the_resume_hint(
     code, out, err = invoke("apply", "plan.json", "--yes", "--strategy", "per-run")
     (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
     assert code == 1
-    assert err == (
+    assert err == NO_LEASES + (
         f"runner: {journal}: cannot write the checkpoint: No space left on device; the apply"
         " stopped. What the checkpoint recorded stays; with room again, resume with: runner"
         f" apply --resume {journal}\n"
@@ -885,7 +893,7 @@ def test_a_full_disk_while_journaling_stops_with_the_resume_hint(
 
     monkeypatch.delattr(journal_module, "open")  # room again
     code, out, err = invoke("apply", "--resume", str(journal), "--yes")
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, NO_LEASES)
     assert "Applied: 3 done, 0 drifted (left alone), 0 failed, 0 pending" in out
     assert server.runs == {}
 

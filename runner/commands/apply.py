@@ -30,15 +30,18 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _ask() -> str:
-    """One line from the terminal; a signal ends the wait at once (the event loop, which
-    watches for signals, is blocked while the line is read)."""
+def _ask(question: str, out: TextIO) -> str:
+    """Ask, and read one line from the terminal; a signal ends the wait at once (the event
+    loop, which watches for signals, is blocked while the line is read). The question is
+    shown once the handlers are in place: a Ctrl-C at the sight of it is never missed."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, interrupt) for s in SIGNALS}
     try:
+        out.write(question)
+        out.flush()
         return sys.stdin.readline()
     finally:
         for s, handler in previous.items():
@@ -56,9 +59,8 @@ def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err: Text
             )
             return False
         return True
-    out.write(f"Apply {plural(len(plan.pending), 'change')} to {plan.server_url}? [y/N] ")
-    out.flush()
-    answer = _ask().strip().lower()
+    answer = _ask(f"Apply {plural(len(plan.pending), 'change')} to {plan.server_url}? [y/N] ", out)
+    answer = answer.strip().lower()
     return answer in ("y", "yes")
 
 
