@@ -916,7 +916,7 @@ def test_an_archive_on_a_full_disk_deletes_nothing(server: FakeServer) -> None:
     code, _, err = invoke("apply", "plan.json", "--yes", "--archive", "/dev/full")
     assert code == 1
     (journal,) = Path(".runner").glob("*/checkpoint.jsonl")
-    assert err == (
+    assert err == NO_LEASES + (
         "runner: /dev/full: cannot write the archive: No space left on device (the runs it was"
         " archiving were not deleted); the apply stopped. What the checkpoint recorded stays;"
         f" with room again, resume with: runner apply --resume {journal}\n"
