@@ -1099,8 +1099,15 @@ class Executor:
             return
         assert current is not None
         if current.paused == change.after:
-            # An earlier attempt whose answer was lost, or someone else: it is as planned.
-            self._finish(change, "done", f"{word} (already: done earlier, or by someone else)")
+            # Not the state the plan saw: someone else did it, or an earlier attempt whose
+            # answer was lost (no route tells which). Nothing is sent, and it is not claimed
+            # as done: an undo must not invert what may be someone else's change.
+            self._finish(
+                change,
+                "drifted",
+                f"{word} since the plan (by someone else, or an earlier attempt whose answer"
+                " was lost): nothing sent",
+            )
             return
         self._writing(read_at)
         await self._api.set_paused(view.kind, view.id, view.name, change.after)

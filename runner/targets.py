@@ -100,7 +100,10 @@ def view_of(kind: ObjectKind, data: Mapping[str, Any], flows: Mapping[str, str])
                     active=bool(s.get("active", True)),
                     schedule=_schedule_text(s.get("schedule")),
                 )
-                for s in data.get("schedules") or ()
+                for s in sorted(
+                    data.get("schedules") or (),
+                    key=lambda s: (_schedule_text(s.get("schedule")), str(s.get("id"))),
+                )
             ),
         )
     return ObjectView(
