@@ -608,6 +608,11 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         if noun == "action" and value == "pause":
             hint = "; pause is for deployments, work pools and work queues (target: deployments)"
+        elif noun == "action" and set(error.validator_value) == {"pause", "resume"}:
+            hint = (
+                "; a step with a target (deployments, work pools, work queues) only pauses"
+                " or resumes"
+            )
         return [
             (
                 path,
