@@ -279,9 +279,8 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         zip(playbook.steps, queries, raw_steps, strict=True)
     ):
         if maybe_sq is None:
-            objects, object_notes = await _observe_objects(client, step, index, info.version)
-            notes += object_notes
-            steps.append(StepObservation(runs=(), objects=objects))
+            objects, left_out = await _observe_objects(client, step, index, info.version)
+            steps.append(StepObservation(runs=(), objects=objects, exclusions=left_out))
             continue
         sq = maybe_sq
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
@@ -336,9 +335,10 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
 
 async def _observe_objects(
     client: PrefectClient, step: Step, index: int, version: str | None
-) -> tuple[tuple[ObjectView, ...], list[str]]:
+) -> tuple[tuple[ObjectView, ...], tuple[tuple[str, int], ...]]:
     """The deployments, work pools or work queues a step with a target selects (each checked
-    by runner against the whole selection, less its exclusions), by name; and notes."""
+    by runner against the whole selection, less its exclusions), by name; and how many each
+    ``exclude`` pattern left out."""
     select = step.objects
     assert select is not None
     kind = TARGET_KINDS[step.target]
@@ -358,7 +358,7 @@ async def _observe_objects(
         ids = sorted({UUID(str(i["flow_id"])) for i in items if i.get("flow_id")})
         flows = {str(f.id): f.name for f in await client.read_flows(ids)}
     views: list[ObjectView] = []
-    left_out: set[str] = set()
+    left_out: list[str] = []
     for item in items:
         view = view_of(kind, item, flows)
         failed = object_failed_keys(select, view)
@@ -373,15 +373,14 @@ async def _observe_objects(
         if failed:
             continue
         if excluded(select, view):
-            left_out.add(view.name)
+            left_out.append(view.name)
             continue
         views.append(view)
-    notes = [
-        f"step {step.name!r}: select.exclude {pattern!r} matched none of the selected {noun}s"
+    counts = tuple(
+        (pattern, sum(1 for name in left_out if fnmatchcase(name, pattern)))
         for pattern in select.exclude
-        if not any(fnmatchcase(name, pattern) for name in left_out)
-    ]
-    return tuple(sorted(views, key=lambda v: (v.name, v.id.int))), notes
+    )
+    return tuple(sorted(views, key=lambda v: (v.name, v.id.int))), counts
 
 
 def check_run(

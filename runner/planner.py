@@ -401,9 +401,17 @@ def _object_step(
     )
 
 
-def _object_violations(index: int, step: Step, guards: Guards, plan: StepPlan) -> list[str]:
+def _object_violations(
+    index: int, step: Step, guards: Guards, plan: StepPlan, unmatched: list[str]
+) -> list[str]:
     label = f"step {index + 1} ({step.name!r})"
     violations = []
+    if "exclusions_match" in guards.expect and unmatched:
+        violations.append(
+            f"{label}: select.exclude {', '.join(repr(p) for p in unmatched)} matched none of"
+            f" the selected {plan.noun}s, and its guards expect every exclusion to match"
+            " (expect: exclusions_match)"
+        )
     if "non_empty" in guards.expect and plan.selected == 0:
         violations.append(
             f"{label} selected no {plan.noun}s, and its guards expect some (expect: non_empty)"
@@ -450,7 +458,20 @@ def make_plan(
     for index, (step, seen) in enumerate(zip(playbook.steps, observation.steps, strict=True)):
         if step.target != "flow_runs":
             step_plan = _object_step(playbook, index, step, seen, claimed)
-            violations += _object_violations(index, step, _guards_for(playbook, step), step_plan)
+            left_out = any(count for _, count in seen.exclusions)
+            unmatched = [
+                pattern
+                for pattern, count in seen.exclusions
+                if count == 0 and (seen.objects or left_out)
+            ]
+            notes += [
+                f"step {step.name!r}: select.exclude {pattern!r} matched none of the selected"
+                f" {step_plan.noun}s"
+                for pattern in unmatched
+            ]
+            violations += _object_violations(
+                index, step, _guards_for(playbook, step), step_plan, unmatched
+            )
             steps.append(step_plan)
             continue
         candidates = [run for run in seen.runs if run.id not in claimed]

@@ -125,6 +125,36 @@ def test_guards_count_objects() -> None:
     )
 
 
+def test_an_exclusion_that_left_out_nothing_is_flagged_and_can_be_required() -> None:
+    playbook = loader.load_text(
+        PLAYBOOK.replace(
+            "select: {work_pools: k8s-prod}\n    action: pause",
+            (
+                "select: {work_pools: k8s-prod, exclude: [etl/backfil]}\n    action: pause\n"
+                "    guards: {expect: exclusions_match}"
+            ),
+            1,
+        ),
+        env={},
+    )
+    seen = StepObservation(
+        runs=(), objects=(_deployment("etl/nightly", False),), exclusions=(("etl/backfil", 0),)
+    )
+    observation = Observation(
+        now=NOW, server_url="u", server_version="3.9.1", steps=(seen, StepObservation(runs=()))
+    )
+    plan = make_plan(playbook, observation, plan_id="p2")
+    assert plan.notes == (
+        "step 'pause deployments': select.exclude 'etl/backfil' matched none of the selected"
+        " deployments",
+    )
+    assert plan.violations == (
+        "step 1 ('pause deployments'): select.exclude 'etl/backfil' matched none of the"
+        " selected deployments, and its guards expect every exclusion to match"
+        " (expect: exclusions_match)",
+    )
+
+
 def test_the_plan_document_keeps_before_and_after_and_refuses_a_tampered_one(
     tmp_path: Path,
 ) -> None:

@@ -104,6 +104,10 @@ def test_incident_pause_then_resume_examples(
         out,
     ), out
     assert incident["elsewhere"]["name"] not in out
+    listed = run_cli("ls", pause, "--var", f"pool={pool}", api_url=api_url)
+    assert listed.returncode == 0, listed.stderr
+    assert "Step 1" not in listed.stdout and "Step 2" not in listed.stdout  # runs only
+    assert "Step 3: cancel the pool's late runs\n" in listed.stdout
 
     applied = run_cli("apply", pause, "--yes", "--var", f"pool={pool}", *state, api_url=api_url)
     assert applied.returncode == 0, applied.stderr
@@ -302,12 +306,17 @@ steps:
       tags: {{any: [prod]}}
       work_pools: {pool}
       paused: false
+      exclude: ["*/nightly"]
     action: pause
 """,
         env={},
     )
     plan = await _plan(settings, playbook)
     assert [c.object.name for c in plan.pending_objects] == [f"{flow['name']}/{prod['name']}"]
+    assert plan.notes == (
+        "step 'pause prod etl': select.exclude '*/nightly' matched none of the selected"
+        " deployments",
+    )
     typo = load_text(
         f"""
 version: 1
