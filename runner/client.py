@@ -1129,6 +1129,30 @@ class PrefectClient:
             "PATCH", self._object_path(kind, object_id, name), json={field_name: paused}
         )
 
+    async def read_observed_states(self, query: str | None = None) -> list[tuple[str, str]] | None:
+        """The ``(type, name)`` of the states the server's retained history holds (those
+        whose name or type starts with ``query``, case-insensitive; the 200 seen last):
+        Prefect 3.9's ``GET /observed-states``. None where the server has no such route."""
+        path = "observed-states"
+        params: dict[str, Any] = {"limit": 200}
+        if query is not None:
+            params["query"] = query[:100]  # the server's longest query
+        try:
+            response = await self._request("GET", path, params=params)
+            data = self._json_answer("GET", path, response)
+        except NotFound:
+            return None
+        if not isinstance(data, list):
+            raise ServerError(
+                f"unexpected answer: expected a list, got {type(data).__name__}",
+                **self._where(response),
+            )
+        return [
+            (str(item.get("state_type")), str(item.get("state_name")))
+            for item in data
+            if isinstance(item, dict)
+        ]
+
     async def read_parent_runs(self, task_run_ids: Sequence[UUID]) -> dict[UUID, UUID]:
         """The flow run of each task run (a subflow run's parent task run -> its parent
         flow run)."""

@@ -30,6 +30,7 @@ from runner.selection import (
     failed_keys,
     matching_exclusions,
 )
+from runner.states import PREFECT_STATE_NAMES
 from runner.targets import (
     FILTER_ROUTES,
     NOUNS,
@@ -164,6 +165,54 @@ async def check_names(client: PrefectClient, playbook: Playbook) -> dict[str, UU
     return deployment_ids
 
 
+def _custom_state_names(playbook: Playbook) -> list[tuple[str, str]]:
+    """Every ``(path, name)`` of a state name that is not Prefect's own (``custom: true``) a
+    step or an exclusion selects by."""
+    found: list[tuple[str, str]] = []
+    for i, step in enumerate(playbook.steps):
+        parts = [(f"steps[{i}].select", step.select)]
+        for exclusion in step.select.exclude:
+            under = exclusion.label if exclusion.label.startswith("exclude[") else "exclude"
+            parts.append((f"steps[{i}].select.{under}", exclusion.select))
+        for prefix, select in parts:
+            if select.state is None or not select.state.custom:
+                continue
+            for key in ("name", "not_name"):
+                for j, name in enumerate(getattr(select.state, key)):
+                    if name in PREFECT_STATE_NAMES:
+                        continue
+                    item = f"{prefix}.state.{key}[{j}]"
+                    path = item if item in playbook.positions else f"{prefix}.state.{key}"
+                    found.append((path, name))
+    return found
+
+
+async def check_custom_states(client: PrefectClient, playbook: Playbook) -> list[str]:
+    """A note for each custom state name no run on the server has been in, as far as its
+    retained history says (Prefect 3.9's ``/observed-states``; older servers cannot say):
+    a misspelled one selects nothing, or leaves nothing out."""
+    used = _custom_state_names(playbook)
+    if not used:
+        return []
+    notes: list[str] = []
+    everything: list[str] | None = None
+    for path, name in used:
+        seen = await client.read_observed_states(name)
+        if seen is None:
+            return []
+        if any(state_name == name for _, state_name in seen):
+            continue
+        if everything is None:
+            everything = sorted({n for _, n in await client.read_observed_states() or []})
+        line, column = playbook.where(path)
+        notes.append(
+            f"{playbook.path}:{line}:{column}: {path}: no run on"
+            f" {client.settings.display_url} has been in a state named {name!r}"
+            " (its retained history)" + _suggestion(name, everything)
+        )
+    return notes
+
+
 class _Shared:
     """One object for each distinct value many runs repeat (a state name, a work queue, a
     deployment id, a tag set): 100,000 runs of one deployment hold one copy, not 100,000."""
@@ -234,6 +283,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     info = await client.server_info()
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await check_names(client, playbook)
+    state_notes = await check_custom_states(client, playbook)
     # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
     raw_steps: list[list[RunView | None]] = []
     queries: list[ServerQuery | None] = []
@@ -329,7 +379,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         server_url=client.settings.display_url,
         server_version=info.version,
         steps=tuple(steps),
-        notes=tuple(notes),
+        notes=(*state_notes, *notes),
     )
 
 

@@ -269,3 +269,31 @@ def test_an_unknown_state_name_is_refused_before_any_request(tmp_path: Path) -> 
     )
     with pytest.raises(PlaybookError):
         load_text(path.read_text(), env={})
+
+
+async def test_a_custom_state_name_no_run_has_had_is_noted_where_the_server_can_say(
+    settings: ConnectionSettings, seeder: Seeder, is_prefect2: bool, server_version: str
+) -> None:
+    flow = seeder.flow()
+    (waiting,) = seeder.runs(1, flow, "Scheduled")
+    seeder.set_state(waiting["id"], "PAUSED", f"Awaiting{flow['name']}")
+    text = (
+        "version: 1\n"
+        "steps:\n"
+        "  - name: approvals\n"
+        "    select:\n"
+        f"      flows: {flow['name']}\n"
+        f"      state: {{name: [Awaiting{flow['name']}, Awaitng{flow['name']}], custom: true}}\n"
+        "    action: cancel\n"
+    )
+    plan = await _plan(settings, text)
+    assert _ids(plan) == {waiting["id"]}
+    if is_prefect2 or server_version.startswith("3.8"):  # no /observed-states: nothing said
+        assert not [n for n in plan.notes if "has been in a state" in n]
+        return
+    column = text.splitlines()[5].index(f"Awaitng{flow['name']}") + 1
+    assert plan.notes[0] == (
+        f"p.yaml:6:{column}: steps[0].select.state.name[1]: no run on {settings.display_url} has"
+        f" been in a state named 'Awaitng{flow['name']}' (its retained history); did you"
+        f" mean 'Awaiting{flow['name']}'?"
+    )
