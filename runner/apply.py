@@ -44,7 +44,7 @@ from runner.lease import ServerLock, server_lock
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
 from runner.output import check_file, check_folder
-from runner.plan import Plan
+from runner.plan import Change, ObjectChange, Plan
 from runner.planfile import (
     check_applicable,
     check_plan_id,
@@ -139,7 +139,7 @@ def _find_unfinished(
         if not journal.exists():
             continue
         state = read_journal(journal, plan_id=old.id)
-        if all(state.status(c.key) in FINISHED for c in old.pending):
+        if all(state.status(c.key) in FINISHED for c in old.work):
             continue
         age = (now - old.created_at).total_seconds()
         if max_age_seconds is not None and age > max_age_seconds:
@@ -158,6 +158,18 @@ def is_destructive(plan: Plan) -> bool:
     """Whether applying ``plan`` deletes runs or changes their state: by what the changes
     do, not what their steps are called (a saved plan is data)."""
     return any(c.op in DESTRUCTIVE_OPS for c in plan.pending)
+
+
+def _object_fields(change: Change | ObjectChange) -> dict[str, object]:
+    """For a deployment, work pool or work queue: its kind, and its paused flag before and
+    after the change (what an undo inverts). Nothing for a run's change."""
+    if not isinstance(change, ObjectChange):
+        return {}
+    return {
+        "kind": change.object.kind,
+        "before": {"paused": change.before},
+        "after": {"paused": change.after},
+    }
 
 
 def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
@@ -192,6 +204,7 @@ def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
                 "status": o.status,
                 "detail": o.detail,
                 "new_run_id": o.new_run_id,
+                **_object_fields(o.change),
             }
             for o in result.outcomes.values()
         ],
@@ -253,8 +266,8 @@ async def apply(
             journal_path = workdir / "checkpoint.jsonl"
             if journal_path.exists():
                 previous = read_journal(journal_path, plan_id=plan.id)
-        left = [c for c in plan.pending if not previous or previous.status(c.key) not in FINISHED]
-        if previous is not None and journal_path is not None and plan.pending and not left:
+        left = [c for c in plan.work if not previous or previous.status(c.key) not in FINISHED]
+        if previous is not None and journal_path is not None and plan.work and not left:
             # Not the plan's diff: none of it is to be done, an earlier apply did it.
             _already_applied(plan, previous, journal_path, out)
             return _nothing_sent(request, plan, previous, journal_path, err)
@@ -380,7 +393,7 @@ async def _plan_stage(
 
 def _already_applied(plan: Plan, state: JournalState, journal: Path, out: TextIO) -> None:
     started = f" on {state.started_at:%Y-%m-%d %H:%M:%S}Z" if state.started_at else ""
-    counts = {s: sum(1 for c in plan.pending if state.status(c.key) == s) for s in FINISHED}
+    counts = {s: sum(1 for c in plan.work if state.status(c.key) == s) for s in FINISHED}
     outcome = ", ".join(f"{counts[s]} {s}" for s in ("done", "drifted", "raced") if counts[s])
     out.write(
         f"Plan {plan.id} ({plan.playbook_name}) was applied already{started}: {outcome}."
@@ -399,7 +412,7 @@ def _nothing_sent(
     """An apply with nothing left to do: the ``--report`` is written all the same (each change
     with the outcome its checkpoint recorded), so a pipeline always finds one."""
     outcomes: dict[str, Outcome] = {}
-    for change in plan.pending:
+    for change in plan.work:
         entry = previous.entries.get(change.key) if previous else None
         if entry is not None and entry.status in FINISHED:
             outcomes[change.key] = Outcome(change, entry.status, entry.detail, entry.new_run_id)
@@ -516,7 +529,7 @@ def status(path: str, *, fmt: str = "text", out: TextIO) -> int:
     state = read_journal(journal, plan_id=plan.id) if journal.exists() else None
     counts = {"done": 0, "drifted": 0, "raced": 0, "failed": 0, "pending": 0}
     statuses: dict[str, str] = {}
-    for change in plan.pending:
+    for change in plan.work:
         recorded = state.status(change.key) if state else None
         statuses[change.key] = (
             recorded if recorded in ("done", "drifted", "raced", "failed") else "pending"
@@ -548,8 +561,9 @@ def status(path: str, *, fmt: str = "text", out: TextIO) -> int:
                     "status": statuses[change.key],
                     "detail": entry.detail if entry else None,
                     "new_run_id": entry.new_run_id if entry else None,
+                    **_object_fields(change),
                 }
-                for change in plan.pending
+                for change in plan.work
                 for entry in [state.entries.get(change.key) if state else None]
             ],
         }

@@ -1078,6 +1078,57 @@ class PrefectClient:
             names = [f"{flows.get(f, f)}/{d}" for f, d in flow_ids]
         return [n for n in names if n in among] if among else names
 
+    # -- deployments, work pools and work queues (steps with a target) ----------------------
+
+    async def read_objects(self, route: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every deployment, work pool or work queue the filter ``body`` matches (``route``:
+        ``deployments/filter``, ``work_pools/filter`` or ``work_queues/filter``), paged to
+        the end, each once; stops after ``MAX_NAMES``."""
+        found: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while offset < MAX_NAMES:
+            page = await self._json_list(
+                "POST", route, {**body, "limit": MAX_PAGE_SIZE, "offset": offset}
+            )
+            for item in page:
+                found.setdefault(str(item.get("id")), item)
+            if len(page) < MAX_PAGE_SIZE:
+                break
+            offset += MAX_PAGE_SIZE
+        return list(found.values())
+
+    def _object_path(self, kind: str, object_id: UUID, name: str) -> str:
+        if kind == "deployment":
+            return f"deployments/{object_id}"
+        if kind == "work_pool":
+            return f"work_pools/{quote(name, safe='')}"
+        return f"work_queues/{object_id}"
+
+    async def read_object(self, kind: str, object_id: UUID, name: str) -> dict[str, Any] | None:
+        """A deployment or work queue by id, a work pool by name (its routes take no id);
+        None when the server has none, or a pool of that name with another id."""
+        path = self._object_path(kind, object_id, name)
+        response = await self._request("GET", path, ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        data = self._json_answer("GET", path, response)
+        if not isinstance(data, dict):
+            raise ServerError(
+                f"unexpected answer: expected an object, got {type(data).__name__}",
+                **self._where(response),
+            )
+        if str(data.get("id")) != str(object_id):
+            return None  # a pool made anew under the name: not the one the plan saw
+        return data
+
+    async def set_paused(self, kind: str, object_id: UUID, name: str, paused: bool) -> None:
+        """Pause or resume a deployment (its ``paused`` flag; its schedules' ``active`` flags
+        are not touched), a work pool or a work queue (``is_paused``). Idempotent."""
+        field_name = "paused" if kind == "deployment" else "is_paused"
+        await self._request(
+            "PATCH", self._object_path(kind, object_id, name), json={field_name: paused}
+        )
+
     async def read_observed_states(self, query: str | None = None) -> list[tuple[str, str]] | None:
         """The ``(type, name)`` of the states the server's retained history holds (those
         whose name or type starts with ``query``, case-insensitive; the 200 seen last):

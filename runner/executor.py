@@ -63,9 +63,19 @@ from runner.filters import (
 )
 from runner.journal import FINISHED, Journal, JournalState
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
-from runner.plan import LEGACY_CARRY, ArchiveSpec, Change, Plan, StepPlan, TargetState
+from runner.plan import (
+    LEGACY_CARRY,
+    ArchiveSpec,
+    Change,
+    ObjectChange,
+    ObjectView,
+    Plan,
+    StepPlan,
+    TargetState,
+)
 from runner.retry import RetryPolicy
 from runner.selection import json_equal
+from runner.targets import NOUNS, drift, paused_word, view_of
 from runner.words import plural
 
 Strategy = Literal["auto", "bulk", "per-run"]
@@ -87,7 +97,7 @@ class ApplyOptions:
 
 @dataclass
 class Outcome:
-    change: Change
+    change: Change | ObjectChange
     status: Literal["done", "drifted", "raced", "failed", "pending", "created"]
     detail: str | None = None
     new_run_id: str | None = None
@@ -380,7 +390,7 @@ class Executor:
 
     def _finish(
         self,
-        change: Change,
+        change: Change | ObjectChange,
         status: Literal["done", "drifted", "raced", "failed", "created"],
         detail: str | None = None,
         new_run_id: str | None = None,
@@ -1064,9 +1074,82 @@ class Executor:
         self._documents.clear()
         return "+".join(sorted(used)) or "none"
 
+    # -- deployments, work pools and work queues -------------------------------------------
+
+    async def _read_object(self, view: ObjectView) -> ObjectView | None:
+        data = await self._api.read_object(view.kind, view.id, view.name)
+        if data is None:
+            return None
+        flows: dict[str, str] = {}
+        if view.kind == "deployment" and data.get("flow_id"):
+            flow = await self._api.read_flow(UUID(str(data["flow_id"])))
+            flows[str(flow.id)] = flow.name
+        return view_of(view.kind, data, flows)
+
+    async def _pause_one(self, change: ObjectChange) -> None:
+        """Pause or resume one object if it is still what the plan saw: read it right before
+        the write (Prefect has no conditional PATCH), write, read it again to confirm."""
+        view = change.object
+        word = paused_word(change.after, view.kind)
+        current = await self._read_object(view)
+        read_at = time.monotonic()
+        reason = drift(view, current)
+        if reason is not None:
+            self._finish(change, "drifted", reason)
+            return
+        assert current is not None
+        if current.paused == change.after:
+            # Not the state the plan saw: someone else did it, or an earlier attempt whose
+            # answer was lost (no route tells which). Nothing is sent, and it is not claimed
+            # as done: an undo must not invert what may be someone else's change.
+            self._finish(
+                change,
+                "drifted",
+                f"{word} since the plan (by someone else, or an earlier attempt whose answer"
+                " was lost): nothing sent",
+            )
+            return
+        self._writing(read_at)
+        await self._api.set_paused(view.kind, view.id, view.name, change.after)
+        after = await self._read_object(view)
+        if after is None or after.paused != change.after:
+            now = "gone" if after is None else paused_word(after.paused, view.kind)
+            self._finish(
+                change,
+                "failed",
+                f"the server took the write, but the {NOUNS[view.kind]} is {now}, not {word}",
+            )
+            return
+        self._finish(change, "done", f"{word} (was {paused_word(change.before, view.kind)})")
+
+    async def _object_step(self, step: StepPlan) -> str:
+        """A step with a target, one object at a time in the plan's order (a handful of
+        objects: no batching, nothing in parallel)."""
+        self._api = self._tuned(
+            retry=dataclasses.replace(
+                self._base_policy,
+                max_attempts=step.max_attempts,
+                initial_backoff=step.backoff_seconds,
+                max_backoff=step.max_backoff_seconds,
+            ),
+            rate_limit=self.options.rate_limit or step.rate_limit,
+        )
+        for change in step.pending_objects:
+            if self.stop.is_set():
+                break
+            if self.outcomes[change.key].status != "pending":
+                continue
+            try:
+                await self._pause_one(change)
+            except Unauthorized as exc:
+                self._stop_unauthorized(exc)
+            except APIError as exc:
+                self._finish(change, "failed", str(exc))
+        return "per-object"
+
     async def run(self) -> ApplyResult:
         started = time.monotonic()
-        for change in self.plan.pending:
+        for change in self.plan.work:
             entry = self.previous.entries.get(change.key) if self.previous else None
             if entry is not None and entry.status in FINISHED:
                 self.outcomes[change.key] = Outcome(
@@ -1129,6 +1212,8 @@ class Executor:
                 break
             if step.pending:
                 strategies[step.index] = await self._step(step, bulk)
+            elif step.pending_objects:
+                strategies[step.index] = await self._object_step(step)
         self.journal.sync()
         if self.stop.is_set() and self.stopped is None:
             self.stopped = "interrupted"

@@ -195,6 +195,8 @@ async def list_selections(
     cap = _Cap(limit)
     last = len(playbook.steps) - 1
     for index, step in enumerate(playbook.steps):
+        if step.target != "flow_runs":
+            continue  # deployments, work pools, work queues: runner plan shows them
         select = step.select
         yield StepStarted(index=index, name=step.name)
         sq = build_query(

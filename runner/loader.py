@@ -27,12 +27,14 @@ import yaml
 from runner.errors import PlaybookError, Problem
 from runner.playbook import (
     ACTION_TYPES,
+    OBJECT_ACTION_TYPES,
     Action,
     Archive,
     Defaults,
     Delete,
     Exclusion,
     Guards,
+    ObjectSelect,
     Playbook,
     Reschedule,
     Retry,
@@ -604,6 +606,13 @@ def _explain(error: Any) -> list[tuple[KeyPath, str, bool]]:
         noun = kind_name or "value"
         close = difflib.get_close_matches(str(value), [str(o) for o in error.validator_value], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        if noun == "action" and value == "pause":
+            hint = "; pause is for deployments, work pools and work queues (target: deployments)"
+        elif noun == "action" and set(error.validator_value) == {"pause", "resume"}:
+            hint = (
+                "; a step with a target (deployments, work pools, work queues) only pauses"
+                " or resumes"
+            )
         return [
             (
                 path,
@@ -803,6 +812,31 @@ def _exclusions(raw: Any, path: KeyPath, src: _Source) -> tuple[Exclusion, ...]:
     return tuple(exclusions)
 
 
+def _object_select(raw: dict[str, Any], path: KeyPath, src: _Source) -> ObjectSelect:
+    """A deployment, work pool or work queue step's ``select`` (the schema allowed only the
+    keys its target has)."""
+    tags = raw.get("tags")
+    return ObjectSelect(
+        names=_names(raw.get("names")),
+        flows=_names(raw.get("flows")),
+        tags=TagSelect(
+            all=_names(tags.get("all")), any=_names(tags.get("any")), none=_names(tags.get("none"))
+        )
+        if tags
+        else None,
+        work_pools=_names(raw.get("work_pools")),
+        work_queues=_names(raw.get("work_queues")),
+        types=_names(raw.get("types")),
+        paused=raw.get("paused"),
+        exclude=_names(raw.get("exclude")),
+    )
+
+
+def _object_action(raw: Any) -> Action:
+    name = raw if isinstance(raw, str) else next(iter(raw))
+    return OBJECT_ACTION_TYPES[name]()
+
+
 _NEEDS_PARAMETERS = {
     "set_state": "set_state: {type: FAILED}",
     "reschedule": "reschedule: {delay: 6h}",
@@ -905,8 +939,15 @@ def _build(
         path: KeyPath = ("steps", index)
         if not _clean(faulty, path) or not isinstance(raw, dict):
             continue
-        action = _action(raw["action"], (*path, "action"), src)
-        select = _select(raw["select"], (*path, "select"), src)
+        target = raw.get("target", "flow_runs")
+        objects: ObjectSelect | None = None
+        if target == "flow_runs":
+            action = _action(raw["action"], (*path, "action"), src)
+            select = _select(raw["select"], (*path, "select"), src)
+        else:
+            action = _object_action(raw["action"])
+            select = Select()
+            objects = _object_select(raw["select"] or {}, (*path, "select"), src)
         step_retry = _retry(raw.get("retry"), (*path, "retry"), src)
         if action is None:
             continue
@@ -915,6 +956,8 @@ def _build(
                 name=raw["name"],
                 select=select,
                 action=action,
+                target=target,
+                objects=objects,
                 concurrency=raw.get("concurrency"),
                 rate_limit=raw.get("rate_limit"),
                 retry=step_retry,

@@ -12,15 +12,16 @@ import difflib
 import uuid
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from typing import TypeVar
 from uuid import UUID
 
 from runner.client import PrefectClient
 from runner.errors import NotFound, PlaybookError, Problem, SelectionError
 from runner.models import FlowRun
-from runner.plan import Observation, Plan, RunView, StepObservation
+from runner.plan import ObjectView, Observation, Plan, RunView, StepObservation
 from runner.planner import make_plan
-from runner.playbook import Playbook, Reschedule, Select
+from runner.playbook import Playbook, Reschedule, Select, Step
 from runner.selection import (
     LOCAL_KEYS,
     Capabilities,
@@ -30,6 +31,17 @@ from runner.selection import (
     matching_exclusions,
 )
 from runner.states import PREFECT_STATE_NAMES
+from runner.targets import (
+    FILTER_ROUTES,
+    NOUNS,
+    TARGET_KINDS,
+    excluded,
+    is_glob,
+    lacks_pause,
+    server_filter,
+    view_of,
+)
+from runner.targets import failed_keys as object_failed_keys
 
 #: Pages of a selection read at once. On SQLite a page's cost grows with its offset and a
 #: state filter (20,000 runs of one state: 0.19 s a page at the start, 0.45 s at the end);
@@ -64,6 +76,39 @@ def _named_values(playbook: Playbook, kind: str) -> list[tuple[str, str]]:
     return found
 
 
+#: For a step with a target: which kind of name each of its selection keys holds.
+_OBJECT_KEYS = {
+    "deployments": {
+        "names": "deployments",
+        "flows": "flows",
+        "work_pools": "work_pools",
+        "work_queues": "work_queues",
+        "exclude": "deployments",
+    },
+    "work_pools": {"names": "work_pools", "exclude": "work_pools"},
+    "work_queues": {"names": "work_queues", "work_pools": "work_pools", "exclude": "work_queues"},
+}
+
+
+def _object_names(playbook: Playbook, kind: str) -> list[tuple[str, str]]:
+    """Every ``(path, name)`` of ``kind`` a step with a target names (globs are patterns,
+    not names: not checked)."""
+    found: list[tuple[str, str]] = []
+    for i, step in enumerate(playbook.steps):
+        if step.objects is None:
+            continue
+        for key, holds in _OBJECT_KEYS[step.target].items():
+            if holds != kind:
+                continue
+            for j, name in enumerate(getattr(step.objects, key)):
+                if is_glob(name):
+                    continue
+                item = f"steps[{i}].select.{key}[{j}]"
+                path = item if item in playbook.positions else f"steps[{i}].select.{key}"
+                found.append((path, name))
+    return found
+
+
 async def _deployment_ids(client: PrefectClient, names: list[str]) -> dict[str, UUID]:
     found: dict[str, UUID] = {}
     for name in names:
@@ -87,7 +132,7 @@ async def check_names(client: PrefectClient, playbook: Playbook) -> dict[str, UU
     problems: list[Problem] = []
     deployment_ids: dict[str, UUID] = {}
     for kind, noun in _KINDS.items():
-        used = _named_values(playbook, kind)
+        used = _named_values(playbook, kind) + _object_names(playbook, kind)
         if not used:
             continue
         names = sorted({name for _, name in used})
@@ -241,12 +286,16 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     state_notes = await check_custom_states(client, playbook)
     # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
     raw_steps: list[list[RunView | None]] = []
-    queries: list[ServerQuery] = []
+    queries: list[ServerQuery | None] = []
     flow_ids: set[UUID] = set()
     dep_ids: set[UUID] = set()
     parent_tasks: set[UUID] = set()
     shared = _Shared()
     for step in playbook.steps:
+        if step.target != "flow_runs":
+            queries.append(None)
+            raw_steps.append([])
+            continue
         sq = build_query(
             step.select,
             now=now,
@@ -276,7 +325,14 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     parents = await client.read_parent_runs(sorted(parent_tasks)) if parent_tasks else {}
     steps: list[StepObservation] = []
     notes: list[str] = []
-    for index, (step, sq, views) in enumerate(zip(playbook.steps, queries, raw_steps, strict=True)):
+    for index, (step, maybe_sq, views) in enumerate(
+        zip(playbook.steps, queries, raw_steps, strict=True)
+    ):
+        if maybe_sq is None:
+            objects, left_out = await _observe_objects(client, step, index, info.version)
+            steps.append(StepObservation(runs=(), objects=objects, exclusions=left_out))
+            continue
+        sq = maybe_sq
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         matched = {e.label: 0 for e in step.select.exclude}
         read = len(views)
@@ -325,6 +381,56 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         steps=tuple(steps),
         notes=(*state_notes, *notes),
     )
+
+
+async def _observe_objects(
+    client: PrefectClient, step: Step, index: int, version: str | None
+) -> tuple[tuple[ObjectView, ...], tuple[tuple[str, int], ...]]:
+    """The deployments, work pools or work queues a step with a target selects (each checked
+    by runner against the whole selection, less its exclusions), by name; and how many each
+    ``exclude`` pattern left out."""
+    select = step.objects
+    assert select is not None
+    kind = TARGET_KINDS[step.target]
+    noun = NOUNS[kind]
+    body, trusted = server_filter(step.target, select)
+    items = await client.read_objects(FILTER_ROUTES[step.target], body)
+    where = f"steps[{index}] ({step.name!r})"
+    for item in items:
+        if lacks_pause(kind, item):
+            raise SelectionError(
+                f"{where}: the server (Prefect {version or 'unknown version'}) gives its"
+                f" {noun}s no paused flag: it cannot pause or resume them (runner needs"
+                " Prefect 2.20 or later). Nothing was planned and nothing was sent."
+            )
+    flows: dict[str, str] = {}
+    if kind == "deployment":
+        ids = sorted({UUID(str(i["flow_id"])) for i in items if i.get("flow_id")})
+        flows = {str(f.id): f.name for f in await client.read_flows(ids)}
+    views: list[ObjectView] = []
+    left_out: list[str] = []
+    for item in items:
+        view = view_of(kind, item, flows)
+        failed = object_failed_keys(select, view)
+        ignored = [key for key in failed if key in trusted]
+        if ignored:
+            raise SelectionError(
+                f"{where}: the server returned {noun} {view.name} ({view.id}), which does not"
+                f" match select.{', select.'.join(ignored)}: the server (Prefect"
+                f" {version or 'unknown version'}) ignored or mis-read that filter."
+                " Nothing was planned and nothing was sent."
+            )
+        if failed:
+            continue
+        if excluded(select, view):
+            left_out.append(view.name)
+            continue
+        views.append(view)
+    counts = tuple(
+        (pattern, sum(1 for name in left_out if fnmatchcase(name, pattern)))
+        for pattern in select.exclude
+    )
+    return tuple(sorted(views, key=lambda v: (v.name, v.id.int))), counts
 
 
 def check_run(

@@ -102,6 +102,79 @@ class Change:
         return f"{self.step}:{self.run.id}"
 
 
+#: What a step that is not on flow runs acts on, one object at a time.
+ObjectKind = Literal["deployment", "work_pool", "work_queue"]
+ObjectOp = Literal["pause", "resume", "noop"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleView:
+    """One of a deployment's schedules as the plan saw it."""
+
+    id: UUID
+    active: bool
+    #: What it is, for the reviewer ("every 3600s", "cron 0 0 * * *").
+    schedule: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectView:
+    """What the plan saw of a deployment, work pool or work queue."""
+
+    kind: ObjectKind
+    id: UUID
+    #: A deployment as ``flow/deployment``; a work pool or queue by its own name.
+    name: str
+    #: A deployment's ``paused``; a pool's or queue's ``is_paused``.
+    paused: bool
+    #: The server's ``updated`` when read (kept for the record: not compared, see
+    #: docs/architecture.md "What drifted means").
+    updated: datetime | None = None
+    flow: str | None = None
+    tags: tuple[str, ...] = ()
+    #: A deployment's or a queue's work pool.
+    work_pool: str | None = None
+    #: A deployment's work queue.
+    work_queue: str | None = None
+    #: A work pool's type.
+    type: str | None = None
+    schedules: tuple[ScheduleView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectChange:
+    """One deployment, work pool or work queue, one step: pause or resume it, or why not.
+
+    ``before`` and ``after`` are the paused flag the plan saw and the one it proposes: what
+    an undo inverts (the schedules' own ``active`` flags, in ``object``, are never written)."""
+
+    step: int
+    object: ObjectView
+    op: ObjectOp
+    reason: str | None = None
+
+    @property
+    def is_noop(self) -> bool:
+        return self.op == "noop"
+
+    @property
+    def key(self) -> str:
+        return f"{self.step}:{self.object.id}"
+
+    @property
+    def run(self) -> ObjectView:
+        """What the change is about (its id and name), where flow-run changes have a run."""
+        return self.object
+
+    @property
+    def before(self) -> bool:
+        return self.object.paused
+
+    @property
+    def after(self) -> bool:
+        return self.op == "pause" if not self.is_noop else self.object.paused
+
+
 @dataclass(frozen=True, slots=True)
 class ArchiveSpec:
     """What a delete step archives before each delete (see :mod:`runner.archive`): the run
@@ -130,10 +203,24 @@ class StepPlan:
     #: A delete step's archive (None: deleted without one, ``archive: false``, or not a
     #: delete step).
     archive: ArchiveSpec | None = None
+    #: What the step acts on (``flow_runs``: its ``changes``; else its ``objects``).
+    target: str = "flow_runs"
+    objects: tuple[ObjectChange, ...] = ()
 
     @property
     def pending(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if not c.is_noop)
+
+    @property
+    def pending_objects(self) -> tuple[ObjectChange, ...]:
+        return tuple(c for c in self.objects if not c.is_noop)
+
+    @property
+    def noun(self) -> str:
+        """What one of the step's selected items is called."""
+        return {"deployments": "deployment", "work_pools": "work pool"}.get(
+            self.target, "work queue" if self.target == "work_queues" else "run"
+        )
 
     @property
     def noops(self) -> tuple[Change, ...]:
@@ -163,16 +250,31 @@ class Plan:
         return tuple(c for s in self.steps for c in s.pending)
 
     @property
+    def pending_objects(self) -> tuple[ObjectChange, ...]:
+        """The deployments, work pools and work queues the plan pauses or resumes."""
+        return tuple(c for s in self.steps for c in s.pending_objects)
+
+    @property
+    def work(self) -> tuple[Change | ObjectChange, ...]:
+        """Every change an apply sends something for: the runs', then the objects', each
+        known by its ``key`` in checkpoints, reports and ``runner status``."""
+        return (*self.pending, *self.pending_objects)
+
+    @property
     def has_changes(self) -> bool:
-        return any(s.pending for s in self.steps)
+        return any(s.pending or s.pending_objects for s in self.steps)
 
     def counts(self) -> dict[str, int]:
-        """How many runs each action will change, and how many stay ``unchanged``."""
+        """How many runs (or objects) each action will change, and how many stay
+        ``unchanged``."""
         out: dict[str, int] = {}
         for step in self.steps:
-            if step.pending:
-                out[step.action] = out.get(step.action, 0) + len(step.pending)
-        out["unchanged"] = sum(len(s.noops) for s in self.steps)
+            pending = len(step.pending) + len(step.pending_objects)
+            if pending:
+                out[step.action] = out.get(step.action, 0) + pending
+        out["unchanged"] = sum(
+            len(s.noops) + len(s.objects) - len(s.pending_objects) for s in self.steps
+        )
         return out
 
 
@@ -183,6 +285,8 @@ class StepObservation:
     runs: tuple[RunView, ...]
     #: Each exclusion's label and how many of the matched runs it left out.
     exclusions: tuple[tuple[str, int], ...] = ()
+    #: A step whose target is not flow runs: every object its selection matched.
+    objects: tuple[ObjectView, ...] = ()
 
 
 @dataclass(frozen=True)

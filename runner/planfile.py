@@ -23,14 +23,18 @@ from runner.plan import (
     ArchiveSpec,
     Carried,
     Change,
+    ObjectChange,
+    ObjectView,
     Op,
     Plan,
     RunView,
+    ScheduleView,
     StepPlan,
     TargetState,
 )
 from runner.playbook import ACTION_TYPES
 from runner.states import StateType
+from runner.targets import TARGET_KINDS
 from runner.timeexpr import MAX_DURATION
 from runner.words import plural
 
@@ -113,6 +117,49 @@ def change_to_json(change: Change) -> dict[str, Any]:
     return data
 
 
+def _object_to_json(view: ObjectView) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "kind": view.kind,
+        "id": str(view.id),
+        "name": view.name,
+        "paused": view.paused,
+        "updated": _dt(view.updated),
+    }
+    if view.kind == "deployment":
+        data["flow"] = view.flow
+        data["tags"] = list(view.tags)
+        data["work_queue"] = view.work_queue
+        data["schedules"] = [
+            {"id": str(s.id), "active": s.active, "schedule": s.schedule} for s in view.schedules
+        ]
+    if view.kind in ("deployment", "work_queue"):
+        data["work_pool"] = view.work_pool
+    if view.kind == "work_pool":
+        data["type"] = view.type
+    return data
+
+
+def object_change_to_json(change: ObjectChange) -> dict[str, Any]:
+    """An object's change: ``before`` and ``after`` are its paused flag as the plan saw it and
+    as the change leaves it (what an undo inverts)."""
+    data: dict[str, Any] = {
+        "key": change.key,
+        "op": change.op,
+        "object": _object_to_json(change.object),
+        "before": {"paused": change.before},
+        "after": {"paused": change.after},
+    }
+    if change.reason is not None:
+        data["reason"] = change.reason
+    return data
+
+
+def _change_docs(step: StepPlan) -> list[dict[str, Any]] | Any:
+    if step.target != "flow_runs":
+        return (object_change_to_json(c) for c in step.objects)
+    return (change_to_json(c) for c in step.changes)
+
+
 def _step_outline(step: StepPlan) -> dict[str, Any]:
     data: dict[str, Any] = {
         "index": step.index,
@@ -122,6 +169,8 @@ def _step_outline(step: StepPlan) -> dict[str, Any]:
         "show_tags": step.show_tags,
         "allow_past": step.allow_past,
     }
+    if step.target != "flow_runs":  # absent: flow runs (and so in every older plan)
+        data["target"] = step.target
     if step.action == "delete":
         data["archive"] = {"logs": step.archive.logs} if step.archive is not None else None
     data["settings"] = {
@@ -159,7 +208,7 @@ def _outline(plan: Plan) -> dict[str, Any]:
 def _body(plan: Plan) -> dict[str, Any]:
     body = _outline(plan)
     for step_doc, step in zip(body["steps"], plan.steps, strict=True):
-        step_doc["changes"] = [change_to_json(c) for c in step.changes]
+        step_doc["changes"] = list(_change_docs(step))
     return body
 
 
@@ -231,10 +280,9 @@ def write_document(plan: Plan, out: TextIO) -> str:
         out.write(head)
         before, after = _canonical_around(step_doc, skip="changes")
         checksum.feed(("," if number else "") + before + "[")
-        if step.changes:
+        if step.changes or step.objects:
             out.write("[\n")
-            for i, change in enumerate(step.changes):
-                data = change_to_json(change)
+            for i, data in enumerate(_change_docs(step)):
                 checksum.feed(("," if i else "") + _canonical(data))
                 out.write(
                     ("" if i == 0 else ",\n")
@@ -311,6 +359,8 @@ def _got(value: Any) -> str:
 _OPS: frozenset[str] = frozenset(get_args(Op))
 _STATE_TYPES = frozenset(t.value for t in StateType)
 _ACTIONS = frozenset(ACTION_TYPES)
+_TARGETS = frozenset({"flow_runs", *TARGET_KINDS})
+_OBJECT_KINDS = frozenset(TARGET_KINDS.values())
 #: What each action's changes may be: their ops, and the state types they may propose
 #: (empty: any). A plan edited to make a tag step delete a run is refused.
 _ACTION_OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -517,6 +567,9 @@ class _Reader:
             )
         settings = self.obj(data, "settings", path)
         at: _Path = (*path, "settings")
+        target = self.choice(data, "target", path, _TARGETS) if "target" in data else "flow_runs"
+        if target != "flow_runs":
+            return self.object_step(index, target, data, settings)
         action = self.choice(data, "action", path, _ACTIONS)
         selected = self.integer(data, "selected", path, 0)
         changes = tuple(
@@ -553,6 +606,106 @@ class _Reader:
                 settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
             ),
         )
+
+    def settings(self, settings: dict[str, Any], at: _Path) -> dict[str, Any]:
+        return {
+            "concurrency": self.integer(settings, "concurrency", at, 1, 256),
+            "rate_limit": None
+            if settings.get("rate_limit") is None
+            else self.number(settings, "rate_limit", at, low=0, high=math.inf, above=True),
+            "max_attempts": self.integer(settings, "max_attempts", at, 1, 100),
+            "backoff_seconds": self.number(
+                settings, "backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=0.25
+            ),
+            "max_backoff_seconds": self.number(
+                settings, "max_backoff_seconds", at, low=0, high=_MAX_BACKOFF, default=20.0
+            ),
+        }
+
+    def object_step(
+        self, index: int, target: str, data: dict[str, Any], settings: dict[str, Any]
+    ) -> StepPlan:
+        """A step on deployments, work pools or work queues: pause or resume, one change an
+        object of the step's kind."""
+        path: _Path = ("steps", index)
+        action = self.choice(data, "action", path, frozenset({"pause", "resume"}))
+        selected = self.integer(data, "selected", path, 0)
+        objects = tuple(
+            self.object_change(index, TARGET_KINDS[target], action, (*path, "changes", i), c)
+            for i, c in enumerate(self.array(data, "changes", path))
+        )
+        if selected != len(objects):
+            self.fail(
+                (*path, "selected"),
+                f"{selected} selected, but the step has {plural(len(objects), 'change')}",
+            )
+        return StepPlan(
+            index=index,
+            name=self.text(data, "name", path),
+            action=action,
+            selected=selected,
+            changes=(),
+            target=target,
+            objects=objects,
+            **self.settings(settings, (*path, "settings")),
+        )
+
+    def object_change(
+        self, step: int, kind: str, action: str, path: _Path, value: Any
+    ) -> ObjectChange:
+        data = self.as_obj(value, path)
+        at: _Path = (*path, "object")
+        raw = self.as_obj(self.get(data, "object", path), at)
+        if self.choice(raw, "kind", at, _OBJECT_KINDS) != kind:
+            self.fail((*at, "kind"), f"expected {_got(kind)}, got {_got(raw['kind'])}")
+        schedules = []
+        for i, item in enumerate(raw.get("schedules") or ()):
+            spath: _Path = (*at, "schedules", i)
+            entry = self.as_obj(item, spath)
+            schedules.append(
+                ScheduleView(
+                    id=self.uuid(entry, "id", spath),
+                    active=self.boolean(entry, "active", spath),
+                    schedule=self.text(entry, "schedule", spath),
+                )
+            )
+        view = ObjectView(
+            kind=kind,  # type: ignore[arg-type]  # checked against the kinds
+            id=self.uuid(raw, "id", at),
+            name=self.text(raw, "name", at),
+            paused=self.boolean(raw, "paused", at),
+            updated=self.optional_when(raw, "updated", at),
+            flow=self.optional_text(raw, "flow", at),
+            tags=self.texts(raw, "tags", at) if raw.get("tags") is not None else (),
+            work_pool=self.optional_text(raw, "work_pool", at),
+            work_queue=self.optional_text(raw, "work_queue", at),
+            type=self.optional_text(raw, "type", at),
+            schedules=tuple(schedules),
+        )
+        op = self.choice(data, "op", path, frozenset({action, "noop"}))
+        change = ObjectChange(
+            step=step,
+            object=view,
+            op=op,  # type: ignore[arg-type]  # checked against the step's action
+            reason=self.optional_text(data, "reason", path),
+        )
+        if self.get(data, "key", path) != change.key:
+            self.fail((*path, "key"), f"expected {_got(change.key)}, got {_got(data['key'])}")
+        if change.key in self.keys:
+            self.fail((*at, "id"), f"{view.name} has two changes in this step")
+        self.keys.add(change.key)
+        for side, expected in (("before", change.before), ("after", change.after)):
+            flags = self.obj(data, side, path)
+            if self.boolean(flags, "paused", (*path, side)) != expected:
+                self.fail(
+                    (*path, side, "paused"),
+                    f"expected {_got(expected)} (a {op} of an object the plan saw"
+                    f" {'paused' if view.paused else 'not paused'}), got {_got(flags['paused'])}",
+                )
+        if op != "noop" and view.paused == (op == "pause"):
+            state = "paused" if view.paused else "not paused"
+            self.fail((*path, "op"), f"a {op} of an object the plan saw {state}")
+        return change
 
     def archive(self, action: str, data: dict[str, Any], path: _Path) -> ArchiveSpec | None:
         """A delete step's archive: ``null`` (none) or ``{"logs": bool}``. A plan made before

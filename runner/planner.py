@@ -38,6 +38,7 @@ from runner.playbook import (
     Tag,
 )
 from runner.selection import order
+from runner.targets import plan_change
 from runner.words import plural
 
 ACTIVE_STATE_TYPES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELLING"})
@@ -376,6 +377,54 @@ def _step_violations(
     return violations
 
 
+def _object_step(
+    playbook: Playbook, index: int, step: Step, seen: StepObservation, claimed: set[UUID]
+) -> StepPlan:
+    """A step on deployments, work pools or work queues: one change an object it selects
+    (not one an earlier step selected)."""
+    selected = [view for view in seen.objects if view.id not in claimed]
+    claimed.update(view.id for view in selected)
+    retry = step.retry or playbook.defaults.retry
+    return StepPlan(
+        index=index,
+        name=step.name,
+        action=step.action.kind,
+        selected=len(selected),
+        changes=(),
+        concurrency=step.concurrency or playbook.defaults.concurrency,
+        rate_limit=step.rate_limit or playbook.defaults.rate_limit,
+        max_attempts=retry.max_attempts,
+        backoff_seconds=retry.backoff.total_seconds(),
+        max_backoff_seconds=retry.max_backoff.total_seconds(),
+        target=step.target,
+        objects=tuple(plan_change(index, view, step.action.kind) for view in selected),
+    )
+
+
+def _object_violations(
+    index: int, step: Step, guards: Guards, plan: StepPlan, unmatched: list[str]
+) -> list[str]:
+    label = f"step {index + 1} ({step.name!r})"
+    violations = []
+    if "exclusions_match" in guards.expect and unmatched:
+        violations.append(
+            f"{label}: select.exclude {', '.join(repr(p) for p in unmatched)} matched none of"
+            f" the selected {plan.noun}s, and its guards expect every exclusion to match"
+            " (expect: exclusions_match)"
+        )
+    if "non_empty" in guards.expect and plan.selected == 0:
+        violations.append(
+            f"{label} selected no {plan.noun}s, and its guards expect some (expect: non_empty)"
+        )
+    pending = len(plan.pending_objects)
+    if step.guards and step.guards.max_affected is not None and pending > step.guards.max_affected:
+        violations.append(
+            f"{label} would {step.action.kind} {plural(pending, plan.noun)}, more than its"
+            f" max_affected ({step.guards.max_affected})"
+        )
+    return violations
+
+
 def _utc(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -407,6 +456,24 @@ def make_plan(
     violations: list[str] = []
     notes: list[str] = list(observation.notes)
     for index, (step, seen) in enumerate(zip(playbook.steps, observation.steps, strict=True)):
+        if step.target != "flow_runs":
+            step_plan = _object_step(playbook, index, step, seen, claimed)
+            left_out = any(count for _, count in seen.exclusions)
+            unmatched = [
+                pattern
+                for pattern, count in seen.exclusions
+                if count == 0 and (seen.objects or left_out)
+            ]
+            notes += [
+                f"step {step.name!r}: select.exclude {pattern!r} matched none of the selected"
+                f" {step_plan.noun}s"
+                for pattern in unmatched
+            ]
+            violations += _object_violations(
+                index, step, _guards_for(playbook, step), step_plan, unmatched
+            )
+            steps.append(step_plan)
+            continue
         candidates = [run for run in seen.runs if run.id not in claimed]
         selected = order(candidates, step.select.sort)
         if step.select.limit is not None:
@@ -445,12 +512,14 @@ def make_plan(
             )
         )
     total = sum(len(s.pending) for s in steps)
+    objects = sum(len(s.pending_objects) for s in steps)
     limit = playbook.guards.max_affected
-    if limit is not None and total > limit:
-        violations.append(
-            f"the playbook would change {plural(total, 'run')}, more than its max_affected"
-            f" ({limit})"
+    if limit is not None and total + objects > limit:
+        what = " and ".join(
+            [plural(total, "run")] * bool(total or not objects)
+            + [plural(objects, "object")] * bool(objects)
         )
+        violations.append(f"the playbook would change {what}, more than its max_affected ({limit})")
     return Plan(
         id=plan_id,
         created_at=now,

@@ -22,6 +22,8 @@ Strategy = Literal["in_place", "recreate"]
 DelayFrom = Literal["scheduled", "now"]
 Parent = Literal["any", "top_level", "subflow"]
 Expectation = Literal["any", "non_empty", "exclusions_match"]
+#: What a step acts on: flow runs (the default), or deployments, work pools, work queues.
+Target = Literal["flow_runs", "deployments", "work_pools", "work_queues"]
 
 DEFAULT_MESSAGE = "runner: {playbook} / {step}"
 
@@ -211,7 +213,58 @@ class Tag:
     remove: Names = ()
 
 
-Action = Union[Delete, Cancel, SetState, Reschedule, RetryRuns, Resume, Tag]  # noqa: UP007
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectSelect:
+    """Which deployments, work pools or work queues a step acts on (its ``target``). Every
+    key given must match; a list matches any of its items. Keys a target has no use for are
+    refused by the schema (``flows`` on a work pool step)."""
+
+    #: Names (globs: ``*``, ``?``, ``[...]``): a deployment as ``flow/deployment``, a work
+    #: pool by its name, a work queue by its name (in any pool).
+    names: Names = ()
+    #: Deployments of these flows.
+    flows: Names = ()
+    #: Deployments by their tags.
+    tags: TagSelect | None = None
+    #: Deployments whose work pool, or work queues whose pool, is one of these.
+    work_pools: Names = ()
+    #: Deployments whose work queue is one of these.
+    work_queues: Names = ()
+    #: Work pools of these types (``kubernetes``, ``process``...).
+    types: Names = ()
+    #: Paused or not (a deployment's ``paused`` flag, a pool's or queue's ``is_paused``).
+    paused: bool | None = None
+    #: Names (globs) left out, whatever else they match.
+    exclude: Names = ()
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(
+            name
+            for name in ("names", "flows", "tags", "work_pools", "work_queues", "types", "paused")
+            if getattr(self, name) not in (None, ())
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Pause a deployment (its ``paused`` flag: no new scheduled runs; each schedule's own
+    ``active`` flag is left as it is), a work pool or a work queue (workers get no runs from
+    it)."""
+
+    kind: ClassVar[str] = "pause"
+    destructive: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unpause:
+    """Resume a paused deployment, work pool or work queue (the playbook's ``resume`` on a
+    step whose target is not flow runs)."""
+
+    kind: ClassVar[str] = "resume"
+    destructive: ClassVar[bool] = False
+
+
+Action = Union[Delete, Cancel, SetState, Reschedule, RetryRuns, Resume, Tag, Pause, Unpause]  # noqa: UP007
 ACTION_TYPES: dict[str, type[Action]] = {
     "delete": Delete,
     "cancel": Cancel,
@@ -221,13 +274,19 @@ ACTION_TYPES: dict[str, type[Action]] = {
     "resume": Resume,
     "tag": Tag,
 }
+#: The actions of a step whose target is not flow runs.
+OBJECT_ACTION_TYPES: dict[str, type[Pause | Unpause]] = {"pause": Pause, "resume": Unpause}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
     name: str
+    #: For a ``flow_runs`` step; ``Select()`` (never read) on a step of another target.
     select: Select
     action: Action
+    target: Target = "flow_runs"
+    #: The playbook's ``select`` of a step whose target is not flow runs.
+    objects: ObjectSelect | None = field(default=None, metadata={"key": "select"})
     concurrency: int | None = None
     rate_limit: float | None = None
     retry: Retry | None = None
@@ -264,6 +323,11 @@ class Playbook:
             cut = max(probe.rfind("."), probe.rfind("["))
             probe = probe[:cut] if cut > 0 else ""
         return (1, 1)
+
+    @property
+    def run_steps(self) -> tuple[tuple[int, Step], ...]:
+        """The steps that act on flow runs, with their index."""
+        return tuple((i, s) for i, s in enumerate(self.steps) if s.target == "flow_runs")
 
     def message_for(self, step: Step, override: str | None = None) -> str:
         """The state message for a change made by ``step``."""

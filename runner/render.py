@@ -8,13 +8,22 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
-from runner.plan import LEGACY_CARRY, Change, Plan, StepPlan
+from runner.plan import LEGACY_CARRY, Change, ObjectView, Plan, StepPlan
 from runner.planfile import dumps, write_document
+from runner.targets import paused_word
 from runner.timeexpr import format_duration
 from runner.words import plural
 
 DEFAULT_ROWS = 25
-_COLOURS = {"delete": "31", "noop": "2", "set_state": "33", "recreate": "36", "tag": "34"}
+_COLOURS = {
+    "delete": "31",
+    "noop": "2",
+    "set_state": "33",
+    "recreate": "36",
+    "tag": "34",
+    "pause": "33",
+    "resume": "36",
+}
 
 
 def _time(value: datetime | None) -> str:
@@ -53,10 +62,58 @@ def _header(plan: Plan) -> list[str]:
 
 
 def _step_title(step: StepPlan) -> str:
+    target = "" if step.target == "flow_runs" else f" {step.noun}s"
     return (
-        f"Step {step.index + 1}: {step.name} [{step.action}]: {step.selected} selected,"
-        f" {len(step.pending)} to change, {len(step.noops)} unchanged"
+        f"Step {step.index + 1}: {step.name} [{step.action}{target}]: {step.selected} selected,"
+        f" {_to_change(step)} to change, {_unchanged(step)} unchanged"
     )
+
+
+def _to_change(step: StepPlan) -> int:
+    return len(step.pending) + len(step.pending_objects)
+
+
+def _unchanged(step: StepPlan) -> int:
+    return len(step.noops) + len(step.objects) - len(step.pending_objects)
+
+
+def _schedules(view: ObjectView) -> str:
+    if not view.schedules:
+        return "none"
+    return ", ".join(f"{s.schedule} ({'on' if s.active else 'off'})" for s in view.schedules)
+
+
+def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]], list[str]]:
+    """A step with a target: headers, one row an object (its paused flag before, last the
+    after), and each row's op."""
+    rows: list[tuple[str, ...]] = []
+    for change in step.objects:
+        view = change.object
+        before = paused_word(view.paused, view.kind)
+        after = (
+            f"unchanged: {change.reason}"
+            if change.is_noop
+            else paused_word(change.op == "pause", view.kind)
+        )
+        if view.kind == "deployment":
+            cells: tuple[str, ...] = (
+                view.name,
+                view.work_pool or "-",
+                view.work_queue or "-",
+                ", ".join(_tag(t) for t in view.tags) or "-",
+                _schedules(view),
+            )
+        elif view.kind == "work_pool":
+            cells = (view.name, view.type or "-")
+        else:
+            cells = (view.name, view.work_pool or "-")
+        rows.append((*(_printable(c) for c in cells), before, _printable(after)))
+    headers = {
+        "deployments": ("deployment", "work pool", "work queue", "tags", "schedules (kept)"),
+        "work_pools": ("work pool", "type"),
+        "work_queues": ("work queue", "work pool"),
+    }[step.target] + ("before", "after")
+    return headers, rows, [c.op for c in step.objects]
 
 
 def _printable(text: str) -> str:
@@ -161,8 +218,12 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
         for note in (carried_line(step), archive_line(step)):
             if note:
                 lines.append(f"  {note}")
-        headers = _headers(step)
-        rows = [_row(c, step) for c in step.changes]
+        if step.target == "flow_runs":
+            headers = _headers(step)
+            rows = [_row(c, step) for c in step.changes]
+            ops: list[str] = [c.op for c in step.changes]
+        else:
+            headers, rows, ops = _object_table(step)
         shown = rows if max_rows is None else rows[:max_rows]
         if shown:
             n = len(headers) - 1
@@ -170,16 +231,16 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
             lines.append(
                 "  " + "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers[:n])) + "  after"
             )
-            for row, change in zip(shown, step.changes, strict=False):
+            for row, op in zip(shown, ops, strict=False):
                 text = (
                     "  " + "  ".join(row[i].ljust(widths[i]) for i in range(n)) + "  -> " + row[n]
                 )
                 if colour:
-                    text = f"\x1b[{_COLOURS.get(change.op, '0')}m{text}\x1b[0m"
+                    text = f"\x1b[{_COLOURS.get(op, '0')}m{text}\x1b[0m"
                 lines.append(text)
         if len(rows) > len(shown):
             lines.append(
-                f"  ... and {len(rows) - len(shown)} more (--full shows every run;"
+                f"  ... and {len(rows) - len(shown)} more (--full shows every {step.noun};"
                 " --format json has them all)"
             )
         lines.append("")
@@ -214,29 +275,34 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
     for step in plan.steps:
         out.append(
             f"| {step.index + 1}. {_md_cell(step.name)} | `{step.action}` | {step.selected}"
-            f" | {len(step.pending)} | {len(step.noops)} |"
+            f" | {_to_change(step)} | {_unchanged(step)} |"
         )
     for step in plan.steps:
-        if not step.changes:
+        if not step.changes and not step.objects:
             continue
         notes = [_md_cell(n) for n in (carried_line(step), archive_line(step)) if n]
+        if step.target == "flow_runs":
+            headers = _headers(step)
+            rows = [_row(c, step) for c in step.changes]
+        else:
+            headers, rows, _ = _object_table(step)
         out += [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
-            f" ({plural(len(step.changes), 'run')})</summary>",
+            f" ({plural(len(rows), step.noun)})</summary>",
             "",
             *[part for note in notes for part in (note, "")],
-            "| " + " | ".join(_headers(step)) + " |",
-            "|" + "---|" * len(_headers(step)),
+            "| " + " | ".join(headers) + " |",
+            "|" + "---|" * len(headers),
         ]
-        shown = step.changes if max_rows is None else step.changes[:max_rows]
-        for c in shown:
-            cells = [_md_cell(cell) for cell in _row(c, step)]
+        shown = rows if max_rows is None else rows[:max_rows]
+        for row in shown:
+            cells = [_md_cell(cell) for cell in row]
             cells[0] = f"`{cells[0]}`"
             out.append("| " + " | ".join(cells) + " |")
-        if len(step.changes) > len(shown):
-            more = f"... and {len(step.changes) - len(shown)} more"
-            out.append("| " + " | ".join([more] + [""] * (len(_headers(step)) - 1)) + " |")
+        if len(rows) > len(shown):
+            more = f"... and {len(rows) - len(shown)} more"
+            out.append("| " + " | ".join([more] + [""] * (len(headers) - 1)) + " |")
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
 

@@ -106,7 +106,9 @@ def _transform(node: Any) -> Any:
         return node
     node = dict(node)
     for key in _ONE:
-        if isinstance(node.get(key), dict):
+        # An ``if`` tests the literal value it names: a ``${name}`` there matches no branch
+        # (the value is checked once substituted), so conditions are left as they are.
+        if isinstance(node.get(key), dict) and key != "if":
             node[key] = _transform(node[key])
     for key in _LIST:
         if isinstance(node.get(key), list):

@@ -228,13 +228,15 @@ REFERENCES = ["${name}", "$$${name}", "-${name}d"]
 
 def _subschemas() -> list[str]:
     """Pointers of every subschema of the strict schema where the loader substitutes (not
-    under ``vars``, not ``propertyNames``: keys are not substituted), as in the editor's."""
+    under ``vars``, not ``propertyNames``: keys are not substituted; not in an ``if``: a
+    condition tests literal values, a ``${name}`` takes no branch), as in the editor's."""
     return [
         pointer
         for pointer, _ in schema_gen._subschemas(STRICT, "")
         if pointer
         and not pointer.startswith("/properties/vars")
         and "/propertyNames" not in pointer
+        and "/if" not in pointer
     ]
 
 

@@ -59,7 +59,7 @@ def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err: Text
             )
             return False
         return True
-    answer = _ask(f"Apply {plural(len(plan.pending), 'change')} to {plan.server_url}? [y/N] ", out)
+    answer = _ask(f"Apply {plural(len(plan.work), 'change')} to {plan.server_url}? [y/N] ", out)
     answer = answer.strip().lower()
     return answer in ("y", "yes")
 

@@ -84,6 +84,8 @@ class Seeder:
         work_queue: str | None = None,
         tags: Sequence[str] = (),
         parameters: dict[str, Any] | None = None,
+        schedules: Sequence[dict[str, Any]] = (),
+        paused: bool | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": name or unique("deployment"),
@@ -91,6 +93,10 @@ class Seeder:
             "tags": list(tags),
             "parameters": parameters or {},
         }
+        if schedules:
+            body["schedules"] = list(schedules)
+        if paused is not None:
+            body["paused"] = paused
         if work_pool:
             body["work_pool_name"] = work_pool
         if work_queue:
