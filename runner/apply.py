@@ -38,6 +38,7 @@ from runner.errors import (
     OutputError,
     RunnerError,
 )
+from runner.events import event_feed
 from runner.executor import ApplyOptions, ApplyResult, Executor, Outcome, Progress
 from runner.journal import FINISHED, Journal, JournalState, read_journal
 from runner.lease import ServerLock, server_lock
@@ -93,6 +94,11 @@ class ApplyRequest:
     #: wait for it when another apply holds it (0: fail at once).
     server_lock: bool = True
     wait_for_lock: float = 0.0
+    #: Record the apply in Prefect's event feed (runner.events).
+    events: bool = True
+    #: The Prefect flow run this apply runs in (default: ``PREFECT__FLOW_RUN_ID``), named
+    #: as the lock's holder and related to the apply's events.
+    host_flow_run: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ def report_document(result: ApplyResult, plan: Plan) -> dict[str, object]:
             else None
         ),
         "counts": {s: result.count(s) for s in STATUSES},
+        # What became of the apply's events in Prefect's event feed (null: --no-events).
+        "events": result.events.document() if result.events is not None else None,
         "runs": [
             {
                 "key": o.change.key,
@@ -242,6 +250,7 @@ async def apply(
                 )
     stop = stop or anyio.Event()
     executor: Executor | None = None
+    host = request.host_flow_run or _flow_run()
 
     def lock_lost(reason: str) -> None:  # stop as on Ctrl-C, with the reason
         if executor is not None and executor.stopped is None:
@@ -251,8 +260,15 @@ async def apply(
     async with (
         PrefectClient(request.settings, bulk=False if request.dry_run else None) as client,
         server_lock(
-            client, err=err, wait=request.wait_for_lock, holder=_flow_run(), on_lost=lock_lost
+            client, err=err, wait=request.wait_for_lock, holder=host, on_lost=lock_lost
         ) as lock,
+        event_feed(
+            client,
+            err=err,
+            enabled=request.events and not request.dry_run,
+            host=host,
+            rate_limit=request.options.rate_limit,
+        ) as events,
     ):
         now = datetime.now(timezone.utc)
         held = lock if request.server_lock and not request.dry_run else None
@@ -301,6 +317,7 @@ async def apply(
         with Journal(journal_path, plan_id=plan.id, plan_checksum=checksum) as journal:
             if held is not None:
                 await held.hold_for_writing(plan.playbook_name, workdir)
+            events.apply_started(plan, changes=len(left), resumed=previous is not None)
             executor = Executor(
                 client,
                 plan,
@@ -311,6 +328,7 @@ async def apply(
                 stop=stop,
                 on_progress=progress,
                 archive=Path(request.archive) if request.archive else None,
+                on_finish=events.change_finished,
             )
             try:
                 result = await executor.run()
@@ -318,11 +336,18 @@ async def apply(
                 failure = _checkpoint_failure(error)
                 if failure is None:
                     raise
+                events.apply_ended(False, executor.outcomes.values(), error=str(failure))
                 err.write(
                     f"runner: {failure}; the apply stopped. What the checkpoint recorded stays;"
                     f" with room again, resume with: runner apply --resume {journal_path}\n"
                 )
                 return Applied(EXIT_ERROR, plan)
+        events.apply_ended(
+            result.complete and not result.count("raced"),
+            result.outcomes.values(),
+            stopped=result.stopped,
+        )
+        result.events = await events.flush()  # before the summary, which counts them
         code = _summarise(result, plan, journal_path, out, err)
         if request.report and not _write_report(request.report, result, plan, journal_path, err):
             code = code if code != EXIT_OK else EXIT_ERROR
@@ -503,6 +528,9 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
         if outcome.status in ("drifted", "raced", "failed"):
             run = outcome.change.run
             out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
+    events = result.events.summary_line() if result.events is not None else None
+    if events is not None:
+        out.write(events)
     if result.stopped or failed or pending:
         err.write(
             f"runner: {result.stopped or 'not everything was applied'}; resume with:"

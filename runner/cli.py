@@ -270,6 +270,12 @@ def plan(
     is_flag=True,
     help="Also store the summary in Prefect as a markdown artifact (key runner-<playbook>).",
 )
+@click.option(
+    "--no-events",
+    is_flag=True,
+    help="Do not record the apply in Prefect's event feed (runner.apply.*, runner.flow-run.*"
+    " events).",
+)
 @format_option
 @full_option
 @click.option(
@@ -295,6 +301,7 @@ def apply(
     report: str | None,
     archive: str | None,
     artifact: bool,
+    no_events: bool,
     fmt: str,
     full: bool,
     detailed_exitcode: bool,
@@ -360,6 +367,7 @@ def apply(
             report=report,
             archive=archive,
             artifact=artifact,
+            events=not no_events,
             dry_run=dry_run,
             detailed_exitcode=detailed_exitcode,
             fmt=fmt,

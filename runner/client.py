@@ -1400,6 +1400,18 @@ class PrefectClient:
                 status_code=response.status_code,
             ) from None
 
+    async def emit_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Record ``events`` in Prefect's event feed (``POST /events``, a list; 204).
+
+        Sent again when the answer is lost: each event carries its own id, and the server
+        keeps one event per id (Prefect 3.9.1). :class:`UnsupportedByServer` when the server
+        takes no events (Prefect 2.x answers 404 unless ``PREFECT_EXPERIMENTAL_EVENTS`` is on).
+        """
+        try:
+            await self._request("POST", "events", json=list(events), ok=(200, 204), no_content=True)
+        except (NotFound, UnsupportedByServer) as exc:
+            raise UnsupportedByServer(exc.message, method="POST", url=exc.url) from None
+
     async def resume_flow_run(self, flow_run_id: UUID) -> OrchestrationResult:
         """Resume a paused run (``POST /flow_runs/{id}/resume``)."""
         response = await self._request("POST", f"flow_runs/{flow_run_id}/resume", json={})

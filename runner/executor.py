@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 import anyio
@@ -78,7 +78,12 @@ from runner.selection import json_equal
 from runner.targets import NOUNS, drift, paused_word, view_of
 from runner.words import plural
 
+if TYPE_CHECKING:
+    from runner.events import EventCounts
+
 Strategy = Literal["auto", "bulk", "per-run"]
+#: Called with a change, its status, detail and new run id once the journal recorded it.
+FinishHook = Callable[[Change, str, str | None, str | None], None]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
 DEFERRED_ROUNDS = 3
 _NAMESPACE = uuid.UUID("0b6f3a52-8d51-4b8e-a3c9-5f3f0f6b7c11")
@@ -152,6 +157,8 @@ class ApplyResult:
     windows: Sequence[float] = ()
     #: The delete archive, when this apply wrote to one.
     archive: ArchiveSummary | None = None
+    #: What became of the apply's events (None: --no-events); set by runner.apply.
+    events: EventCounts | None = None
 
     def window_summary(self) -> dict[str, float | int]:
         """How long runner's own check of a run stood before its write: count, median, max
@@ -347,8 +354,11 @@ class Executor:
         stop: anyio.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         archive: Path | None = None,
+        on_finish: FinishHook | None = None,
     ) -> None:
         self.client = client
+        #: Told of every change once the journal has recorded it (runner.events).
+        self.on_finish = on_finish
         self._base_policy = retry or client.retry_policy
         self.plan = plan
         self.journal = journal
@@ -410,6 +420,8 @@ class Executor:
         elif status == "failed":
             self.progress.failed += 1
             self._check_failure_policy()
+        if self.on_finish is not None:
+            self.on_finish(change, status, detail, outcome.new_run_id)
 
     def _check_failure_policy(self) -> None:
         failed, total = self.progress.failed, max(1, self.progress.total)

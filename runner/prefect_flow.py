@@ -97,11 +97,14 @@ def apply_playbook(
     state_dir: str = ".runner",
     rate_limit: float | None = None,
     concurrency: int | None = None,
+    events: bool = True,
 ) -> dict[str, Any]:
     """Apply a runner playbook and publish the plan and its outcome as a markdown artifact.
 
     ``playbook`` is a path, relative to the checkout when ``repository`` (a git URL, checked
-    out at ``ref``) is given. Returns the apply report (see ``runner apply --report``).
+    out at ``ref``) is given. ``events``: record the apply in Prefect's event feed, related
+    to this flow run (``runner apply --no-events`` is ``False``). Returns the apply report
+    (see ``runner apply --report``).
     """
     logger = get_run_logger()
     with tempfile.TemporaryDirectory(prefix="runner-flow-") as tmp:
@@ -120,6 +123,8 @@ def apply_playbook(
             max_plan_age=None,
             exclude=frozenset({own}) if own else frozenset(),
             dry_run=dry_run,
+            events=events,
+            host_flow_run=own,
         )
         applied = anyio.run(functools.partial(apply, request, out=out, err=err))
     for line in (out.getvalue() + err.getvalue()).splitlines():

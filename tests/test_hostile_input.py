@@ -724,6 +724,8 @@ class FakeServer:
         if request.method == "DELETE" and path.startswith("flow_runs/"):
             gone = self.runs.pop(path.removeprefix("flow_runs/"), None)
             return httpx.Response(204 if gone else 404)
+        if request.method == "POST" and path == "events":  # taken (a 2.x with events on)
+            return httpx.Response(204)
         return httpx.Response(404, json={"detail": "Not Found"})  # csrf-token, bulk routes
 
 

@@ -121,6 +121,9 @@ def server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
         PREFECT_SERVER_UI_ENABLED="false",
         PREFECT_LOGGING_LEVEL="WARNING",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+        # Events become readable when the server's persister flushes them: every 5 s by
+        # default, which a test reading events back would wait for (3.x reads this name too).
+        PREFECT_API_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="0.5",
     )
     env.update(extra or {})
     return env
