@@ -54,7 +54,7 @@ import anyio
 
 from runner.client import PrefectClient
 from runner.errors import RunnerError, UnsupportedByServer
-from runner.plan import Change, Plan, RunView
+from runner.plan import Change, ObjectChange, Plan, RunView
 from runner.retry import RetryPolicy
 from runner.words import plural
 
@@ -89,6 +89,15 @@ APPLY_FINISHED = "runner.apply.finished"
 APPLY_FAILED = "runner.apply.failed"
 
 _NAMESPACE = uuid.UUID("7d0c9c36-4f0e-4d52-9a7a-2b1e1f3e6a01")
+
+
+#: The resource kind of each object a step may target, as Prefect names it in its own
+#: events (``prefect.deployment.<id>``, ``prefect.work-pool.<id>``, ...).
+OBJECT_RESOURCES = {
+    "deployment": "deployment",
+    "work_pool": "work-pool",
+    "work_queue": "work-queue",
+}
 
 
 def change_event_id(plan_id: str, change_key: str) -> UUID:
@@ -287,11 +296,18 @@ class EventFeed:
         self._queue_event(self._apply_event(self.plan, name, payload), urgent=True)
 
     def change_finished(
-        self, change: Change, status: str, detail: str | None, new_run_id: str | None
+        self,
+        change: Change | ObjectChange,
+        status: str,
+        detail: str | None,
+        new_run_id: str | None,
     ) -> None:
         """A change was journaled: its event is queued when runner made it (done or raced)."""
         plan = self.plan
         if status not in ("done", "raced") or plan is None or not self.enabled:
+            return
+        if isinstance(change, ObjectChange):
+            self._queue_event(self._object_event(plan, change, status, detail), urgent=False)
             return
         run = change.run
         step = plan.steps[change.step]
@@ -328,6 +344,37 @@ class EventFeed:
             },
         }
         self._queue_event(event, urgent=False)
+
+    def _object_event(
+        self, plan: Plan, change: ObjectChange, status: str, detail: str | None
+    ) -> dict[str, Any]:
+        """``runner.deployment.paused`` and the like: a deployment, work pool or queue."""
+        seen = change.object
+        step = plan.steps[change.step]
+        noun = OBJECT_RESOURCES[seen.kind]
+        resource = {
+            "prefect.resource.id": f"prefect.{noun}.{seen.id}",
+            "prefect.resource.name": seen.name,
+        }
+        verb = "paused" if change.op == "pause" else "resumed"
+        return {
+            "id": str(change_event_id(plan.id, change.key)),
+            "occurred": _now(),
+            "event": f"runner.{noun}.{verb}",
+            "resource": resource,
+            "related": self._plan_related(plan),
+            "payload": {
+                "action": step.action,
+                "op": change.op,
+                "outcome": status,
+                "detail": detail,
+                "before": {"paused": change.before},
+                "after": {"paused": change.after},
+                "plan_id": plan.id,
+                "playbook": plan.playbook_name,
+                "step": {"index": step.index + 1, "name": step.name},
+            },
+        }
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 
 Strategy = Literal["auto", "bulk", "per-run"]
 #: Called with a change, its status, detail and new run id once the journal recorded it.
-FinishHook = Callable[[Change, str, str | None, str | None], None]
+FinishHook = Callable[[Change | ObjectChange, str, str | None, str | None], None]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
 DEFERRED_ROUNDS = 3
 _NAMESPACE = uuid.UUID("0b6f3a52-8d51-4b8e-a3c9-5f3f0f6b7c11")

@@ -539,3 +539,33 @@ async def test_the_documented_automation_fires_on_a_failed_apply(
     finally:
         http.delete(f"automations/{automation_id}")
         http.close()
+
+
+def test_a_paused_work_queue_is_an_event_of_its_own(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """A step with a target sends one event per object it paused, the object as the
+    resource (``prefect.work-queue.<id>``, as Prefect's own events name it)."""
+    since = utcnow() - timedelta(seconds=1)
+    pool = seeder.work_pool()
+    queue = seeder.work_queue(pool["name"])
+    path = tmp_path / "pause.yaml"
+    path.write_text(
+        "version: 1\nsteps:\n  - name: hold\n    target: work_queues\n"
+        f"    select: {{work_pools: [{pool['name']}], names: [{queue['name']}]}}\n"
+        "    action: pause\n"
+    )
+    result = run_cli("apply", str(path), "--yes", api_url=api_url)
+    assert result.returncode == 0, result.stderr
+    resource = f"prefect.work-queue.{queue['id']}"
+    found = read_events(api_url, since, resource, 1, name="runner.work-queue.paused")
+    # Prefect sends its own (prefect.work-queue.paused, a status change) beside runner's.
+    (event,) = [e for e in found if e["event"].startswith("runner.")]
+    assert event["event"] == "runner.work-queue.paused"
+    assert event["resource"] == {
+        "prefect.resource.id": resource,
+        "prefect.resource.name": queue["name"],
+    }
+    assert event["payload"]["before"] == {"paused": False}
+    assert event["payload"]["after"] == {"paused": True}
+    assert event["payload"]["outcome"] == "done"
