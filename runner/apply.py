@@ -56,7 +56,7 @@ from runner.playbook import Playbook
 from runner.render import summary_line, write_rendered
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
-from runner.undo import applied_folder, earlier_undos, plan_undo, read_applied
+from runner.undo import UndoGuards, applied_folder, earlier_undos, plan_undo, read_applied
 from runner.words import plural
 
 DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
@@ -73,6 +73,7 @@ class ApplyRequest:
     #: Apply the undo of the apply in this folder (its ``.runner/<plan-id>``, or its
     #: checkpoint) instead: :mod:`runner.undo`. An unfinished undo of it is resumed.
     undo: str | None = None
+    undo_guards: UndoGuards = field(default_factory=UndoGuards)
     variables: Mapping[str, str] = field(default_factory=dict)
     options: ApplyOptions = field(default_factory=ApplyOptions)
     state_dir: Path = Path(".runner")
@@ -419,7 +420,9 @@ async def _undo_stage(
     if lock is not None:
         await lock.take(f"undo of {original.id}")
         now = datetime.now(timezone.utc)
-    plan = await plan_undo(folder, client, state_dir=request.state_dir, now=now)
+    plan = await plan_undo(
+        folder, client, state_dir=request.state_dir, now=now, guards=request.undo_guards
+    )
     return plan, None, RetryPolicy(), None
 
 

@@ -379,7 +379,7 @@ def apply(
 
 
 @cli.command()
-@click.argument("applied", metavar="DIR", type=click.Path(exists=True))
+@click.argument("applied", metavar="DIR", type=click.Path())
 @connection_options
 @click.option("--dry-run", is_flag=True, help="Make the undo plan and show it; send nothing.")
 @click.option(
@@ -420,6 +420,16 @@ def apply(
     help="Plan anew rather than resume an unfinished undo older than this (or 'none').",
 )
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome per run here.")
+@click.option(
+    "--allow-active",
+    is_flag=True,
+    help="Allow forcing a state on runs that are Pending, Running, Paused or Cancelling now.",
+)
+@click.option(
+    "--max-affected",
+    type=click.IntRange(0),
+    help="Refuse an undo that would change more runs than this.",
+)
 @format_option
 @full_option
 @click.option(
@@ -444,6 +454,8 @@ def undo(
     no_server_lock: bool,
     max_plan_age: str,
     report: str | None,
+    allow_active: bool,
+    max_affected: int | None,
     fmt: str,
     full: bool,
     detailed_exitcode: bool,
@@ -462,6 +474,7 @@ def undo(
     from runner.commands import undo as command
     from runner.executor import ApplyOptions
     from runner.timeexpr import parse_duration
+    from runner.undo import UndoGuards
 
     if output is not None and dry_run:
         raise click.UsageError("-o saves the undo plan and sends nothing: drop --dry-run")
@@ -489,6 +502,7 @@ def undo(
     def request() -> ApplyRequest:
         return ApplyRequest(
             undo=applied,
+            undo_guards=UndoGuards(allow_active=allow_active, max_affected=max_affected),
             settings=_settings(api_url),
             options=ApplyOptions(
                 rate_limit=rate,

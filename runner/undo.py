@@ -70,6 +70,17 @@ class Inverse:
 
 
 @dataclass(frozen=True, slots=True)
+class UndoGuards:
+    """What an undo plan must keep to (a plan that breaks one is shown, never applied), as
+    a playbook's guards: ``allow_active``: forcing a state on a run that is Pending, Running,
+    Paused or Cancelling now (the apply left it so) is refused without it; ``max_affected``:
+    at most this many runs changed."""
+
+    allow_active: bool = False
+    max_affected: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """What a rule may need besides the change and its journal entry."""
 
@@ -243,12 +254,14 @@ def make_undo_plan(
     server_version: str | None,
     folder: str,
     undone: Mapping[UUID, str] | None = None,
+    guards: UndoGuards = UndoGuards(),
 ) -> Plan:
     """The undo of ``plan`` as ``journal`` says it was applied, against the runs as they are
     now (``current``, by id; a run absent is gone): a plan with, for each step of ``plan``
     (the last first), an ``undo`` step of the inverse changes, and a no-op with its reason
     for each change that has nothing to undo or cannot be undone. ``undone``: the runs an
-    earlier undo of ``plan`` put back (by id: that undo's plan id). Pure."""
+    earlier undo of ``plan`` put back (by id: that undo's plan id); ``guards``: what the
+    undo plan must keep to (else it carries the violation and is never applied). Pure."""
     undone = undone or {}
     rules = inverses(plan, journal, folder=folder)
     steps: list[StepPlan] = []
@@ -335,6 +348,7 @@ def make_undo_plan(
     return Plan(
         id=plan_id,
         created_at=now,
+        violations=_violations(steps, guards),
         playbook_name=f"undo of {plan.id}",
         playbook_path=folder,
         playbook_digest=UNDO_DIGEST + plan.id,
@@ -346,6 +360,25 @@ def make_undo_plan(
     )
 
 
+def _violations(steps: list[StepPlan], guards: UndoGuards) -> tuple[str, ...]:
+    pending = [c for s in steps for c in s.pending]
+    out: list[str] = []
+    if guards.max_affected is not None and len(pending) > guards.max_affected:
+        out.append(
+            f"the undo would change {plural(len(pending), 'run')}, more than --max-affected"
+            f" ({guards.max_affected})"
+        )
+    active = [c for c in pending if c.state is not None and c.run.state_type in _ACTIVE]
+    if active and not guards.allow_active:
+        states = sorted({_label(c.run.state_type, c.run.state_name) for c in active})
+        out.append(
+            f"the undo would force a state on {plural(len(active), 'active run')}"
+            f" ({', '.join(states)}) whose infrastructure may still run; cancel them first, or"
+            " pass --allow-active"
+        )
+    return tuple(out)
+
+
 def applied_folder(target: str | Path) -> Path:
     """The folder of an apply: ``target`` itself, or the folder of its checkpoint or plan."""
     path = Path(target)
@@ -355,6 +388,8 @@ def applied_folder(target: str | Path) -> Path:
 def read_applied(folder: Path) -> tuple[Plan, JournalState]:
     """The plan applied in ``folder`` and what its journal says; refused while an apply of
     it runs (its journal is locked), and when nothing of it was applied."""
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such folder")
     if not (folder / "plan.json").is_file():
         raise CheckpointError(
             f"{folder}: not the folder of an apply (no plan.json; runner apply keeps its plan"
@@ -411,9 +446,12 @@ async def read_current(
     found: dict[UUID, RunView] = {}
     start = 0
     while start < len(wanted):
-        chunk = wanted[start : start + client.page_size]
+        size = client.page_size
+        chunk = wanted[start : start + size]
         ids = [run.id for run in chunk]
         runs = await client.read_flow_runs(FlowRunQuery(flow_runs=by_ids(ids)), limit=len(ids))
+        if len(runs) < len(chunk) and client.page_size < size:
+            continue  # the server's pages are smaller than assumed: this chunk again
         keep = {run.id: run.parameters is not None for run in chunk}
         for run in runs:
             if run.id in keep:  # never trust the server's filter
@@ -428,6 +466,7 @@ async def plan_undo(
     *,
     state_dir: Path,
     now: datetime | None = None,
+    guards: UndoGuards = UndoGuards(),
 ) -> Plan:
     """The undo plan of the apply in ``target`` (its folder or checkpoint), against the runs
     as they are now on the server ``client`` talks to (the one the apply wrote to). Sends no
@@ -453,4 +492,5 @@ async def plan_undo(
         server_version=info.version,
         folder=str(folder),
         undone=undone_runs(earlier_undos(state_dir, plan)),
+        guards=guards,
     )

@@ -17,7 +17,7 @@ from runner.errors import CheckpointError
 from runner.journal import Entry, Journal, JournalState, Replaced, read_journal
 from runner.plan import Change, Plan, RunView, StepPlan, TargetState
 from runner.planfile import read_plan, write_plan
-from runner.undo import RULES, make_undo_plan, read_applied
+from runner.undo import RULES, UndoGuards, make_undo_plan, read_applied
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=timezone.utc)
 AT = NOW + timedelta(hours=1)
@@ -352,3 +352,26 @@ def test_a_plan_never_applied_has_nothing_to_undo(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{tmp_path}: no checkpoint: plan applied00001 was never applied, nothing to undo"
     )
+
+
+def test_the_undo_keeps_to_its_guards() -> None:
+    failed = [run("FAILED", "Failed") for _ in range(3)]
+    changes = [
+        Change(step=0, run=v, op="set_state", state=TargetState("RUNNING", "Running", force=True))
+        for v in failed
+    ]
+    plan = plan_of(step(0, changes, "set_state"))
+    sids = [str(uuid4()) for _ in failed]
+    entries = [
+        Entry(c.key, "done", "Running", state_after=s) for c, s in zip(changes, sids, strict=True)
+    ]
+    current = {v.id: left_as(v, "RUNNING", "Running", s) for v, s in zip(failed, sids, strict=True)}
+    undo = undo_of(plan, entries, current, guards=UndoGuards(max_affected=2))
+    assert undo.violations == (
+        "the undo would change 3 runs, more than --max-affected (2)",
+        "the undo would force a state on 3 active runs (Running) whose infrastructure may still"
+        " run; cancel them first, or pass --allow-active",
+    )
+    allowed = undo_of(plan, entries, current, guards=UndoGuards(allow_active=True))
+    assert allowed.violations == ()
+    assert [c.state for c in allowed.changes] == [TargetState("FAILED", "Failed", force=True)] * 3

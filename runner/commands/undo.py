@@ -28,7 +28,9 @@ def save(request: ApplyRequest, output: str, *, out: TextIO) -> int:
 
     async def make() -> Plan:
         async with PrefectClient(request.settings, bulk=False) as client:
-            return await plan_undo(target, client, state_dir=request.state_dir)
+            return await plan_undo(
+                target, client, state_dir=request.state_dir, guards=request.undo_guards
+            )
 
     plan = anyio.run(make)
     try:
