@@ -28,9 +28,10 @@ resume                             cannot: a run is not paused from outside its 
 drifted, failed, raced, pending    nothing to undo (not made, or not as planned: said so)
 =================================  ==========================================================
 
-Forced, because Prefect's orchestration refuses most ways out of a terminal state (Prefect
-3.9.1 aborts Cancelled -> Scheduled for a run without a deployment: "Cannot reschedule a run
-without an associated deployment."), and a forced state is how runner's ``set_state`` writes.
+Forced (as runner's ``set_state`` with ``force`` writes), so that an undo does not depend on
+which ways out of a terminal state the orchestration allows which run: Prefect 3.9.1 accepts
+Cancelled, Completed or Failed -> Scheduled for a deployment's run, and aborts it for a run
+without a deployment ("Cannot reschedule a run without an associated deployment.").
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _undo_state(change: Change, entry: Entry, context: Context) -> Inverse | str
     run, target = change.run, change.state
     assert target is not None
     before = _label(run.state_type, run.state_name)
-    if target.type == "CANCELLING":
+    if target.type == "CANCELLING" and run.state_type in _ACTIVE:
         return (
             f"cancelled while {before} by the apply: its infrastructure was torn down, which"
             " no state brings back (retry the run instead)"
@@ -119,9 +120,7 @@ def _undo_state(change: Change, entry: Entry, context: Context) -> Inverse | str
             " back what ran it (its worker, its process, its infrastructure)"
         )
     message = entry.replaced.message if entry.replaced is not None else None
-    when = None
-    if run.state_type == "SCHEDULED":
-        when = run.state_scheduled_time or run.next_scheduled_start or run.expected_start
+    when = run.scheduled_time if run.state_type == "SCHEDULED" else None
     back = TargetState(
         type=run.state_type,
         name=run.state_name or run.state_type.title(),
