@@ -11,6 +11,7 @@ runner`` stays cheap for the CLI)::
         runner.ApplyRequest(target="playbooks/cleanup.yaml", settings=..., ),
         out=sys.stdout, err=sys.stderr,
     )
+    undo = await runner.plan_undo(".runner/<plan-id>", client, state_dir=Path(".runner"))
 
 Errors are one tree under :class:`RunnerError` (see :mod:`runner.errors`).
 """
@@ -45,6 +46,9 @@ _EXPORTS = {
     "Applied": "runner.apply",
     "ApplyOptions": "runner.executor",
     "ApplyResult": "runner.executor",
+    # undoing an apply (runner undo): the plan that puts back what it changed
+    "plan_undo": "runner.undo",
+    "make_undo_plan": "runner.undo",
     # the archive deletes write
     "read_archive": "runner.archive",
     # talking to Prefect
@@ -102,6 +106,8 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS (a test keeps the two in st
     "Applied",
     "ApplyOptions",
     "ApplyResult",
+    "plan_undo",
+    "make_undo_plan",
     "read_archive",
     "PrefectClient",
     "ProposedState",
@@ -171,6 +177,7 @@ if _typing.TYPE_CHECKING:
     from runner.render import render as render_plan
     from runner.retry import RetryPolicy
     from runner.settings import ConnectionSettings, resolve_settings
+    from runner.undo import make_undo_plan, plan_undo
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -57,6 +57,7 @@ from runner.playbook import Playbook
 from runner.render import summary_line, write_rendered
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
+from runner.undo import UndoGuards, applied_folder, earlier_undos, plan_undo, read_applied
 from runner.words import plural
 
 DESTRUCTIVE_OPS = frozenset({"delete", "set_state", "recreate"})
@@ -70,6 +71,10 @@ class ApplyRequest:
 
     target: str = ""
     settings: ConnectionSettings
+    #: Apply the undo of the apply in this folder (its ``.runner/<plan-id>``, or its
+    #: checkpoint) instead: :mod:`runner.undo`. An unfinished undo of it is resumed.
+    undo: str | None = None
+    undo_guards: UndoGuards = field(default_factory=UndoGuards)
     variables: Mapping[str, str] = field(default_factory=dict)
     options: ApplyOptions = field(default_factory=ApplyOptions)
     state_dir: Path = Path(".runner")
@@ -387,6 +392,8 @@ async def _plan_stage(
         check_applicable(plan, server_url=server_url, now=now, max_age_seconds=request.max_plan_age)
         out.write(f"Resuming plan {plan.id} from {workdir}\n")
         return plan, workdir, RetryPolicy(), checksum
+    if request.undo is not None:
+        return await _undo_stage(request, client, now=now, out=out, lock=lock)
     if request.target.endswith(".json"):
         plan = read_plan(request.target)
         check_applicable(plan, server_url=server_url, now=now, max_age_seconds=request.max_plan_age)
@@ -414,6 +421,47 @@ async def _plan_stage(
         now = datetime.now(timezone.utc)  # the plan counts from when the lock was taken
     plan = await plan_playbook(playbook, client.with_retry(retry), now=now, exclude=request.exclude)
     return plan, None, retry, None
+
+
+async def _undo_stage(
+    request: ApplyRequest,
+    client: PrefectClient,
+    *,
+    now: datetime,
+    out: TextIO,
+    lock: ServerLock | None,
+) -> tuple[Plan, Path | None, RetryPolicy, str | None]:
+    """The undo plan of the apply in ``request.undo``: an unfinished undo of it resumed as it
+    was (the server is not read again), else made anew once the lock is taken."""
+    assert request.undo is not None
+    folder = applied_folder(request.undo)
+    original, _ = read_applied(folder)
+    if not request.fresh and not request.dry_run:
+        for workdir, undo, state in reversed(earlier_undos(request.state_dir, original)):
+            if all(state.status(c.key) in FINISHED for c in undo.pending):
+                continue
+            age = (now - undo.created_at).total_seconds()
+            if request.max_plan_age is not None and age > request.max_plan_age:
+                out.write(
+                    f"An unfinished undo in {workdir} (plan {undo.id}) is"
+                    f" {plural(round(age / 60), 'minute')} old, more than --max-plan-age:"
+                    f" planned anew (runner apply --resume {workdir} --max-plan-age none"
+                    " finishes it instead).\n"
+                )
+                break
+            plan, checksum = read_plan_checked(workdir / "plan.json")
+            out.write(
+                f"Resuming unfinished undo {plan.id} from {workdir} (made"
+                f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
+            )
+            return plan, workdir, RetryPolicy(), checksum
+    if lock is not None:
+        await lock.take(f"undo of {original.id}")
+        now = datetime.now(timezone.utc)
+    plan = await plan_undo(
+        folder, client, state_dir=request.state_dir, now=now, guards=request.undo_guards
+    )
+    return plan, None, RetryPolicy(), None
 
 
 def _already_applied(plan: Plan, state: JournalState, journal: Path, out: TextIO) -> None:

@@ -387,6 +387,164 @@ def apply(
 
 
 @cli.command()
+@click.argument("applied", metavar="DIR", type=click.Path())
+@connection_options
+@click.option("--dry-run", is_flag=True, help="Make the undo plan and show it; send nothing.")
+@click.option(
+    "-o", "--out", "output", type=click.Path(dir_okay=False), help="Save the undo plan here."
+)
+@click.option("-y", "--yes", is_flag=True, help="Apply without asking (needed off a terminal).")
+@click.option("--rate", type=float, help="At most this many requests per second.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="At most this many in flight.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "bulk", "per-run"]),
+    default="auto",
+    show_default=True,
+    help="Bulk routes or one request per run (auto picks per action).",
+)
+@click.option("--max-failures", type=click.IntRange(0), help="Stop after more failures than this.")
+@click.option(
+    "--max-fail-ratio", type=click.FloatRange(0, 1), help="Stop when this share of changes failed."
+)
+@click.option("--fresh", is_flag=True, help="Plan anew even if an earlier undo did not finish.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=".runner",
+    show_default=True,
+    help="Where plans and checkpoints of applies (and undos) are kept.",
+)
+@click.option(
+    "--wait-for-lock",
+    metavar="DURATION",
+    help="When another undo of the apply holds its server lock, wait up to this long.",
+)
+@click.option("--no-server-lock", is_flag=True, help="Do not take the undo's lock on the server.")
+@click.option(
+    "--max-plan-age",
+    default="1h",
+    show_default=True,
+    help="Plan anew rather than resume an unfinished undo older than this (or 'none').",
+)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the outcome per run here.")
+@click.option(
+    "--allow-active",
+    is_flag=True,
+    help="Allow forcing a state on runs that are Pending, Running, Paused or Cancelling now.",
+)
+@click.option(
+    "--max-affected",
+    type=click.IntRange(0),
+    help="Refuse an undo that would change more runs than this.",
+)
+@format_option
+@full_option
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="With --dry-run or -o: exit 2 when there is something to undo.",
+)
+def undo(
+    applied: str,
+    api_url: str | None,
+    dry_run: bool,
+    output: str | None,
+    yes: bool,
+    rate: float | None,
+    concurrency: int | None,
+    strategy: str,
+    max_failures: int | None,
+    max_fail_ratio: float | None,
+    fresh: bool,
+    state_dir: str,
+    wait_for_lock: str | None,
+    no_server_lock: bool,
+    max_plan_age: str,
+    report: str | None,
+    allow_active: bool,
+    max_affected: int | None,
+    fmt: str,
+    full: bool,
+    detailed_exitcode: bool,
+) -> None:
+    """Undo the apply in DIR (its .runner/<plan-id> folder, or its checkpoint).
+
+    Makes a plan that puts back what the apply changed where it can be (a run
+    rescheduled, cancelled before it started, given a state or tags), lists what
+    cannot be with the reason, and applies it like any plan: each change only if
+    the run is still exactly as the apply left it. An interrupted undo resumes:
+    run the same command again.
+    """
+    from pathlib import Path
+
+    from runner.apply import ApplyRequest
+    from runner.commands import undo as command
+    from runner.executor import ApplyOptions
+    from runner.timeexpr import parse_duration
+    from runner.undo import UndoGuards
+
+    if output is not None and dry_run:
+        raise click.UsageError("-o saves the undo plan and sends nothing: drop --dry-run")
+    if detailed_exitcode and not (dry_run or output):
+        raise click.UsageError("--detailed-exitcode goes with --dry-run or -o")
+    sends = not (dry_run or output)
+    if wait_for_lock is not None and (no_server_lock or not sends):
+        raise click.UsageError(
+            "--wait-for-lock waits for the server lock, which "
+            + ("--no-server-lock" if no_server_lock else "a dry run")
+            + " does not take"
+        )
+    try:
+        wait = parse_duration(wait_for_lock).total_seconds() if wait_for_lock else 0.0
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-for-lock") from None
+    if max_plan_age.lower() == "none":
+        age: float | None = None
+    else:
+        try:
+            age = parse_duration(max_plan_age).total_seconds()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
+
+    def request() -> ApplyRequest:
+        return ApplyRequest(
+            undo=applied,
+            undo_guards=UndoGuards(allow_active=allow_active, max_affected=max_affected),
+            settings=_settings(api_url),
+            options=ApplyOptions(
+                rate_limit=rate,
+                concurrency=concurrency,
+                strategy=strategy,  # type: ignore[arg-type]
+                max_failures=max_failures,
+                max_fail_ratio=max_fail_ratio,
+            ),
+            state_dir=Path(state_dir),
+            server_lock=not no_server_lock,
+            wait_for_lock=wait,
+            fresh=fresh,
+            max_plan_age=age,
+            report=report,
+            dry_run=dry_run,
+            detailed_exitcode=detailed_exitcode,
+            fmt=fmt,
+            full=full,
+            colour=_colour() and fmt == "text",
+        )
+
+    _run_command(
+        lambda: command.run(
+            request(),
+            output=output,
+            yes=yes,
+            interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
+@cli.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option(
     "--format",

@@ -61,7 +61,7 @@ from runner.filters import (
     TimeWindow,
     by_ids,
 )
-from runner.journal import FINISHED, Journal, JournalState
+from runner.journal import FINISHED, Journal, JournalState, Replaced
 from runner.models import FlowRun, OrchestrationResult, SetStateStatus, State, StateType
 from runner.plan import (
     LEGACY_CARRY,
@@ -404,9 +404,20 @@ class Executor:
         status: Literal["done", "drifted", "raced", "failed", "created"],
         detail: str | None = None,
         new_run_id: str | None = None,
+        *,
+        state_after: State | None = None,
+        replaced: Replaced | None = None,
     ) -> None:
+        """Record an outcome; ``state_after`` and ``replaced``: the state a state change left
+        and the one it replaced, for ``runner undo``."""
         self.journal.record(
-            change.key, status, detail=detail, new_run_id=new_run_id, sync=status == "created"
+            change.key,
+            status,
+            detail=detail,
+            new_run_id=new_run_id,
+            state_after=str(state_after.id) if state_after and state_after.id else None,
+            replaced=replaced,
+            sync=status == "created",
         )
         outcome = self.outcomes[change.key]
         outcome.status = status
@@ -450,7 +461,10 @@ class Executor:
             return False
         if tid not in (transition_id(self.plan, change.key), self._bulk_transition_id(change)):
             return False
-        self._finish(change, "done", f"{current.state_name} (done earlier)")
+        # What it replaced is not read here (a rare path): an undo restores no message then.
+        self._finish(
+            change, "done", f"{current.state_name} (done earlier)", state_after=current.state
+        )
         return True
 
     def _bulk_transition_id(self, change: Change) -> UUID:
@@ -572,22 +586,35 @@ class Executor:
         the window in which a change by someone else goes unseen by runner's own check."""
         self.windows.append(time.monotonic() - read_at)
 
-    async def _landed_on(self, change: Change, landed: State | None) -> str | None:
+    async def _landed_on(
+        self, change: Change, landed: State | None
+    ) -> tuple[str | None, Replaced | None]:
         """None when the state runner's write replaced is the very one the plan saw; else
         that state's name. Read from the run's history: Prefect's ``bulk_set_state`` checks
         its filter before it writes, not in the same transaction, and a per-run write has
-        no check at all, so a run can change while the write is in flight."""
+        no check at all, so a run can change while the write is in flight. With it, the
+        state replaced (None: not known), for the journal."""
         if landed is None or landed.id is None or change.run.state_id is None:
-            return None
+            return None, None
         history = await self._api.read_flow_run_states(change.run.id)
         ids = [state.id for state in history]
         if landed.id not in ids:
-            return None
+            return None, None
         at = ids.index(landed.id)
         before = history[at - 1] if at else None
         if before is not None and before.id == change.run.state_id:
-            return None
-        return (before.name or before.type.value) if before is not None else "no state"
+            return None, Replaced(message=before.message)
+        if before is None:
+            return "no state", None
+        replaced = Replaced(
+            message=before.message,
+            as_planned=False,
+            id=str(before.id) if before.id else None,
+            type=before.type.value,
+            name=before.name,
+            scheduled_time=_iso(before.state_details.scheduled_time),
+        )
+        return before.name or before.type.value, replaced
 
     async def _finish_verified(
         self, changes: Sequence[Change], results: dict[UUID, OrchestrationResult]
@@ -608,15 +635,19 @@ class Executor:
             status, detail = _judge(result)
             if status == "done":
                 async with limit:
-                    replaced = await self._landed_on(change, result.state)
-                if replaced is not None:
+                    raced_on, replaced = await self._landed_on(change, result.state)
+                if raced_on is not None:
                     self._finish(
                         change,
                         "raced",
-                        f"{detail}, but it landed on {replaced}, a state the plan did not see"
+                        f"{detail}, but it landed on {raced_on}, a state the plan did not see"
                         " (the run changed while the write was in flight)",
+                        state_after=result.state,
+                        replaced=replaced,
                     )
                     return
+                self._finish(change, status, detail, state_after=result.state, replaced=replaced)
+                return
             self._finish(change, status, detail)
 
         async with anyio.create_task_group() as group:

@@ -15,6 +15,17 @@ Record statuses:
   changed while the write was in flight): made, and to be looked at
 - ``failed``: the change failed after its retries (``detail`` has the reason); retried on resume
 
+What a finished change replaced and left, for ``runner undo`` (:mod:`runner.undo`), kept
+compact (a line a change; large applies have 100,000s): a state change that was made records
+``sid``, the id of the state its write left (an undo is conditional on the run still being in
+it), and ``msg``, the message of the state it replaced (null: none), read from the run's
+history where runner checks the write landed on the state the plan saw. The rest of that
+state (its id, type, name, scheduled time) is the plan's (``plan.json`` beside the journal):
+recorded again, as ``was``, only when the write replaced another state (raced). A tag change
+needs nothing more: the plan holds the tags before and after, a recreate's new run is
+``new_run_id``. Journals written before runner recorded these read as they are: an undo
+says what it cannot know.
+
 A line without a key says where the apply's delete archive is (``{"archive": path}``, relative
 to the journal's folder when it is in it), and once the apply ends how many runs it holds
 (``"runs"``): a resume appends to the same archive.
@@ -42,12 +53,56 @@ Status = Literal["done", "created", "drifted", "raced", "failed"]
 FINISHED: frozenset[str] = frozenset({"done", "drifted", "raced"})
 
 
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """The state a change's write replaced, as the run's history showed it. ``as_planned``:
+    it is the very state the plan saw (its id, type, name and time are the plan's; only the
+    message is recorded)."""
+
+    message: str | None = None
+    as_planned: bool = True
+    id: str | None = None
+    type: str | None = None
+    name: str | None = None
+    scheduled_time: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "id": self.id,
+            "type": self.type,
+            "name": self.name,
+            "at": self.scheduled_time,
+            "msg": self.message,
+        }
+        return {k: v for k, v in data.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Replaced:
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return str(value) if value is not None else None
+
+        return cls(
+            message=text("msg"),
+            as_planned=False,
+            id=text("id"),
+            type=text("type"),
+            name=text("name"),
+            scheduled_time=text("at"),
+        )
+
+
 @dataclass
 class Entry:
     key: str
     status: Status
     detail: str | None = None
     new_run_id: str | None = None
+    #: The id of the state a state change left (None: not a made state change, or a
+    #: journal written before runner recorded it).
+    state_after: str | None = None
+    #: The state that write replaced (None: not known, see the module's docstring).
+    replaced: Replaced | None = None
 
 
 @dataclass
@@ -114,8 +169,10 @@ def read_journal(
                 status=record["status"],
                 detail=record.get("detail"),
                 new_run_id=record.get("new_run_id"),
+                state_after=_text(record.get("sid")),
+                replaced=_replaced(record),
             )
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             state.torn_lines += 1
             continue
         previous = state.entries.get(entry.key)
@@ -125,12 +182,41 @@ def read_journal(
     return state
 
 
+def _text(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _replaced(record: dict[str, Any]) -> Replaced | None:
+    if isinstance(record.get("was"), dict):
+        return Replaced.from_json(record["was"])
+    if "msg" in record:
+        return Replaced(message=_text(record["msg"]))
+    return None
+
+
 def _time(header: dict[str, Any]) -> datetime | None:
     try:
         value = datetime.fromisoformat(str(header["created_at"]))
     except (KeyError, ValueError):
         return None
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def in_use(path: Path) -> str | None:
+    """Who holds the lock of the journal at ``path`` ("pid N"), when an apply of its plan is
+    running now; None when none is (or the journal has no lock file)."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path)  # noqa: SIM115 (closed below)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 class Journal:
@@ -267,15 +353,25 @@ class Journal:
         *,
         detail: str | None = None,
         new_run_id: str | None = None,
+        state_after: str | None = None,
+        replaced: Replaced | None = None,
         sync: bool = False,
     ) -> None:
         """Append one outcome; synced to disk every ``batch`` records or ``interval`` seconds,
-        and at once when ``sync`` (the first half of a two-phase change)."""
+        and at once when ``sync`` (the first half of a two-phase change). ``state_after`` and
+        ``replaced``: what a state change left and replaced (for ``runner undo``)."""
         record: dict[str, Any] = {"key": key, "status": status}
         if detail is not None:
             record["detail"] = detail
         if new_run_id is not None:
             record["new_run_id"] = new_run_id
+        if state_after is not None:
+            record["sid"] = state_after
+        if replaced is not None:
+            if replaced.as_planned:
+                record["msg"] = replaced.message
+            else:
+                record["was"] = replaced.to_json()
         self._write(record)
         if (
             sync

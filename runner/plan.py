@@ -13,6 +13,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
+#: The action of the steps of a plan ``runner undo`` made (:mod:`runner.undo`), and the ops
+#: their changes may be (an inverse is one of these; the rest cannot be undone: no-ops).
+UNDO_ACTION = "undo"
+UNDO_OPS: frozenset[Op] = frozenset({"set_state", "tag", "noop"})
 #: What a recreate's new run takes from the old run (its ``RunView`` field of the same name;
 #: ``tags`` from the change). The deployment gives the rest.
 Carried = Literal["name", "parameters", "tags", "job_variables", "work_queue"]

@@ -20,6 +20,8 @@ from uuid import UUID, uuid4
 from runner.errors import PlanFileError
 from runner.plan import (
     CARRIED,
+    UNDO_ACTION,
+    UNDO_OPS,
     ArchiveSpec,
     Carried,
     Change,
@@ -358,7 +360,8 @@ def _got(value: Any) -> str:
 
 _OPS: frozenset[str] = frozenset(get_args(Op))
 _STATE_TYPES = frozenset(t.value for t in StateType)
-_ACTIONS = frozenset(ACTION_TYPES)
+#: A playbook's actions, and ``undo``: the steps of a plan ``runner undo`` made.
+_ACTIONS = frozenset(ACTION_TYPES) | {UNDO_ACTION}
 _TARGETS = frozenset({"flow_runs", *TARGET_KINDS})
 _OBJECT_KINDS = frozenset(TARGET_KINDS.values())
 #: What each action's changes may be: their ops, and the state types they may propose
@@ -371,7 +374,10 @@ _ACTION_OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "retry": (frozenset({"set_state", "noop"}), frozenset({"SCHEDULED"})),
     "resume": (frozenset({"resume", "noop"}), frozenset()),
     "tag": (frozenset({"tag", "noop"}), frozenset()),
+    UNDO_ACTION: (frozenset(UNDO_OPS), frozenset()),
 }
+#: The actions whose steps may force a state.
+_FORCING = frozenset({"set_state", UNDO_ACTION})
 _MAX_BACKOFF = MAX_DURATION.total_seconds()
 _Path = tuple[str | int, ...]
 
@@ -733,7 +739,7 @@ class _Reader:
                 (*path, "op"),
                 f"a {action} step makes {', '.join(sorted(ops))} changes, not {change.op}",
             )
-        if change.state is not None and change.state.force and action != "set_state":
+        if change.state is not None and change.state.force and action not in _FORCING:
             self.fail((*path, "state", "force"), f"a {action} step never forces a state")
         if change.state is not None and types and change.state.type not in types:
             self.fail(

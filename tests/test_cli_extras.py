@@ -104,7 +104,8 @@ def runner_lines(text: str, *, fenced_only: bool) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    "document", ["docs/examples/playbooks.yml", "docs/ci.md", "README.md", "docs/listing.md"]
+    "document",
+    ["docs/examples/playbooks.yml", "docs/ci.md", "README.md", "docs/listing.md", "docs/undo.md"],
 )
 def test_documented_command_lines_parse(document: str) -> None:
     """Every ``runner`` line in the CI example and the docs' snippets parses: real commands,

@@ -354,7 +354,7 @@ CHANGE = "steps.0.changes.0"
             "steps.0.action",
             "explode",
             "steps[0].action: expected one of cancel, delete, reschedule, resume, retry,"
-            ' set_state, tag; got "explode"',
+            ' set_state, tag, undo; got "explode"',
         ),
         (
             "steps.0.selected",

@@ -92,6 +92,7 @@ def test_no_secret_in_any_output_or_file(auth_server: PrefectServer, tmp_path: P
     [workdir] = list(Path(state).iterdir())
     results["status"] = run(["status", str(workdir)], tmp_path, **good)
     results["show-archive"] = run(["show", str(workdir / "archive.jsonl.gz")], tmp_path, **good)
+    results["undo"] = run(["undo", str(workdir), "--yes", "--state-dir", state], tmp_path, **good)
     # Failures: a wrong auth string, an API key the server refuses, credentials in the URL of
     # a server that is not there, an invalid playbook.
     results["wrong-auth"] = run(
@@ -126,6 +127,7 @@ def test_no_secret_in_any_output_or_file(auth_server: PrefectServer, tmp_path: P
     assert "127.0.0.1:9" in results["unreachable"].stderr
     assert results["invalid"].returncode == 1
     assert "5 runs archived" in results["show-archive"].stdout
+    assert "Applied: 3 done" in results["undo"].stdout, results["undo"].stderr
 
     for name, result in results.items():
         assert_clean(result.stdout, f"the stdout of {name}")
