@@ -438,7 +438,7 @@ async def _undo_stage(
     original, _ = read_applied(folder)
     if not request.fresh and not request.dry_run:
         for workdir, undo, state in reversed(earlier_undos(request.state_dir, original)):
-            if all(state.status(c.key) in FINISHED for c in undo.pending):
+            if all(state.status(c.key) in FINISHED for c in undo.work):
                 continue
             age = (now - undo.created_at).total_seconds()
             if request.max_plan_age is not None and age > request.max_plan_age:

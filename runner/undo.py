@@ -25,6 +25,9 @@ cancel of a started run            cannot: its infrastructure was torn down
 delete                             cannot: the run is gone (its record is in the archive)
 recreate                           cannot: the old run is deleted (the new run's id is said)
 resume                             cannot: a run is not paused from outside its process
+pause / resume of a deployment,    resume / pause it again, if it is still as the apply left
+work pool or work queue            it (the paused flag the apply set, and nothing else the
+                                   plan saw changed since)
 drifted, failed, raced, pending    nothing to undo (not made, or not as planned: said so)
 =================================  ==========================================================
 
@@ -48,8 +51,20 @@ from runner.errors import CheckpointError, PlanFileError, RunnerError
 from runner.filters import FlowRunQuery, by_ids
 from runner.journal import FINISHED, Entry, JournalState, in_use, read_journal
 from runner.observe import new_plan_id, run_view
-from runner.plan import UNDO_ACTION, Change, Op, Plan, RunView, StepPlan, TargetState
+from runner.plan import (
+    UNDO_ACTION,
+    Change,
+    ObjectChange,
+    ObjectOp,
+    ObjectView,
+    Op,
+    Plan,
+    RunView,
+    StepPlan,
+    TargetState,
+)
 from runner.planfile import read_plan, read_plan_checked
+from runner.targets import NOUNS, drift, paused_word, view_of
 from runner.words import plural
 
 #: An undo plan's ``playbook_digest``: this, then the id of the plan it undoes.
@@ -242,6 +257,72 @@ def inverses(plan: Plan, journal: JournalState, *, folder: str) -> dict[str, Inv
     return out
 
 
+def _object_undo(
+    change: ObjectChange,
+    entry: Entry | None,
+    current: ObjectView | None,
+    undone: Mapping[UUID, str],
+    index: int,
+) -> tuple[ObjectChange, bool]:
+    """The inverse of a pause or resume the apply made (pause <-> resume), for the object as
+    it is now (``current``; None: gone), or a no-op with the reason; and whether it is an
+    inverse."""
+    seen = change.object
+    noun = NOUNS[seen.kind]
+
+    def noop(reason: str, view: ObjectView = seen) -> tuple[ObjectChange, bool]:
+        return ObjectChange(step=index, object=view, op="noop", reason=reason), False
+
+    if entry is None:
+        return noop("never sent (pending when the apply stopped): nothing to undo")
+    if entry.status != "done":
+        detail = f": {entry.detail}" if entry.detail else ""
+        return noop(f"not made as planned ({entry.status}{detail}): nothing to undo")
+    if seen.id in undone:
+        return noop(f"undone already (undo plan {undone[seen.id]})")
+    if current is None:
+        return noop(f"the {noun} no longer exists: left alone")
+    why = drift(seen, current)
+    if why is not None:
+        return noop(f"changed since the apply ({why.removesuffix(' since the plan')}): left alone")
+    if current.paused != change.after:
+        word = paused_word(current.paused, seen.kind)
+        return noop(f"changed since the apply (now {word}): left alone", current)
+    inverse: ObjectOp = "resume" if change.op == "pause" else "pause"
+    return ObjectChange(step=index, object=current, op=inverse), True
+
+
+def _object_step(
+    original: StepPlan,
+    journal: JournalState,
+    objects: Mapping[UUID, ObjectView],
+    undone: Mapping[UUID, str],
+    index: int,
+) -> tuple[StepPlan, int, int]:
+    """The undo of a step with a target: its inverse action on what it paused or resumed;
+    with how many objects it puts back and how many it cannot."""
+    changes: list[ObjectChange] = []
+    for change in original.pending_objects:
+        entry = journal.entries.get(change.key)
+        changes.append(_object_undo(change, entry, objects.get(change.object.id), undone, index)[0])
+    back = sum(1 for c in changes if not c.is_noop)
+    step = StepPlan(
+        index=index,
+        name=f"undo step {original.index + 1} ({original.name})",
+        action="resume" if original.action == "pause" else "pause",
+        selected=len(changes),
+        changes=(),
+        concurrency=1,
+        rate_limit=original.rate_limit,
+        max_attempts=original.max_attempts,
+        backoff_seconds=original.backoff_seconds,
+        max_backoff_seconds=original.max_backoff_seconds,
+        target=original.target,
+        objects=tuple(changes),
+    )
+    return step, back, len(changes) - back
+
+
 def make_undo_plan(
     plan: Plan,
     journal: JournalState,
@@ -254,18 +335,28 @@ def make_undo_plan(
     folder: str,
     undone: Mapping[UUID, str] | None = None,
     guards: UndoGuards = UndoGuards(),
+    objects: Mapping[UUID, ObjectView] | None = None,
 ) -> Plan:
     """The undo of ``plan`` as ``journal`` says it was applied, against the runs as they are
     now (``current``, by id; a run absent is gone): a plan with, for each step of ``plan``
     (the last first), an ``undo`` step of the inverse changes, and a no-op with its reason
     for each change that has nothing to undo or cannot be undone. ``undone``: the runs an
     earlier undo of ``plan`` put back (by id: that undo's plan id); ``guards``: what the
-    undo plan must keep to (else it carries the violation and is never applied). Pure."""
+    undo plan must keep to (else it carries the violation and is never applied);
+    ``objects``: the deployments, work pools and queues the apply paused or resumed, as they
+    are now (by id; absent: gone). Pure."""
     undone = undone or {}
+    objects = objects or {}
     rules = inverses(plan, journal, folder=folder)
     steps: list[StepPlan] = []
     put_back = cannot = already = past = no_message = 0
     for original in reversed(plan.steps):
+        if original.pending_objects:
+            step, back, left = _object_step(original, journal, objects, undone, len(steps))
+            steps.append(step)
+            put_back += back
+            cannot += left
+            continue
         if not original.pending:
             continue
         index = len(steps)
@@ -331,7 +422,7 @@ def make_undo_plan(
     done_before = f", {already} undone already" if already else ""
     notes = [
         f"undoes plan {plan.id} ({plan.playbook_name}){applied}: {put_back} of"
-        f" {plural(len(plan.pending), 'change')} to put back{done_before}; {cannot} cannot be,"
+        f" {plural(len(plan.work), 'change')} to put back{done_before}; {cannot} cannot be,"
         " each listed as unchanged with the reason"
     ]
     if past:
@@ -361,11 +452,16 @@ def make_undo_plan(
 
 def _violations(steps: list[StepPlan], guards: UndoGuards) -> tuple[str, ...]:
     pending = [c for s in steps for c in s.pending]
+    objects = [c for s in steps for c in s.pending_objects]
     out: list[str] = []
-    if guards.max_affected is not None and len(pending) > guards.max_affected:
+    if guards.max_affected is not None and len(pending) + len(objects) > guards.max_affected:
+        what = (
+            plural(len(pending), "run")
+            if not objects
+            else (f"{plural(len(pending), 'run')} and {plural(len(objects), 'object')}")
+        )
         out.append(
-            f"the undo would change {plural(len(pending), 'run')}, more than --max-affected"
-            f" ({guards.max_affected})"
+            f"the undo would change {what}, more than --max-affected ({guards.max_affected})"
         )
     active = [c for c in pending if c.state is not None and c.run.state_type in _ACTIVE]
     if active and not guards.allow_active:
@@ -431,7 +527,7 @@ def undone_runs(undos: list[tuple[Path, Plan, JournalState]]) -> dict[UUID, str]
     """The runs earlier undos put back (their change done), by id: the undo's plan id."""
     out: dict[UUID, str] = {}
     for _, undo, state in undos:
-        for change in undo.pending:
+        for change in undo.work:
             if state.status(change.key) == "done":
                 out[change.run.id] = undo.id
     return out
@@ -459,6 +555,27 @@ async def read_current(
     return found
 
 
+async def read_current_objects(
+    client: PrefectClient, plan: Plan, journal: JournalState
+) -> dict[UUID, ObjectView]:
+    """The deployments, work pools and work queues the apply paused or resumed (its change
+    done), as they are now (one that is gone is absent)."""
+    found: dict[UUID, ObjectView] = {}
+    for change in plan.pending_objects:
+        if journal.status(change.key) != "done":
+            continue
+        seen = change.object
+        data = await client.read_object(seen.kind, seen.id, seen.name)
+        if data is None:
+            continue
+        flows: dict[str, str] = {}
+        if seen.kind == "deployment" and data.get("flow_id"):
+            flow = await client.read_flow(UUID(str(data["flow_id"])))
+            flows[str(flow.id)] = flow.name
+        found[seen.id] = view_of(seen.kind, data, flows)
+    return found
+
+
 async def plan_undo(
     target: str | Path,
     client: PrefectClient,
@@ -481,6 +598,7 @@ async def plan_undo(
     info = await client.server_info()
     rules = inverses(plan, journal, folder=str(folder))
     current = await read_current(client, plan, rules)
+    objects = await read_current_objects(client, plan, journal)
     return make_undo_plan(
         plan,
         journal,
@@ -492,4 +610,5 @@ async def plan_undo(
         folder=str(folder),
         undone=undone_runs(earlier_undos(state_dir, plan)),
         guards=guards,
+        objects=objects,
     )

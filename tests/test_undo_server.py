@@ -299,3 +299,60 @@ def test_an_undo_of_a_folder_never_applied_is_refused(api_url: str, tmp_path: Pa
         f"runner: {tmp_path}: not the folder of an apply (no plan.json; runner apply keeps its"
         " plan and checkpoint in .runner/<plan-id>/)\n"
     )
+
+
+def _paused(seeder: Seeder, path: str, field: str = "is_paused") -> bool:
+    return bool(seeder._call("GET", path)[field])
+
+
+def test_an_incident_pause_is_undone_as_it_was_made(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """playbooks/incident-pause.yaml applied, then undone: the queues and the deployment it
+    paused are resumed, its cancelled Late run is Late again; a queue paused before the
+    incident stays paused, and one resumed by hand in between is left alone."""
+    pool = seeder.work_pool()
+    busy = seeder.work_queue(pool["name"])
+    held = seeder.work_queue(pool["name"])
+    seeder._call("PATCH", f"work_queues/{held['id']}", json={"is_paused": True})
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow, "feed", work_pool=pool["name"])
+    late = seeder.run(flow, "Late", deployment=deployment)
+    before = as_seen(seeder, [late])
+    state_dir = tmp_path / "state"
+    result = run_cli(
+        "apply",
+        "playbooks/incident-pause.yaml",
+        "--var",
+        f"pool={pool['name']}",
+        "--yes",
+        "--state-dir",
+        str(state_dir),
+        api_url=api_url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _paused(seeder, f"work_queues/{busy['id']}")
+    assert _paused(seeder, f"deployments/{deployment['id']}", "paused")
+    assert as_seen(seeder, [late])[late["id"]][:2] == ("CANCELLED", "Cancelled")
+    (workdir,) = state_dir.iterdir()
+
+    seeder._call("PATCH", f"work_queues/{busy['id']}", json={"is_paused": False})  # by hand
+    result = run_cli(
+        "undo", str(workdir), "--dry-run", "--state-dir", str(state_dir), api_url=api_url
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Summary: 3 to change (1 undo, 2 resume), 1 unchanged\n" in result.stdout
+    assert (
+        f"  {busy['name']}  {pool['name']}  ready   -> unchanged: changed since the apply (now"
+        " ready): left alone\n"
+    ) in result.stdout, result.stdout
+    result = run_cli("undo", str(workdir), "--yes", "--state-dir", str(state_dir), api_url=api_url)
+    assert result.returncode == 0, result.stderr
+    assert not _paused(seeder, f"deployments/{deployment['id']}", "paused")
+    assert _paused(seeder, f"work_queues/{held['id']}")  # paused before the incident
+    queues = {
+        q["name"]: q["is_paused"]
+        for q in seeder._call("POST", f"work_pools/{pool['name']}/queues/filter", json={})
+    }
+    assert queues == {"default": False, busy["name"]: False, held["name"]: True}
+    assert as_seen(seeder, [late]) == before
