@@ -1,7 +1,9 @@
 """The ``runner[prefect]`` flow, run for real: in the Prefect server's own venv, against it.
 
 The flow checks a playbook out of a git repository, applies it, publishes a markdown artifact
-and returns the report; the run applying the playbook never selects itself.
+and returns the report; the run applying the playbook never selects itself. A run that does
+not finish is Failed with the reason as its state message; the flow's deployments name it by
+its module. (On a worker: tests/test_prefect_worker.py.)
 """
 
 from __future__ import annotations
