@@ -50,6 +50,7 @@ NOT_PLAYBOOKS = {
     ("docs/ci.md", SCHEMA_LINE),
     ("docs/ci.md", "# .pre-commit-config.yaml"),
     ("docs/events.md", "# runner-apply-failed.yaml"),
+    ("docs/ci.md", "# prefect.yaml"),
 }
 STRICT = schema_gen.strict_schema()
 EDITOR = json.loads((ROOT / "schemas" / "playbook.schema.json").read_text())
