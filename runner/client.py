@@ -8,6 +8,7 @@ delete answered 404 means the run is already gone.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json as json_module
@@ -55,6 +56,7 @@ from runner.models import (
     State,
     StateType,
 )
+from runner.paging import Key, Keyset, PageRequest, PagingError, Phase, page_keys
 from runner.ratelimit import RateLimiter
 from runner.redact import redact, register_secret, register_settings
 from runner.retry import (
@@ -80,6 +82,8 @@ MAX_NAMES = 20_000
 BULK_ROUTES_SINCE = (3, 6, 16)
 
 DUPLICATE_TRANSITION_REASON = "This run has already made this state transition."
+#: The sorts read by keyset (None: the default, oldest expected start first).
+_KEYSET_SORTS = (None, FlowRunSort.EXPECTED_START_TIME_ASC, FlowRunSort.EXPECTED_START_TIME_DESC)
 _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
 _PROTECTED_HEADERS = frozenset(
     {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
@@ -107,6 +111,40 @@ class RequestStats:
     by_status: dict[int, int] = field(default_factory=dict)
     transport_errors: int = 0
     malformed: int = 0
+
+
+@dataclass
+class _Reading:
+    """What one read has handed on: each run once, at most ``remaining`` runs."""
+
+    remaining: int | None
+    # Ids as ints: half the memory of UUID objects (this grows with the runs read).
+    seen: set[int] = field(default_factory=set)
+
+    def fresh(self, page: list[FlowRun]) -> list[FlowRun]:
+        """The runs of ``page`` not handed on before, within the limit: now handed on."""
+        fresh = [run for run in page if run.id.int not in self.seen]
+        if self.remaining is not None:
+            fresh = fresh[: self.remaining]
+            self.remaining -= len(fresh)
+        self.seen.update(run.id.int for run in fresh)
+        return fresh
+
+    def left_after(self, ids: Iterable[int]) -> int | None:
+        """How many runs may still be handed on once runs ``ids`` are."""
+        if self.remaining is None:
+            return None
+        return self.remaining - len({i for i in ids if i not in self.seen})
+
+    def done(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    """Retrieve a finished task's error: a page read ahead and then not wanted (the reader
+    stopped or failed first) must not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True)
@@ -317,6 +355,7 @@ class PrefectClient:
 
     ``bulk`` forces (True) or forbids (False) the bulk routes; by default their presence is
     detected once per client. ``rate_limit`` caps requests per second across all tasks.
+    ``page_size`` reads fewer runs a page than the server's limit (200).
     """
 
     def __init__(
@@ -329,6 +368,7 @@ class PrefectClient:
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
         on_backoff: Callable[[int | None], None] | None = None,
+        page_size: int | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
         _check_sendable(self.settings)
@@ -343,6 +383,10 @@ class PrefectClient:
         self._bulk_override = bulk
         #: What was learned about the server: shared with every view of this client.
         self._learned = _Learned()
+        if page_size is not None:
+            if page_size < 1:
+                raise ValueError(f"page_size must be at least 1, got {page_size}")
+            self._page_size = min(page_size, MAX_PAGE_SIZE)
         self._csrf_client = str(uuid.uuid4())
         headers = {
             k: v
@@ -809,6 +853,23 @@ class PrefectClient:
             )
         return count
 
+    async def _filter_page(self, request: PageRequest) -> tuple[httpx.Response, int]:
+        """The answer to one ``flow_runs/filter`` request, and the page size it asked for
+        (``limit`` capped at the server's page limit, which is learned if the server says
+        it is smaller)."""
+        body = request.query.body()
+        limit = min(request.limit, self._page_size)
+        body.update(sort=request.sort.value, limit=limit, offset=request.offset)
+        try:
+            return await self._request("POST", "flow_runs/filter", json=body), limit
+        except InvalidRequest as exc:
+            match = _LIMIT_RE.search(str(exc.detail))
+            if match is None or int(match.group(1)) >= limit:
+                raise
+            # The server runs with a smaller page limit than Prefect's default: learn it.
+            self._page_size = max(1, int(match.group(1)))
+            return await self._filter_page(request)
+
     async def read_flow_runs(
         self,
         query: FlowRunQuery | None = None,
@@ -820,19 +881,8 @@ class PrefectClient:
     ) -> list[FlowRun]:
         """One page of runs (``limit`` is capped at the server's page limit). ``documents``,
         if given, takes each run's JSON as the server answered it, by id."""
-        body = (query or FlowRunQuery()).body()
-        body.update(sort=sort.value, limit=min(limit, self._page_size), offset=offset)
-        try:
-            response = await self._request("POST", "flow_runs/filter", json=body)
-        except InvalidRequest as exc:
-            match = _LIMIT_RE.search(str(exc.detail))
-            if match is None or int(match.group(1)) >= body["limit"]:
-                raise
-            # The server runs with a smaller page limit than Prefect's default: learn it.
-            self._page_size = max(1, int(match.group(1)))
-            return await self.read_flow_runs(
-                query, sort=sort, limit=limit, offset=offset, documents=documents
-            )
+        request = PageRequest(query or FlowRunQuery(), sort, limit, offset)
+        response, _ = await self._filter_page(request)
         runs = self._parse_list(FlowRun, response)
         if documents is not None:
             documents.update(zip((run.id for run in runs), _body(response), strict=True))
@@ -842,36 +892,112 @@ class PrefectClient:
         self,
         query: FlowRunQuery | None = None,
         *,
-        sort: FlowRunSort = FlowRunSort.ID_DESC,
+        sort: FlowRunSort | None = None,
         limit: int | None = None,
         concurrency: int = 1,
     ) -> AsyncIterator[list[FlowRun]]:
         """Every matching run, page by page, each run once; at most ``limit`` runs.
 
-        Sort by ``ID_DESC`` (the default) when reading everything: it is the only sort with no
-        ties, so offset pages neither repeat nor skip rows while nothing is written.
+        By default, and for ``EXPECTED_START_TIME_ASC`` or ``_DESC``, pages are read by
+        keyset (:mod:`runner.paging`): by expected start time, oldest first (newest first
+        for ``_DESC``), runs without one last; each page costs the server the same wherever
+        it starts, and a run present for the whole read comes out exactly once even while
+        other runs are added and deleted. Each next page is asked for as soon as the answer
+        before it names its last run, before that page is parsed and handed on: the server
+        works on it meanwhile. ``concurrency`` does not apply (each page needs the last).
 
-        With ``concurrency`` above 1, once the first page comes back full the rest are read
-        that many at a time (their offsets from a count); pages still come out in order. If the
-        selection grew while it was read, what lies past the count is then read page by page to
-        its end, as with ``concurrency`` 1.
+        Any other ``sort`` is read by offset (the server has no range filter on ids, names
+        or the other times): exact while nothing is written, and ``ID_DESC``, the only such
+        sort without ties, is the one to read everything by. With ``concurrency`` above 1,
+        once the first page comes back full the rest are read that many at a time (their
+        offsets from a count); pages still come out in order. If the selection grew while it
+        was read, what lies past the count is then read page by page to its end.
         """
-        # Ids as ints: half the memory of UUID objects (this grows with the runs read).
-        seen: set[int] = set()
-        remaining = limit
+        reading = _Reading(limit)
+        if sort in _KEYSET_SORTS:
+            cursor = Keyset(
+                query or FlowRunQuery(),
+                descending=sort is FlowRunSort.EXPECTED_START_TIME_DESC,
+                size=self._page_size,
+            )
+            async for page in self._keyset_pages(cursor, reading):
+                yield page
+            if cursor.phase is not Phase.OFFSET or reading.done():
+                return
+            # More runs without an expected start than a request can leave out by id: the
+            # rest by offset, by id (those already read are not handed on again).
+            sort = FlowRunSort.ID_DESC
+        by = sort or FlowRunSort.ID_DESC
+        async for page in self._offset_pages(query, by, reading, concurrency):
+            yield page
 
-        def fresh_of(page: list[FlowRun]) -> list[FlowRun]:
-            nonlocal remaining
-            fresh = [run for run in page if run.id.int not in seen]
-            seen.update(run.id.int for run in fresh)
-            if remaining is not None:
-                fresh = fresh[:remaining]
-                remaining -= len(fresh)
-            return fresh
+    async def _keyset_pages(
+        self, cursor: Keyset, reading: _Reading
+    ) -> AsyncIterator[list[FlowRun]]:
+        """The pages ``cursor`` asks for, in order, each next one sent before this one is
+        parsed and handed on (one request in flight)."""
+        tasks: list[asyncio.Task[tuple[httpx.Response, int]]] = []
 
+        def send(request: PageRequest) -> asyncio.Task[tuple[httpx.Response, int]]:
+            task = asyncio.ensure_future(self._filter_page(request))
+            task.add_done_callback(_quiet)
+            tasks.append(task)
+            return task
+
+        def keys_of(response: httpx.Response) -> list[Key]:
+            keys = page_keys(_body(response))
+            if keys is None:
+                self._parse_list(FlowRun, response)  # says what is wrong with the page
+                raise ServerError(
+                    "unexpected answer: a run without an id or expected start time",
+                    **self._where(response),
+                )
+            return keys
+
+        try:
+            probes = [(request.sort, send(request)) for request in cursor.probes()]
+            first = cursor.request(reading.remaining)
+            pending = send(first) if first is not None else None
+            for sort, probe in probes:
+                cursor.probed(sort, keys_of((await probe)[0]))
+            while pending is not None:
+                response, sent = await pending
+                pending = None
+                keys = keys_of(response)
+                try:
+                    keep = cursor.advance(keys, sent)
+                except PagingError as exc:
+                    raise ServerError(
+                        f"unexpected answer: {exc} (the server did not filter or sort the"
+                        " page as asked)",
+                        **self._where(response),
+                    ) from None
+                after = reading.left_after(key.id.int for key in keys[:keep])
+                following = cursor.request(after)
+                if following is not None:
+                    pending = send(following)
+                runs = self._parse_list(FlowRun, response)[:keep]
+                fresh = reading.fresh(runs)
+                if fresh:
+                    yield fresh
+                if reading.done():
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _offset_pages(
+        self,
+        query: FlowRunQuery | None,
+        sort: FlowRunSort,
+        reading: _Reading,
+        concurrency: int,
+    ) -> AsyncIterator[list[FlowRun]]:
+        """Pages by offset (``iter_flow_runs``)."""
         offset = 0
         windows = concurrency > 1
-        while remaining is None or remaining > 0:
+        while not reading.done():
+            remaining = reading.remaining
             if windows and offset > 0:
                 windows = False
                 size = self._page_size
@@ -885,16 +1011,16 @@ class PrefectClient:
                     )
                     for page in pages:
                         offset += len(page)
-                        fresh = fresh_of(page)
+                        fresh = reading.fresh(page)
                         if fresh:
                             yield fresh
-                        if len(page) < size or (remaining is not None and remaining <= 0):
+                        if len(page) < size or reading.done():
                             return
                 continue
             want = self._page_size if remaining is None else min(self._page_size, remaining)
             page = await self.read_flow_runs(query, sort=sort, limit=want, offset=offset)
             offset += len(page)
-            fresh = fresh_of(page)
+            fresh = reading.fresh(page)
             if fresh:
                 yield fresh
             # A short page ends the selection, unless the server just said its pages are

@@ -1,0 +1,302 @@
+"""Keyset paging against a real server: runs sharing one time across pages, runs without an
+expected start, a time shared by more runs than a request may leave out, writers adding and
+deleting runs during the read, and plans that are the same read either way. Pages of 50 (the
+client's ``page_size``), runs seeded in the server's database. Runs on Prefect 3.x and
+(marker prefect2) 2.x."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sqlite3
+import threading
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+
+from runner import paging
+from runner.client import PrefectClient
+from runner.filters import AnyIds, FlowFilter, FlowRunQuery, FlowRunSort
+from runner.loader import load_text
+from runner.models import FlowRun
+from runner.observe import plan_playbook
+from runner.settings import ConnectionSettings
+from tests.support.prefect_server import PrefectServer
+from tests.support.seed import Seeder, unique
+from tests.support.seed_db import clone_runs_at
+
+pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+
+PAGE = 50
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """The real server; keeps every filter request's body, and calls ``on_filter`` (if set)
+    before sending one."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.bodies: list[dict[str, Any]] = []
+        self.on_filter: Any = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/flow_runs/filter"):
+            self.bodies.append(json.loads(request.content))
+            if self.on_filter is not None:
+                self.on_filter()
+        return await self.inner.handle_async_request(request)
+
+
+def seed(
+    server: PrefectServer, seeder: Seeder, shifts: list[timedelta | None]
+) -> tuple[dict[str, Any], list[str]]:
+    """A new flow with a run an hour from now (made through the API; the first id) and one
+    cloned from it in the database for each of ``shifts`` (its time moved by it, or none)."""
+    flow = seeder.flow(unique("paging"))
+    template = seeder.run(flow, "Scheduled")
+    clones = clone_runs_at(
+        server.home / "prefect.db", template["id"], shifts, name_prefix=unique("p")
+    )
+    return flow, [template["id"], *clones]
+
+
+def clusters(sizes: list[int], *, start: int = 0) -> list[timedelta | None]:
+    """Runs sharing one time in groups of ``sizes``, one second apart."""
+    return [timedelta(seconds=start + i) for i, size in enumerate(sizes) for _ in range(size)]
+
+
+def of_flow(flow: dict[str, Any]) -> FlowRunQuery:
+    return FlowRunQuery(flows=FlowFilter(id=AnyIds(any_=(UUID(flow["id"]),))))
+
+
+async def read(client: PrefectClient, query: FlowRunQuery, **kwargs: Any) -> list[FlowRun]:
+    return [run async for page in client.iter_flow_runs(query, **kwargs) for run in page]
+
+
+def times_in_order(runs: list[FlowRun], *, descending: bool = False) -> bool:
+    """Timed runs in order of time, then the runs without one."""
+    timed = [r.expected_start_time for r in runs if r.expected_start_time is not None]
+    untimed_after = all(
+        r.expected_start_time is None for r in runs[len(timed) :]
+    )  # every untimed run after every timed one
+    return untimed_after and timed == sorted(timed, reverse=descending)  # type: ignore[type-var]
+
+
+# A cluster of each size around a page of 50: within one page, exactly one, one more, two
+# pages and more; and more runs without an expected start than fit one page.
+SIZES = [1, 3, 49, 50, 51, 120, 7, 2]
+UNTIMED = 60
+
+
+async def test_every_run_once_across_ties_and_runs_without_a_time(
+    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+) -> None:
+    shifts = clusters(SIZES) + [None] * UNTIMED
+    flow, ids = seed(prefect_server, seeder, shifts)
+    recorder = Recorder()
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        runs = await read(client, of_flow(flow))
+        assert Counter(str(r.id) for r in runs) == Counter(ids)
+        assert times_in_order(runs)
+        assert sum(r.expected_start_time is None for r in runs) == UNTIMED
+        # By keyset: never an offset, never a page past the server's (or the client's) size.
+        assert {b["offset"] for b in recorder.bodies} == {0}
+        assert max(b["limit"] for b in recorder.bodies) == PAGE
+        # Newest first: the same runs.
+        newest = await read(client, of_flow(flow), sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+        assert Counter(str(r.id) for r in newest) == Counter(ids)
+        assert times_in_order(newest, descending=True)
+        # With a limit: that many, each once, the earliest (ties at the cut in any order).
+        first = await read(client, of_flow(flow), limit=120)
+        assert len({r.id for r in first}) == len(first) == 120
+        assert [r.expected_start_time for r in first] == [r.expected_start_time for r in runs][:120]
+        # The old path, by offset and id, reads the same runs (nothing is written meanwhile).
+        by_id = await read(client, of_flow(flow), sort=FlowRunSort.ID_DESC, concurrency=4)
+        assert sorted(r.id for r in by_id) == sorted(r.id for r in runs)
+
+
+async def test_past_the_id_list_a_time_is_read_by_id_and_timeless_runs_by_offset(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    prefect_server: PrefectServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(paging, "MAX_EXCLUDED", 70)
+    shifts = clusters([5, 230, 4]) + [None] * 130
+    flow, ids = seed(prefect_server, seeder, shifts)
+    recorder = Recorder()
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        runs = await read(client, of_flow(flow))
+    assert Counter(str(r.id) for r in runs) == Counter(ids)
+    # The 230 runs at one time: once 70 are read, that time alone, by id and offset...
+    cluster = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" in b]
+    window = cluster[0]["flow_runs"]["expected_start_time"]
+    assert window["after_"] == window["before_"]
+    assert [b["offset"] for b in cluster] == [0, 50, 100]  # 94 read first, 136 left
+    # ...then the runs without a time, past 70 of them, by offset and id as before keyset.
+    by_offset = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" not in b]
+    assert [b["offset"] for b in by_offset][:2] == [0, 50]
+
+
+class Churn:
+    """Another writer: until stopped, deletes runs of ``doomed`` and adds runs at the
+    seeded times, straight in the database."""
+
+    def __init__(self, db: Path, template: str, doomed: list[str], times: list[timedelta]) -> None:
+        self.db, self.template, self.times = db, template, times
+        self.doomed = list(doomed)
+        self.added: list[str] = []
+        self.deleted: list[str] = []
+        self.writes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._random = random.Random(21)
+
+    def __enter__(self) -> Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            shifts: list[timedelta | None] = [self._random.choice(self.times) for _ in range(5)]
+            added = clone_runs_at(self.db, self.template, shifts, name_prefix="churn")
+            self.added += added
+            self.doomed += added
+            gone = [self.doomed.pop(self._random.randrange(len(self.doomed))) for _ in range(5)]
+            connection = sqlite3.connect(self.db, timeout=60)
+            try:
+                with connection:
+                    marks = ",".join("?" * len(gone))
+                    connection.execute(
+                        f"DELETE FROM flow_run_state WHERE flow_run_id IN ({marks})", gone
+                    )
+                    connection.execute(f"DELETE FROM flow_run WHERE id IN ({marks})", gone)
+            finally:
+                connection.close()
+            self.deleted += gone
+            self.writes += 1
+            self._stop.wait(0.005)
+
+
+async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
+    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+) -> None:
+    """A few thousand runs in clusters (and some without a time), read 50 a page while
+    another writer adds and deletes runs at the same times: every run there for the whole
+    read is read exactly once."""
+    rng = random.Random(7)
+    sizes = [rng.choice([1, 2, 5, 30, 60, 120]) for _ in range(90)]
+    times = clusters(sizes)
+    shifts: list[timedelta | None] = [*times, *[None] * 70]
+    rng.shuffle(shifts)
+    flow, ids = seed(prefect_server, seeder, shifts)
+    doomed = rng.sample(ids, len(ids) // 5)  # deleted during the read, some of them
+    distinct = sorted({t for t in times if t is not None})
+    recorder = Recorder()
+    writes_at_page: list[int] = []
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        with Churn(prefect_server.home / "prefect.db", ids[0], doomed, distinct) as churn:
+            recorder.on_filter = lambda: writes_at_page.append(churn.writes)
+            runs = await read(client, of_flow(flow))
+            during = churn.writes
+    stable = set(ids) - set(doomed)
+    counts = Counter(str(r.id) for r in runs)
+    assert stable <= set(counts)  # none skipped
+    assert max(counts.values()) == 1  # none twice
+    assert set(counts) <= set(ids) | set(churn.added)
+    # The writer did write while pages were read: between most of the pages.
+    assert len(stable) > 2000 and during >= 10
+    steps = sum(1 for a, b in itertools.pairwise(writes_at_page) if b > a)
+    assert steps >= len(writes_at_page) // 4, (steps, len(writes_at_page))
+    assert set(churn.deleted) & set(doomed)  # seeded runs were deleted mid-read
+
+
+async def test_runs_deleted_behind_the_read_skip_offset_pages_but_not_keyset_ones(
+    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+) -> None:
+    """What keyset fixes: a writer deleting runs already read shifts every later offset
+    page, so that runs never deleted are skipped. Deterministic: the first page's runs are
+    deleted as soon as it is handed on."""
+    async with PrefectClient(settings, page_size=PAGE) as client:
+        for sort, skipped in ((None, 0), (FlowRunSort.ID_DESC, PAGE)):
+            flow, ids = seed(prefect_server, seeder, clusters([40, 60, 80, 20]))
+            pages = client.iter_flow_runs(of_flow(flow), sort=sort)
+            first = [str(r.id) for r in await pages.__anext__()]
+            seeder_db_delete(prefect_server.home / "prefect.db", first)
+            rest = [str(r.id) for page in [p async for p in pages] for r in page]
+            missing = set(ids) - set(first) - set(rest)
+            assert len(missing) == skipped, sort
+            assert len(rest) == len(set(rest))
+
+
+def seeder_db_delete(db: Path, ids: list[str]) -> None:
+    connection = sqlite3.connect(db, timeout=60)
+    try:
+        with connection:
+            marks = ",".join("?" * len(ids))
+            connection.execute(f"DELETE FROM flow_run_state WHERE flow_run_id IN ({marks})", ids)
+            connection.execute(f"DELETE FROM flow_run WHERE id IN ({marks})", ids)
+    finally:
+        connection.close()
+
+
+PLAYBOOK = """\
+version: 1
+name: keyset-vs-offset
+guards: {{max_affected: 100000}}
+steps:
+  - name: newest 70
+    select: {{flows: {flow}, sort: EXPECTED_START_TIME_DESC, limit: 70}}
+    action: delete
+  - name: oldest 45
+    select: {{flows: {flow}, sort: EXPECTED_START_TIME_ASC, limit: 45}}
+    action: delete
+  - name: first 30 by name
+    select: {{flows: {flow}, sort: NAME_ASC, limit: 30}}
+    action: delete
+  - name: the rest
+    select: {{flows: {flow}}}
+    action: delete
+"""
+
+
+async def test_a_plan_is_the_same_read_by_keyset_or_by_offset(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    prefect_server: PrefectServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a quiet server, with ties across the limits' cuts and runs without a time."""
+    flow, ids = seed(prefect_server, seeder, clusters([3, 60, 1, 55, 90, 2]) + [None] * 65)
+    playbook = load_text(PLAYBOOK.format(flow=flow["name"]), name="k.yaml", env={})
+
+    def shape(plan: Any) -> list[Any]:
+        return [
+            (s.name, s.selected, [(c.run.id, c.op, c.reason) for c in s.changes])
+            for s in plan.steps
+        ] + [plan.violations, plan.notes]
+
+    moment = datetime.now().astimezone()
+    async with PrefectClient(settings, page_size=PAGE) as client:
+        keyset = await plan_playbook(playbook, client, now=moment)
+        original = client.iter_flow_runs
+
+        def by_offset(query: Any, **kwargs: Any) -> Any:
+            return original(query, **{**kwargs, "sort": FlowRunSort.ID_DESC})
+
+        monkeypatch.setattr(client, "iter_flow_runs", by_offset)
+        offset = await plan_playbook(playbook, client, now=moment)
+    assert shape(keyset) == shape(offset)
+    assert [len(s.changes) for s in keyset.steps] == [70, 45, 30, len(ids) - 145]
+    # The cut of the first step falls inside the 90 runs sharing its second newest time.
+    assert len({c.run.expected_start for c in keyset.steps[0].changes}) == 2
