@@ -257,7 +257,7 @@ async def test_a_step_without_limit_comes_in_expected_start_order_and_a_run_once
         pages = [e for e in [e async for e in list_selections(client, book)] if isinstance(e, Rows)]
     assert [len(p.runs) for p in pages] == [4, 4, 1]  # handed on page by page
     ids = [str(r.id) for p in pages for r in p.runs]
-    assert ids == [r["id"] for r in sorted(made, key=lambda r: _iso(r["expected_start_time"]))]
+    assert ids == [r["id"] for r in sorted(made, key=lambda r: str(_iso(r["expected_start_time"])))]
 
 
 # -- an ad-hoc selection, and the output word for word ---------------------------------------

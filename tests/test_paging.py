@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from runner.observe import plan_playbook
 from runner.settings import ConnectionSettings
 from tests.support.prefect_server import PrefectServer
 from tests.support.seed import Seeder, unique
-from tests.support.seed_db import clone_runs_at
+from tests.support.seed_db import clone_runs_at, remove_runs_of_flow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 
@@ -53,17 +54,27 @@ class Recorder(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-def seed(
-    server: PrefectServer, seeder: Seeder, shifts: list[timedelta | None]
-) -> tuple[dict[str, Any], list[str]]:
-    """A new flow with a run an hour from now (made through the API; the first id) and one
-    cloned from it in the database for each of ``shifts`` (its time moved by it, or none)."""
-    flow = seeder.flow(unique("paging"))
-    template = seeder.run(flow, "Scheduled")
-    clones = clone_runs_at(
-        server.home / "prefect.db", template["id"], shifts, name_prefix=unique("p")
-    )
-    return flow, [template["id"], *clones]
+Seed = Callable[[list[timedelta | None]], tuple[dict[str, Any], list[str]]]
+
+
+@pytest.fixture
+def seed(prefect_server: PrefectServer, seeder: Seeder) -> Iterator[Seed]:
+    """Makes a new flow with a run an hour from now (through the API; the first id) and one
+    cloned from it in the database for each of the shifts given (its time moved by it, or
+    none). The runs are removed afterwards: the session's server stays small."""
+    db = prefect_server.home / "prefect.db"
+    flows: list[dict[str, Any]] = []
+
+    def make(shifts: list[timedelta | None]) -> tuple[dict[str, Any], list[str]]:
+        flow = seeder.flow(unique("paging"))
+        flows.append(flow)
+        template = seeder.run(flow, "Scheduled")
+        clones = clone_runs_at(db, template["id"], shifts, name_prefix=unique("p"))
+        return flow, [template["id"], *clones]
+
+    yield make
+    for flow in flows:
+        remove_runs_of_flow(db, flow["id"])
 
 
 def clusters(sizes: list[int], *, start: int = 0) -> list[timedelta | None]:
@@ -85,7 +96,7 @@ def times_in_order(runs: list[FlowRun], *, descending: bool = False) -> bool:
     untimed_after = all(
         r.expected_start_time is None for r in runs[len(timed) :]
     )  # every untimed run after every timed one
-    return untimed_after and timed == sorted(timed, reverse=descending)  # type: ignore[type-var]
+    return untimed_after and timed == sorted(timed, reverse=descending)
 
 
 # A cluster of each size around a page of 50: within one page, exactly one, one more, two
@@ -95,10 +106,10 @@ UNTIMED = 60
 
 
 async def test_every_run_once_across_ties_and_runs_without_a_time(
-    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+    settings: ConnectionSettings, seed: Seed
 ) -> None:
     shifts = clusters(SIZES) + [None] * UNTIMED
-    flow, ids = seed(prefect_server, seeder, shifts)
+    flow, ids = seed(shifts)
     recorder = Recorder()
     async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
         runs = await read(client, of_flow(flow))
@@ -122,14 +133,11 @@ async def test_every_run_once_across_ties_and_runs_without_a_time(
 
 
 async def test_past_the_id_list_a_time_is_read_by_id_and_timeless_runs_by_offset(
-    settings: ConnectionSettings,
-    seeder: Seeder,
-    prefect_server: PrefectServer,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(paging, "MAX_EXCLUDED", 70)
     shifts = clusters([5, 230, 4]) + [None] * 130
-    flow, ids = seed(prefect_server, seeder, shifts)
+    flow, ids = seed(shifts)
     recorder = Recorder()
     async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
         runs = await read(client, of_flow(flow))
@@ -189,7 +197,7 @@ class Churn:
 
 
 async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
-    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+    settings: ConnectionSettings, seed: Seed, prefect_server: PrefectServer
 ) -> None:
     """A few thousand runs in clusters (and some without a time), read 50 a page while
     another writer adds and deletes runs at the same times: every run there for the whole
@@ -199,7 +207,7 @@ async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
     times = clusters(sizes)
     shifts: list[timedelta | None] = [*times, *[None] * 70]
     rng.shuffle(shifts)
-    flow, ids = seed(prefect_server, seeder, shifts)
+    flow, ids = seed(shifts)
     doomed = rng.sample(ids, len(ids) // 5)  # deleted during the read, some of them
     distinct = sorted({t for t in times if t is not None})
     recorder = Recorder()
@@ -222,14 +230,14 @@ async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
 
 
 async def test_runs_deleted_behind_the_read_skip_offset_pages_but_not_keyset_ones(
-    settings: ConnectionSettings, seeder: Seeder, prefect_server: PrefectServer
+    settings: ConnectionSettings, seed: Seed, prefect_server: PrefectServer
 ) -> None:
     """What keyset fixes: a writer deleting runs already read shifts every later offset
     page, so that runs never deleted are skipped. Deterministic: the first page's runs are
     deleted as soon as it is handed on."""
     async with PrefectClient(settings, page_size=PAGE) as client:
         for sort, skipped in ((None, 0), (FlowRunSort.ID_DESC, PAGE)):
-            flow, ids = seed(prefect_server, seeder, clusters([40, 60, 80, 20]))
+            flow, ids = seed(clusters([40, 60, 80, 20]))
             pages = client.iter_flow_runs(of_flow(flow), sort=sort)
             first = [str(r.id) for r in await pages.__anext__()]
             seeder_db_delete(prefect_server.home / "prefect.db", first)
@@ -271,13 +279,10 @@ steps:
 
 
 async def test_a_plan_is_the_same_read_by_keyset_or_by_offset(
-    settings: ConnectionSettings,
-    seeder: Seeder,
-    prefect_server: PrefectServer,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a quiet server, with ties across the limits' cuts and runs without a time."""
-    flow, ids = seed(prefect_server, seeder, clusters([3, 60, 1, 55, 90, 2]) + [None] * 65)
+    flow, ids = seed(clusters([3, 60, 1, 55, 90, 2]) + [None] * 65)
     playbook = load_text(PLAYBOOK.format(flow=flow["name"]), name="k.yaml", env={})
 
     def shape(plan: Any) -> list[Any]:
