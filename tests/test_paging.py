@@ -23,6 +23,7 @@ import pytest
 
 from runner import paging
 from runner.client import PrefectClient
+from runner.errors import ServerError
 from runner.filters import AnyIds, FlowFilter, FlowRunQuery, FlowRunSort
 from runner.loader import load_text
 from runner.models import FlowRun
@@ -305,3 +306,36 @@ async def test_a_plan_is_the_same_read_by_keyset_or_by_offset(
     assert [len(s.changes) for s in keyset.steps] == [70, 45, 30, len(ids) - 145]
     # The cut of the first step falls inside the 90 runs sharing its second newest time.
     assert len({c.run.expected_start for c in keyset.steps[0].changes}) == 2
+
+
+class DropExclusions(httpx.AsyncBaseTransport):
+    """A server that ignores ``flow_runs.id.not_any_`` (the real one, the field taken out)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/flow_runs/filter"):
+            body = json.loads(request.content)
+            (body.get("flow_runs") or {}).pop("id", None)
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+            request = httpx.Request(request.method, request.url, headers=headers, json=body)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_server_that_ignores_the_page_filter_stops_the_read(
+    settings: ConnectionSettings, seed: Seed
+) -> None:
+    """Never an endless read, nor a run handed on twice: the page is checked against what
+    it asked for."""
+    flow, ids = seed(clusters([80]))
+    async with PrefectClient(settings, transport=DropExclusions(), page_size=PAGE) as client:
+        with pytest.raises(ServerError) as info:
+            await read(client, of_flow(flow))
+    message = str(info.value)
+    run = message.split("run ")[1].split(" ")[0]
+    assert run in ids
+    assert message == (
+        f"POST {settings.api_url}/flow_runs/filter: unexpected answer: run {run} was read again"
+        " although the page left it out (the server did not filter or sort the page as asked)"
+    )
