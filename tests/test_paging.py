@@ -11,13 +11,15 @@ import json
 import random
 import sqlite3
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+import anyio
 import httpx
 import pytest
 
@@ -339,3 +341,25 @@ async def test_a_server_that_ignores_the_page_filter_stops_the_read(
         f"POST {settings.api_url}/flow_runs/filter: unexpected answer: run {run} was read again"
         " although the page left it out (the server did not filter or sort the page as asked)"
     )
+
+
+async def test_the_next_page_is_asked_for_while_this_one_is_handed_on(
+    settings: ConnectionSettings, seed: Seed
+) -> None:
+    """The overlap: once a page's answer is in, the next page is on its way, sent from the
+    first page's last run, while the reader still holds the first."""
+    flow, _ = seed(clusters([1] * 120))
+    recorder = Recorder()
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        pages = cast(AsyncGenerator[list[FlowRun], None], client.iter_flow_runs(of_flow(flow)))
+        first = await pages.__anext__()
+        deadline = time.monotonic() + 30
+        while len(recorder.bodies) < 4 and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+        assert len(recorder.bodies) == 4  # two one-run reads, the first page, the next
+        following = recorder.bodies[-1]["flow_runs"]
+        last = first[-1]
+        assert following["id"] == {"not_any_": [str(last.id)]}
+        after = datetime.fromisoformat(following["expected_start_time"]["after_"])
+        assert after == last.expected_start_time
+        await pages.aclose()  # the reader stops: the page read ahead is dropped, quietly
