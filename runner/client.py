@@ -936,12 +936,15 @@ class PrefectClient:
     ) -> AsyncIterator[list[FlowRun]]:
         """The pages ``cursor`` asks for, in order, each next one sent before this one is
         parsed and handed on (one request in flight)."""
-        tasks: list[asyncio.Task[tuple[httpx.Response, int]]] = []
+        # The requests not yet answered (an answered one is dropped: a page is never held
+        # longer than it is read).
+        unanswered: set[asyncio.Task[tuple[httpx.Response, int]]] = set()
 
         def send(request: PageRequest) -> asyncio.Task[tuple[httpx.Response, int]]:
             task = asyncio.ensure_future(self._filter_page(request))
+            unanswered.add(task)
+            task.add_done_callback(unanswered.discard)
             task.add_done_callback(_quiet)
-            tasks.append(task)
             return task
 
         def keys_of(response: httpx.Response) -> list[Key]:
@@ -983,7 +986,7 @@ class PrefectClient:
                 if reading.done():
                     return
         finally:
-            for task in tasks:
+            for task in list(unanswered):
                 task.cancel()
 
     async def _offset_pages(

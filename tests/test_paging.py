@@ -26,7 +26,7 @@ import pytest
 from runner import paging
 from runner.client import PrefectClient
 from runner.errors import ServerError
-from runner.filters import AnyIds, FlowFilter, FlowRunQuery, FlowRunSort
+from runner.filters import AnyIds, FlowFilter, FlowRunFilter, FlowRunQuery, FlowRunSort, TimeWindow
 from runner.loader import load_text
 from runner.models import FlowRun
 from runner.observe import plan_playbook
@@ -363,3 +363,25 @@ async def test_the_next_page_is_asked_for_while_this_one_is_handed_on(
         after = datetime.fromisoformat(following["expected_start_time"]["after_"])
         assert after == last.expected_start_time
         await pages.aclose()  # the reader stops: the page read ahead is dropped, quietly
+
+
+async def test_a_selection_bounding_the_expected_start_is_paged_within_its_bounds(
+    settings: ConnectionSettings, seed: Seed, seeder: Seeder
+) -> None:
+    """The page's bound and the selection's are one window; no run without a time can
+    match it, so none is looked for."""
+    flow, ids = seed(clusters([30, 70, 60, 40]) + [None] * 10)
+    runs = {r["id"]: r for r in seeder.read_runs(ids)}
+    start = datetime.fromisoformat(runs[ids[0]]["expected_start_time"])
+    window = TimeWindow(after_=start + timedelta(seconds=1), before_=start + timedelta(seconds=2))
+    query = of_flow(flow).model_copy(
+        update={"flow_runs": FlowRunFilter(expected_start_time=window)}
+    )
+    recorder = Recorder()
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        got = await read(client, query)
+    assert len(got) == len({r.id for r in got}) == 130  # the clusters at +1 s and +2 s
+    assert all(b["limit"] == PAGE for b in recorder.bodies)  # no one-run reads
+    assert {b["flow_runs"]["expected_start_time"]["before_"] for b in recorder.bodies} == {
+        window.model_dump(mode="json")["before_"]
+    }
