@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import json as json_module
 import logging
 import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +57,17 @@ from runner.models import (
     State,
     StateType,
 )
-from runner.paging import Key, Keyset, PageRequest, PagingError, Phase, page_keys
+from runner.paging import (
+    Key,
+    Keyset,
+    PageRequest,
+    PagingError,
+    Phase,
+    bounds_probes,
+    nulls,
+    page_keys,
+    slices,
+)
 from runner.ratelimit import RateLimiter
 from runner.redact import redact, register_secret, register_settings
 from runner.retry import (
@@ -82,6 +93,9 @@ MAX_NAMES = 20_000
 BULK_ROUTES_SINCE = (3, 6, 16)
 
 DUPLICATE_TRANSITION_REASON = "This run has already made this state transition."
+#: The most pages a slice read at once holds ahead of the reader (memory: this many pages a
+#: slice in flight, whatever the selection's size).
+_PAGES_AHEAD = 4
 #: The sorts read by keyset (None: the default, oldest expected start first).
 _KEYSET_SORTS = (None, FlowRunSort.EXPECTED_START_TIME_ASC, FlowRunSort.EXPECTED_START_TIME_DESC)
 _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
@@ -920,7 +934,11 @@ class PrefectClient:
                 descending=sort is FlowRunSort.EXPECTED_START_TIME_DESC,
                 size=self._page_size,
             )
-            async for page in self._keyset_pages(cursor, reading):
+            if concurrency > 1 and not cursor.descending:
+                pages = self._sliced_pages(cursor, reading, concurrency)
+            else:
+                pages = self._keyset_pages(cursor, reading)
+            async for page in pages:
                 yield page
             if cursor.phase is not Phase.OFFSET or reading.done():
                 return
@@ -947,15 +965,7 @@ class PrefectClient:
             task.add_done_callback(_quiet)
             return task
 
-        def keys_of(response: httpx.Response) -> list[Key]:
-            keys = page_keys(_body(response))
-            if keys is None:
-                self._parse_list(FlowRun, response)  # says what is wrong with the page
-                raise ServerError(
-                    "unexpected answer: a run without an id or expected start time",
-                    **self._where(response),
-                )
-            return keys
+        keys_of = self._keys_of
 
         try:
             probes = [(request.sort, send(request)) for request in cursor.probes()]
@@ -988,6 +998,110 @@ class PrefectClient:
         finally:
             for task in list(unanswered):
                 task.cancel()
+
+    def _keys_of(self, response: httpx.Response) -> list[Key]:
+        """A page's ids and times, read from its JSON; a page that has none is an error."""
+        keys = page_keys(_body(response))
+        if keys is None:
+            self._parse_list(FlowRun, response)  # says what is wrong with the page
+            raise ServerError(
+                "unexpected answer: a run without an id or expected start time",
+                **self._where(response),
+            )
+        return keys
+
+    async def _sliced_pages(
+        self, whole: Keyset, reading: _Reading, window: int
+    ) -> AsyncIterator[list[FlowRun]]:
+        """The pages of ``whole`` (ascending) with up to ``window`` pages in flight: its
+        time span cut in slices (:func:`runner.paging.slices`, from a count and the earliest
+        and latest times), each read by keyset on its own, ``window`` slices at once, each
+        at most ``_PAGES_AHEAD`` pages ahead of the reader; pages handed on in order (slice
+        after slice, then the runs without a time). ``whole`` ends in ``Phase.OFFSET`` when those
+        are too many to read so."""
+        query, size = whole.query, whole.size
+        null_probes, edge_probes = whole.probes(), bounds_probes(query)
+        *answers, count = await self._together(
+            *(functools.partial(self._filter_page, r) for r in [*null_probes, *edge_probes]),
+            functools.partial(self.count_flow_runs, query),
+        )
+        keys = [self._keys_of(response) for response, _ in answers]
+        for request, found in zip(null_probes, keys, strict=False):
+            whole.probed(request.sort, found)
+        first_keys, last_keys = keys[len(null_probes) :]
+        cursors: list[Keyset] = []
+        if first_keys and last_keys and first_keys[0].time and last_keys[0].time:
+            cursors += slices(
+                query, size, first=first_keys[0].time, last=last_keys[0].time, count=count
+            )
+        if whole.nulls_sort is not None:
+            cursors.append(nulls(query, size, whole.nulls_sort))
+        whole.phase = Phase.DONE
+        queues: list[asyncio.Queue[tuple[httpx.Response, int] | BaseException | None]] = []
+        producers: list[asyncio.Task[None]] = []
+
+        async def produce(cursor: Keyset, queue: asyncio.Queue[Any]) -> None:
+            try:
+                while (request := cursor.request()) is not None:
+                    response, sent = await self._filter_page(request)
+                    try:
+                        keep = cursor.advance(self._keys_of(response), sent)
+                    except PagingError as exc:
+                        raise ServerError(
+                            f"unexpected answer: {exc} (the server did not filter or sort the"
+                            " page as asked)",
+                            **self._where(response),
+                        ) from None
+                    await queue.put((response, keep))
+                await queue.put(None)
+            except Exception as exc:  # handed to the reader, raised there as itself
+                await queue.put(exc)
+
+        def start(index: int) -> None:
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_PAGES_AHEAD)
+            queues.append(queue)
+            producers.append(asyncio.ensure_future(produce(cursors[index], queue)))
+
+        try:
+            for index in range(min(window, len(cursors))):
+                start(index)
+            for index, cursor in enumerate(cursors):
+                while (item := await queues[index].get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    response, keep = item
+                    fresh = reading.fresh(self._parse_list(FlowRun, response)[:keep])
+                    del item, response
+                    if fresh:
+                        yield fresh
+                    if reading.done():
+                        return
+                if cursor.phase is Phase.OFFSET:
+                    whole.phase = Phase.OFFSET
+                if len(queues) < len(cursors):
+                    start(len(queues))
+        finally:
+            for task in producers:
+                task.cancel()
+
+    async def _together(self, *calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+        """What ``calls`` return, run at once, in their order (the first error raised as
+        itself)."""
+        results: list[Any] = [None] * len(calls)
+        errors: list[Exception] = []
+
+        async def one(index: int) -> None:
+            try:
+                results[index] = await calls[index]()
+            except Exception as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(calls)):
+                group.start_soon(one, index)
+        if errors:
+            raise errors[0]
+        return results
 
     async def _offset_pages(
         self,

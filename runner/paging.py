@@ -46,6 +46,11 @@ TICK = timedelta(microseconds=1)
 #: PostgreSQL both take a list of this length).
 MAX_EXCLUDED = 5_000
 
+#: A read with several pages in flight cuts its time span in slices of about this many pages
+#: (from a count), at most :data:`MAX_SLICES` of them.
+PAGES_PER_SLICE = 8
+MAX_SLICES = 256
+
 ASC = FlowRunSort.EXPECTED_START_TIME_ASC
 DESC = FlowRunSort.EXPECTED_START_TIME_DESC
 
@@ -257,3 +262,40 @@ class Keyset:
         elif len(self.null_ids) > MAX_EXCLUDED:
             self.phase = Phase.OFFSET
         return leading
+
+
+def bounds_probes(query: FlowRunQuery) -> list[PageRequest]:
+    """The one-run reads of the earliest and the latest expected start ``query`` matches."""
+    probe = Keyset(query, descending=False, size=1)
+    low, high = probe._bounds()
+    earliest = TimeWindow(after_=low or EARLIEST, before_=high)
+    latest = TimeWindow(after_=low, before_=high or LATEST)
+    return [
+        PageRequest(_with(query, window=earliest), ASC, 1),
+        PageRequest(_with(query, window=latest), DESC, 1),
+    ]
+
+
+def slices(
+    query: FlowRunQuery, size: int, *, first: datetime, last: datetime, count: int
+) -> list[Keyset]:
+    """Cursors that read ``query``'s timed runs in order, a slice of time each, so that
+    several can be read at once: ``first`` to ``last`` cut in equal spans, about
+    :data:`PAGES_PER_SLICE` pages each (``count`` runs in all). The first slice is open
+    before ``first`` and the last after ``last``: a run given a time out there meanwhile
+    falls in one. Each time is in exactly one slice."""
+    parts = max(1, min(MAX_SLICES, -(-count // (size * PAGES_PER_SLICE))))
+    span = last - first
+    cuts = sorted({first + span * i / parts for i in range(1, parts)} - {first})
+    low, high = Keyset(query, descending=False, size=size)._bounds()
+    starts: list[datetime | None] = [low, *cuts]
+    ends: list[datetime | None] = [*(c - TICK for c in cuts), high]
+    return [
+        Keyset(_with(query, window=TimeWindow(after_=a, before_=b)), descending=False, size=size)
+        for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def nulls(query: FlowRunQuery, size: int, sort: FlowRunSort) -> Keyset:
+    """A cursor that reads ``query``'s runs without an expected start (first in ``sort``)."""
+    return Keyset(query, descending=False, size=size, phase=Phase.NULLS, nulls_sort=sort)

@@ -41,20 +41,36 @@ PAGE = 50
 
 
 class Recorder(httpx.AsyncBaseTransport):
-    """The real server; keeps every filter request's body, and calls ``on_filter`` (if set)
-    before sending one."""
+    """The real server; keeps every filter request's body and how many times each run came
+    back in a page it is read from (one-run reads left out), and calls ``on_filter`` (if set) before
+    sending a filter request."""
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.bodies: list[dict[str, Any]] = []
+        self.returned: Counter[str] = Counter()
         self.on_filter: Any = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and request.url.path.endswith("/flow_runs/filter"):
-            self.bodies.append(json.loads(request.content))
-            if self.on_filter is not None:
-                self.on_filter()
-        return await self.inner.handle_async_request(request)
+        if not (request.method == "POST" and request.url.path.endswith("/flow_runs/filter")):
+            return await self.inner.handle_async_request(request)
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.on_filter is not None:
+            self.on_filter()
+        response = await self.inner.handle_async_request(request)
+        content = await response.aread()
+        if response.status_code == 200 and body.get("limit", 0) > 1:
+            # A page by time, or one of runs without a time (past them: not read from it).
+            timed = "expected_start_time" in (body.get("flow_runs") or {})
+            runs = json.loads(content)
+            self.returned.update(r["id"] for r in runs if timed or r["expected_start_time"] is None)
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        }
+        return httpx.Response(response.status_code, headers=headers, content=content)
 
 
 Seed = Callable[[list[timedelta | None]], tuple[dict[str, Any], list[str]]]
@@ -78,6 +94,15 @@ def seed(prefect_server: PrefectServer, seeder: Seeder) -> Iterator[Seed]:
     yield make
     for flow in flows:
         remove_runs_of_flow(db, flow["id"])
+
+
+@pytest.fixture(params=[1, 4], ids=["one-in-flight", "four-slices-at-once"])
+def window(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Pages in flight: one (a page asked for while the one before is parsed), or four
+    (the time span in slices read at once, here of about a page each: many of them)."""
+    if request.param > 1:
+        monkeypatch.setattr(paging, "PAGES_PER_SLICE", 1)
+    return int(request.param)
 
 
 def clusters(sizes: list[int], *, start: int = 0) -> list[timedelta | None]:
@@ -109,15 +134,23 @@ UNTIMED = 60
 
 
 async def test_every_run_once_across_ties_and_runs_without_a_time(
-    settings: ConnectionSettings, seed: Seed
+    settings: ConnectionSettings, seed: Seed, window: int
 ) -> None:
     shifts = clusters(SIZES) + [None] * UNTIMED
     flow, ids = seed(shifts)
     recorder = Recorder()
     async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
-        runs = await read(client, of_flow(flow))
+        runs = await read(client, of_flow(flow), concurrency=window)
         assert Counter(str(r.id) for r in runs) == Counter(ids)
+        assert recorder.returned == Counter(ids)  # by the pages themselves, not only the client
         assert times_in_order(runs)
+        if window > 1:  # in slices, each its own span of time
+            spans = {
+                b["flow_runs"]["expected_start_time"].get("before_")
+                for b in recorder.bodies
+                if b["limit"] > 1 and "expected_start_time" in b.get("flow_runs", {})
+            }
+            assert len(spans) > 4
         assert sum(r.expected_start_time is None for r in runs) == UNTIMED
         # By keyset: never an offset, never a page past the server's (or the client's) size.
         assert {b["offset"] for b in recorder.bodies} == {0}
@@ -127,7 +160,7 @@ async def test_every_run_once_across_ties_and_runs_without_a_time(
         assert Counter(str(r.id) for r in newest) == Counter(ids)
         assert times_in_order(newest, descending=True)
         # With a limit: that many, each once, the earliest (ties at the cut in any order).
-        first = await read(client, of_flow(flow), limit=120)
+        first = await read(client, of_flow(flow), limit=120, concurrency=window)
         assert len({r.id for r in first}) == len(first) == 120
         assert [r.expected_start_time for r in first] == [r.expected_start_time for r in runs][:120]
         # The old path, by offset and id, reads the same runs (nothing is written meanwhile).
@@ -136,23 +169,23 @@ async def test_every_run_once_across_ties_and_runs_without_a_time(
 
 
 async def test_past_the_id_list_a_time_is_read_by_id_and_timeless_runs_by_offset(
-    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
     monkeypatch.setattr(paging, "MAX_EXCLUDED", 70)
     shifts = clusters([5, 230, 4]) + [None] * 130
     flow, ids = seed(shifts)
     recorder = Recorder()
     async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
-        runs = await read(client, of_flow(flow))
+        runs = await read(client, of_flow(flow), concurrency=window)
     assert Counter(str(r.id) for r in runs) == Counter(ids)
     # The 230 runs at one time: once 70 are read, that time alone, by id and offset...
     cluster = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" in b]
-    window = cluster[0]["flow_runs"]["expected_start_time"]
-    assert window["after_"] == window["before_"]
-    assert [b["offset"] for b in cluster] == [0, 50, 100]  # 94 read first, 136 left
+    bound = cluster[0]["flow_runs"]["expected_start_time"]
+    assert bound["after_"] == bound["before_"]
+    assert [b["offset"] for b in cluster] == [0, 50, 100]  # 94 or 100 read first
     # ...then the runs without a time, past 70 of them, by offset and id as before keyset.
     by_offset = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" not in b]
-    assert [b["offset"] for b in by_offset][:2] == [0, 50]
+    assert sorted(b["offset"] for b in by_offset)[:2] == [0, 50]
 
 
 class Churn:
@@ -200,7 +233,7 @@ class Churn:
 
 
 async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
-    settings: ConnectionSettings, seed: Seed, prefect_server: PrefectServer
+    settings: ConnectionSettings, seed: Seed, prefect_server: PrefectServer, window: int
 ) -> None:
     """A few thousand runs in clusters (and some without a time), read 50 a page while
     another writer adds and deletes runs at the same times: every run there for the whole
@@ -218,12 +251,13 @@ async def test_writers_during_the_read_never_make_a_run_skipped_or_read_twice(
     async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
         with Churn(prefect_server.home / "prefect.db", ids[0], doomed, distinct) as churn:
             recorder.on_filter = lambda: writes_at_page.append(churn.writes)
-            runs = await read(client, of_flow(flow))
+            runs = await read(client, of_flow(flow), concurrency=window)
             during = churn.writes
     stable = set(ids) - set(doomed)
     counts = Counter(str(r.id) for r in runs)
     assert stable <= set(counts)  # none skipped
     assert max(counts.values()) == 1  # none twice
+    assert max(recorder.returned.values()) == 1  # not even in the pages the client dropped
     assert set(counts) <= set(ids) | set(churn.added)
     # The writer did write while pages were read: between most of the pages.
     assert len(stable) > 2000 and during >= 10
@@ -285,6 +319,7 @@ async def test_a_plan_is_the_same_read_by_keyset_or_by_offset(
     settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a quiet server, with ties across the limits' cuts and runs without a time."""
+    monkeypatch.setattr(paging, "PAGES_PER_SLICE", 1)  # the plan reads in many slices
     flow, ids = seed(clusters([3, 60, 1, 55, 90, 2]) + [None] * 65)
     playbook = load_text(PLAYBOOK.format(flow=flow["name"]), name="k.yaml", env={})
 
