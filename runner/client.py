@@ -918,7 +918,8 @@ class PrefectClient:
         it starts, and a run present for the whole read comes out exactly once even while
         other runs are added and deleted. Each next page is asked for as soon as the answer
         before it names its last run, before that page is parsed and handed on: the server
-        works on it meanwhile. ``concurrency`` does not apply (each page needs the last).
+        works on it meanwhile. With ``concurrency`` above 1 (oldest first only), the time
+        span is cut in slices read that many at once (:meth:`_sliced_pages`).
 
         Any other ``sort`` is read by offset (the server has no range filter on ids, names
         or the other times): exact while nothing is written, and ``ID_DESC``, the only such
