@@ -5,10 +5,11 @@
 
 Starts a Prefect server (the test suite's version; PostgreSQL made by bench/postgres.py),
 then for each size in turn grows one flow's late runs to it (cloned in the database) and
-reads them all through ``PrefectClient.iter_flow_runs``: by keyset (the default: what plans
-and ``runner ls`` do) and by offset (``sort=ID_DESC``, four pages at once: what they did
-before). Prints and writes bench/results/keyset_paging.json: runs/s for each way and size,
-and keyset's over offset's. Not part of CI; run it on a quiet machine. The plan-level
+reads them all through ``PrefectClient.iter_flow_runs``, each of :data:`WAYS`: by keyset
+with four slices at once (what plans and ``runner ls`` do), by keyset with one cursor, and
+by offset (``sort=ID_DESC``, four pages at once: what they did before). Prints and writes
+bench/results/keyset_paging.json: runs/s for each way and size (best of ``--repeat``), and
+keyset's over offset's. Not part of CI; run it on a quiet machine. The plan-level
 figures (runs/s of ``runner plan``, peak RSS) are bench/harness.py's and bench/plan_scale.py's.
 """
 
@@ -34,19 +35,24 @@ from runner.settings import ConnectionSettings  # noqa: E402
 from tests.support.seed import unique  # noqa: E402
 from tests.support.seed_db import clone_runs  # noqa: E402
 
+#: The ways a selection is read: (name, sort, concurrency).
+WAYS = (
+    ("keyset-4", None, 4),  # what plans and runner ls do: four slices at once
+    ("keyset-1", None, 1),  # one cursor, the next page asked for while one is parsed
+    ("offset-4", FlowRunSort.ID_DESC, 4),  # what they did before
+)
 
-async def read_all(api_url: str, flow_id: str, *, keyset: bool) -> tuple[int, float]:
+
+async def read_all(
+    api_url: str, flow_id: str, sort: FlowRunSort | None, concurrency: int
+) -> tuple[int, float]:
     """How many runs one full read hands on, and its seconds."""
     query = FlowRunQuery(flows=FlowFilter(id=AnyIds(any_=(UUID(flow_id),))))
     settings = ConnectionSettings(api_url=api_url, request_timeout=120)
     async with PrefectClient(settings) as client:
         started = time.perf_counter()
         count = 0
-        if keyset:
-            pages = client.iter_flow_runs(query)
-        else:
-            pages = client.iter_flow_runs(query, sort=FlowRunSort.ID_DESC, concurrency=4)
-        async for page in pages:
+        async for page in client.iter_flow_runs(query, sort=sort, concurrency=concurrency):
             count += len(page)
         return count, time.perf_counter() - started
 
@@ -75,19 +81,17 @@ def main() -> None:
             grow(backend, template["id"], size - have)
             have = size
             row: dict[str, Any] = {"backend": args.backend, "runs": size}
-            for name, keyset in (("keyset", True), ("offset", False)):
+            for name, sort, concurrency in WAYS:
                 rates = []
                 for _ in range(args.repeat):
                     count, seconds = asyncio.run(
-                        read_all(backend.server.api_url, flow["id"], keyset=keyset)
+                        read_all(backend.server.api_url, flow["id"], sort, concurrency)
                     )
                     if count != size:
                         raise SystemExit(f"{name}: read {count} runs of {size}")
                     rates.append(count / seconds)
-                row[f"{name}_runs_per_s"] = round(max(rates), 1)
-            row["keyset_over_offset"] = round(
-                row["keyset_runs_per_s"] / row["offset_runs_per_s"], 2
-            )
+                row[name] = round(max(rates), 1)
+            row["keyset-4 / offset-4"] = round(row["keyset-4"] / row["offset-4"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)
     finally:
