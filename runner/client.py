@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import functools
 import json as json_module
@@ -114,6 +115,7 @@ _NOT_THE_API = (
 _TOO_DEEP = "an answer nested too deeply to read"
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass
@@ -152,6 +154,33 @@ class _Reading:
 
     def done(self) -> bool:
         return self.remaining is not None and self.remaining <= 0
+
+
+class _Interrupts:
+    """Where a ``KeyboardInterrupt`` (runner raises one on SIGTERM) raised in one of a read's
+    request tasks goes: to the task that reads their answers, at once (raised in the request's
+    task it would escape the event loop, or wait for the other requests to be answered)."""
+
+    def __init__(self) -> None:
+        self.caught: asyncio.Future[KeyboardInterrupt] = asyncio.get_running_loop().create_future()
+
+    async def guard(self, call: Awaitable[T]) -> T:
+        """``call``, its ``KeyboardInterrupt`` kept for :meth:`answer` (the task then ends
+        cancelled)."""
+        try:
+            return await call
+        except KeyboardInterrupt as exc:
+            if not self.caught.done():
+                self.caught.set_result(exc)
+            raise asyncio.CancelledError from None
+
+    async def answer(self, task: asyncio.Task[T]) -> T:
+        """``task``'s answer, or the interrupt caught in any guarded task, raised here."""
+        either: list[asyncio.Future[Any]] = [task, self.caught]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if self.caught.done():
+            raise self.caught.result()
+        return task.result()
 
 
 def _quiet(task: asyncio.Task[Any]) -> None:
@@ -959,8 +988,10 @@ class PrefectClient:
         # longer than it is read).
         unanswered: set[asyncio.Task[tuple[httpx.Response, int]]] = set()
 
+        interrupts = _Interrupts()
+
         def send(request: PageRequest) -> asyncio.Task[tuple[httpx.Response, int]]:
-            task = asyncio.ensure_future(self._filter_page(request))
+            task = asyncio.ensure_future(interrupts.guard(self._filter_page(request)))
             unanswered.add(task)
             task.add_done_callback(unanswered.discard)
             task.add_done_callback(_quiet)
@@ -973,9 +1004,9 @@ class PrefectClient:
             first = cursor.request(reading.remaining)
             pending = send(first) if first is not None else None
             for sort, probe in probes:
-                cursor.probed(sort, keys_of((await probe)[0]))
+                cursor.probed(sort, keys_of((await interrupts.answer(probe))[0]))
             while pending is not None:
-                response, sent = await pending
+                response, sent = await interrupts.answer(pending)
                 pending = None
                 keys = keys_of(response)
                 try:
@@ -1055,6 +1086,10 @@ class PrefectClient:
                         ) from None
                     await queue.put((response, keep))
                 await queue.put(None)
+            except KeyboardInterrupt as exc:  # SIGTERM: to the reader at once, wherever it is
+                for waiting in queues:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        waiting.put_nowait(exc)
             except Exception as exc:  # handed to the reader, raised there as itself
                 await queue.put(exc)
 
@@ -1089,12 +1124,15 @@ class PrefectClient:
         """What ``calls`` return, run at once, in their order (the first error raised as
         itself)."""
         results: list[Any] = [None] * len(calls)
-        errors: list[Exception] = []
+        errors: list[BaseException] = []
 
         async def one(index: int) -> None:
             try:
                 results[index] = await calls[index]()
-            except Exception as exc:
+            except KeyboardInterrupt as exc:  # SIGTERM: the others stop, raised below
+                errors.insert(0, exc)
+                group.cancel_scope.cancel()
+            except Exception as exc:  # raised below, as itself rather than in a group
                 errors.append(exc)
 
         async with anyio.create_task_group() as group:
