@@ -8,15 +8,18 @@ delete answered 404 means the run is already gone.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import copy
+import functools
 import json as json_module
 import logging
 import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +58,17 @@ from runner.models import (
     State,
     StateType,
 )
+from runner.paging import (
+    Key,
+    Keyset,
+    PageRequest,
+    PagingError,
+    Phase,
+    bounds_probes,
+    nulls,
+    page_keys,
+    slices,
+)
 from runner.ratelimit import RateLimiter
 from runner.redact import redact, register_secret, register_settings
 from runner.retry import (
@@ -80,6 +94,11 @@ MAX_NAMES = 20_000
 BULK_ROUTES_SINCE = (3, 6, 16)
 
 DUPLICATE_TRANSITION_REASON = "This run has already made this state transition."
+#: The most pages a slice read at once holds ahead of the reader (memory: this many pages a
+#: slice in flight, whatever the selection's size).
+_PAGES_AHEAD = 4
+#: The sorts read by keyset (None: the default, oldest expected start first).
+_KEYSET_SORTS = (None, FlowRunSort.EXPECTED_START_TIME_ASC, FlowRunSort.EXPECTED_START_TIME_DESC)
 _LIMIT_RE = re.compile(r"less than or equal to (\d+)")
 _PROTECTED_HEADERS = frozenset(
     {"authorization", "user-agent", "prefect-csrf-token", "prefect-csrf-client"}
@@ -96,6 +115,7 @@ _NOT_THE_API = (
 _TOO_DEEP = "an answer nested too deeply to read"
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,6 +127,67 @@ class RequestStats:
     by_status: dict[int, int] = field(default_factory=dict)
     transport_errors: int = 0
     malformed: int = 0
+
+
+@dataclass
+class _Reading:
+    """What one read has handed on: each run once, at most ``remaining`` runs."""
+
+    remaining: int | None
+    # Ids as ints: half the memory of UUID objects (this grows with the runs read).
+    seen: set[int] = field(default_factory=set)
+
+    def fresh(self, page: list[FlowRun]) -> list[FlowRun]:
+        """The runs of ``page`` not handed on before, within the limit: now handed on."""
+        fresh = [run for run in page if run.id.int not in self.seen]
+        if self.remaining is not None:
+            fresh = fresh[: self.remaining]
+            self.remaining -= len(fresh)
+        self.seen.update(run.id.int for run in fresh)
+        return fresh
+
+    def left_after(self, ids: Iterable[int]) -> int | None:
+        """How many runs may still be handed on once runs ``ids`` are."""
+        if self.remaining is None:
+            return None
+        return self.remaining - len({i for i in ids if i not in self.seen})
+
+    def done(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+class _Interrupts:
+    """Where a ``KeyboardInterrupt`` (runner raises one on SIGTERM) raised in one of a read's
+    request tasks goes: to the task that reads their answers, at once (raised in the request's
+    task it would escape the event loop, or wait for the other requests to be answered)."""
+
+    def __init__(self) -> None:
+        self.caught: asyncio.Future[KeyboardInterrupt] = asyncio.get_running_loop().create_future()
+
+    async def guard(self, call: Awaitable[T]) -> T:
+        """``call``, its ``KeyboardInterrupt`` kept for :meth:`answer` (the task then ends
+        cancelled)."""
+        try:
+            return await call
+        except KeyboardInterrupt as exc:
+            if not self.caught.done():
+                self.caught.set_result(exc)
+            raise asyncio.CancelledError from None
+
+    async def answer(self, task: asyncio.Task[T]) -> T:
+        """``task``'s answer, or the interrupt caught in any guarded task, raised here."""
+        either: list[asyncio.Future[Any]] = [task, self.caught]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if self.caught.done():
+            raise self.caught.result()
+        return task.result()
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    """Retrieve a finished task's error: a page read ahead and then not wanted (the reader
+    stopped or failed first) must not log "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True)
@@ -317,6 +398,7 @@ class PrefectClient:
 
     ``bulk`` forces (True) or forbids (False) the bulk routes; by default their presence is
     detected once per client. ``rate_limit`` caps requests per second across all tasks.
+    ``page_size`` reads fewer runs a page than the server's limit (200).
     """
 
     def __init__(
@@ -329,6 +411,7 @@ class PrefectClient:
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
         on_backoff: Callable[[int | None], None] | None = None,
+        page_size: int | None = None,
     ) -> None:
         self.settings = settings or resolve_settings()
         _check_sendable(self.settings)
@@ -343,6 +426,10 @@ class PrefectClient:
         self._bulk_override = bulk
         #: What was learned about the server: shared with every view of this client.
         self._learned = _Learned()
+        if page_size is not None:
+            if page_size < 1:
+                raise ValueError(f"page_size must be at least 1, got {page_size}")
+            self._page_size = min(page_size, MAX_PAGE_SIZE)
         self._csrf_client = str(uuid.uuid4())
         headers = {
             k: v
@@ -809,6 +896,23 @@ class PrefectClient:
             )
         return count
 
+    async def _filter_page(self, request: PageRequest) -> tuple[httpx.Response, int]:
+        """The answer to one ``flow_runs/filter`` request, and the page size it asked for
+        (``limit`` capped at the server's page limit, which is learned if the server says
+        it is smaller)."""
+        body = request.query.body()
+        limit = min(request.limit, self._page_size)
+        body.update(sort=request.sort.value, limit=limit, offset=request.offset)
+        try:
+            return await self._request("POST", "flow_runs/filter", json=body), limit
+        except InvalidRequest as exc:
+            match = _LIMIT_RE.search(str(exc.detail))
+            if match is None or int(match.group(1)) >= limit:
+                raise
+            # The server runs with a smaller page limit than Prefect's default: learn it.
+            self._page_size = max(1, int(match.group(1)))
+            return await self._filter_page(request)
+
     async def read_flow_runs(
         self,
         query: FlowRunQuery | None = None,
@@ -820,19 +924,8 @@ class PrefectClient:
     ) -> list[FlowRun]:
         """One page of runs (``limit`` is capped at the server's page limit). ``documents``,
         if given, takes each run's JSON as the server answered it, by id."""
-        body = (query or FlowRunQuery()).body()
-        body.update(sort=sort.value, limit=min(limit, self._page_size), offset=offset)
-        try:
-            response = await self._request("POST", "flow_runs/filter", json=body)
-        except InvalidRequest as exc:
-            match = _LIMIT_RE.search(str(exc.detail))
-            if match is None or int(match.group(1)) >= body["limit"]:
-                raise
-            # The server runs with a smaller page limit than Prefect's default: learn it.
-            self._page_size = max(1, int(match.group(1)))
-            return await self.read_flow_runs(
-                query, sort=sort, limit=limit, offset=offset, documents=documents
-            )
+        request = PageRequest(query or FlowRunQuery(), sort, limit, offset)
+        response, _ = await self._filter_page(request)
         runs = self._parse_list(FlowRun, response)
         if documents is not None:
             documents.update(zip((run.id for run in runs), _body(response), strict=True))
@@ -842,36 +935,225 @@ class PrefectClient:
         self,
         query: FlowRunQuery | None = None,
         *,
-        sort: FlowRunSort = FlowRunSort.ID_DESC,
+        sort: FlowRunSort | None = None,
         limit: int | None = None,
         concurrency: int = 1,
     ) -> AsyncIterator[list[FlowRun]]:
         """Every matching run, page by page, each run once; at most ``limit`` runs.
 
-        Sort by ``ID_DESC`` (the default) when reading everything: it is the only sort with no
-        ties, so offset pages neither repeat nor skip rows while nothing is written.
+        By default, and for ``EXPECTED_START_TIME_ASC`` or ``_DESC``, pages are read by
+        keyset (:mod:`runner.paging`): by expected start time, oldest first (newest first
+        for ``_DESC``), runs without one last; each page costs the server the same wherever
+        it starts, and a run present for the whole read comes out exactly once even while
+        other runs are added and deleted. Each next page is asked for as soon as the answer
+        before it names its last run, before that page is parsed and handed on: the server
+        works on it meanwhile. With ``concurrency`` above 1 (oldest first only), the time
+        span is cut in slices read that many at once (:meth:`_sliced_pages`).
 
-        With ``concurrency`` above 1, once the first page comes back full the rest are read
-        that many at a time (their offsets from a count); pages still come out in order. If the
-        selection grew while it was read, what lies past the count is then read page by page to
-        its end, as with ``concurrency`` 1.
+        Any other ``sort`` is read by offset (the server has no range filter on ids, names
+        or the other times): exact while nothing is written, and ``ID_DESC``, the only such
+        sort without ties, is the one to read everything by. With ``concurrency`` above 1,
+        once the first page comes back full the rest are read that many at a time (their
+        offsets from a count); pages still come out in order. If the selection grew while it
+        was read, what lies past the count is then read page by page to its end.
         """
-        # Ids as ints: half the memory of UUID objects (this grows with the runs read).
-        seen: set[int] = set()
-        remaining = limit
+        reading = _Reading(limit)
+        if sort in _KEYSET_SORTS:
+            cursor = Keyset(
+                query or FlowRunQuery(),
+                descending=sort is FlowRunSort.EXPECTED_START_TIME_DESC,
+                size=self._page_size,
+            )
+            if concurrency > 1 and not cursor.descending:
+                pages = self._sliced_pages(cursor, reading, concurrency)
+            else:
+                pages = self._keyset_pages(cursor, reading)
+            async for page in pages:
+                yield page
+            if cursor.phase is not Phase.OFFSET or reading.done():
+                return
+            # More runs without an expected start than a request can leave out by id: the
+            # rest by offset, by id (those already read are not handed on again).
+            sort = FlowRunSort.ID_DESC
+        by = sort or FlowRunSort.ID_DESC
+        async for page in self._offset_pages(query, by, reading, concurrency):
+            yield page
 
-        def fresh_of(page: list[FlowRun]) -> list[FlowRun]:
-            nonlocal remaining
-            fresh = [run for run in page if run.id.int not in seen]
-            seen.update(run.id.int for run in fresh)
-            if remaining is not None:
-                fresh = fresh[:remaining]
-                remaining -= len(fresh)
-            return fresh
+    async def _keyset_pages(
+        self, cursor: Keyset, reading: _Reading
+    ) -> AsyncIterator[list[FlowRun]]:
+        """The pages ``cursor`` asks for, in order, each next one sent before this one is
+        parsed and handed on (one request in flight)."""
+        # The requests not yet answered (an answered one is dropped: a page is never held
+        # longer than it is read).
+        unanswered: set[asyncio.Task[tuple[httpx.Response, int]]] = set()
 
+        interrupts = _Interrupts()
+
+        def send(request: PageRequest) -> asyncio.Task[tuple[httpx.Response, int]]:
+            task = asyncio.ensure_future(interrupts.guard(self._filter_page(request)))
+            unanswered.add(task)
+            task.add_done_callback(unanswered.discard)
+            task.add_done_callback(_quiet)
+            return task
+
+        keys_of = self._keys_of
+
+        try:
+            probes = [(request.sort, send(request)) for request in cursor.probes()]
+            first = cursor.request(reading.remaining)
+            pending = send(first) if first is not None else None
+            for sort, probe in probes:
+                cursor.probed(sort, keys_of((await interrupts.answer(probe))[0]))
+            while pending is not None:
+                response, sent = await interrupts.answer(pending)
+                pending = None
+                keys = keys_of(response)
+                try:
+                    keep = cursor.advance(keys, sent)
+                except PagingError as exc:
+                    raise ServerError(
+                        f"unexpected answer: {exc} (the server did not filter or sort the"
+                        " page as asked)",
+                        **self._where(response),
+                    ) from None
+                after = reading.left_after(key.id.int for key in keys[:keep])
+                following = cursor.request(after)
+                if following is not None:
+                    pending = send(following)
+                runs = self._parse_list(FlowRun, response)[:keep]
+                fresh = reading.fresh(runs)
+                if fresh:
+                    yield fresh
+                if reading.done():
+                    return
+        finally:
+            for task in list(unanswered):
+                task.cancel()
+
+    def _keys_of(self, response: httpx.Response) -> list[Key]:
+        """A page's ids and times, read from its JSON; a page that has none is an error."""
+        keys = page_keys(_body(response))
+        if keys is None:
+            self._parse_list(FlowRun, response)  # says what is wrong with the page
+            raise ServerError(
+                "unexpected answer: a run without an id or expected start time",
+                **self._where(response),
+            )
+        return keys
+
+    async def _sliced_pages(
+        self, whole: Keyset, reading: _Reading, window: int
+    ) -> AsyncIterator[list[FlowRun]]:
+        """The pages of ``whole`` (ascending) with up to ``window`` pages in flight: its
+        time span cut in slices (:func:`runner.paging.slices`, from a count and the earliest
+        and latest times), each read by keyset on its own, ``window`` slices at once, each
+        at most ``_PAGES_AHEAD`` pages ahead of the reader; pages handed on in order (slice
+        after slice, then the runs without a time). ``whole`` ends in ``Phase.OFFSET`` when those
+        are too many to read so."""
+        query, size = whole.query, whole.size
+        null_probes, edge_probes = whole.probes(), bounds_probes(query)
+        *answers, count = await self._together(
+            *(functools.partial(self._filter_page, r) for r in [*null_probes, *edge_probes]),
+            functools.partial(self.count_flow_runs, query),
+        )
+        keys = [self._keys_of(response) for response, _ in answers]
+        for request, found in zip(null_probes, keys, strict=False):
+            whole.probed(request.sort, found)
+        first_keys, last_keys = keys[len(null_probes) :]
+        cursors: list[Keyset] = []
+        if first_keys and last_keys and first_keys[0].time and last_keys[0].time:
+            cursors += slices(
+                query, size, first=first_keys[0].time, last=last_keys[0].time, count=count
+            )
+        if whole.nulls_sort is not None:
+            cursors.append(nulls(query, size, whole.nulls_sort))
+        whole.phase = Phase.DONE
+        queues: list[asyncio.Queue[tuple[httpx.Response, int] | BaseException | None]] = []
+        producers: list[asyncio.Task[None]] = []
+
+        async def produce(cursor: Keyset, queue: asyncio.Queue[Any]) -> None:
+            try:
+                while (request := cursor.request()) is not None:
+                    response, sent = await self._filter_page(request)
+                    try:
+                        keep = cursor.advance(self._keys_of(response), sent)
+                    except PagingError as exc:
+                        raise ServerError(
+                            f"unexpected answer: {exc} (the server did not filter or sort the"
+                            " page as asked)",
+                            **self._where(response),
+                        ) from None
+                    await queue.put((response, keep))
+                await queue.put(None)
+            except KeyboardInterrupt as exc:  # SIGTERM: to the reader at once, wherever it is
+                for waiting in queues:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        waiting.put_nowait(exc)
+            except Exception as exc:  # handed to the reader, raised there as itself
+                await queue.put(exc)
+
+        def start(index: int) -> None:
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_PAGES_AHEAD)
+            queues.append(queue)
+            producers.append(asyncio.ensure_future(produce(cursors[index], queue)))
+
+        try:
+            for index in range(min(window, len(cursors))):
+                start(index)
+            for index, cursor in enumerate(cursors):
+                while (item := await queues[index].get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    response, keep = item
+                    fresh = reading.fresh(self._parse_list(FlowRun, response)[:keep])
+                    del item, response
+                    if fresh:
+                        yield fresh
+                    if reading.done():
+                        return
+                if cursor.phase is Phase.OFFSET:
+                    whole.phase = Phase.OFFSET
+                if len(queues) < len(cursors):
+                    start(len(queues))
+        finally:
+            for task in producers:
+                task.cancel()
+
+    async def _together(self, *calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+        """What ``calls`` return, run at once, in their order (the first error raised as
+        itself)."""
+        results: list[Any] = [None] * len(calls)
+        errors: list[BaseException] = []
+
+        async def one(index: int) -> None:
+            try:
+                results[index] = await calls[index]()
+            except KeyboardInterrupt as exc:  # SIGTERM: the others stop, raised below
+                errors.insert(0, exc)
+                group.cancel_scope.cancel()
+            except Exception as exc:  # raised below, as itself rather than in a group
+                errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(calls)):
+                group.start_soon(one, index)
+        if errors:
+            raise errors[0]
+        return results
+
+    async def _offset_pages(
+        self,
+        query: FlowRunQuery | None,
+        sort: FlowRunSort,
+        reading: _Reading,
+        concurrency: int,
+    ) -> AsyncIterator[list[FlowRun]]:
+        """Pages by offset (``iter_flow_runs``)."""
         offset = 0
         windows = concurrency > 1
-        while remaining is None or remaining > 0:
+        while not reading.done():
+            remaining = reading.remaining
             if windows and offset > 0:
                 windows = False
                 size = self._page_size
@@ -885,16 +1167,16 @@ class PrefectClient:
                     )
                     for page in pages:
                         offset += len(page)
-                        fresh = fresh_of(page)
+                        fresh = reading.fresh(page)
                         if fresh:
                             yield fresh
-                        if len(page) < size or (remaining is not None and remaining <= 0):
+                        if len(page) < size or reading.done():
                             return
                 continue
             want = self._page_size if remaining is None else min(self._page_size, remaining)
             page = await self.read_flow_runs(query, sort=sort, limit=want, offset=offset)
             offset += len(page)
-            fresh = fresh_of(page)
+            fresh = reading.fresh(page)
             if fresh:
                 yield fresh
             # A short page ends the selection, unless the server just said its pages are

@@ -43,9 +43,11 @@ from runner.targets import (
 )
 from runner.targets import failed_keys as object_failed_keys
 
-#: Pages of a selection read at once. On SQLite a page's cost grows with its offset and a
-#: state filter (20,000 runs of one state: 0.19 s a page at the start, 0.45 s at the end);
-#: reading four at a time took 26 s instead of 38 s, and eight no less.
+#: Pages of a selection read at once when it is read by offset (the client's fallback; a read
+#: by keyset has one page in flight, the next asked for while one is parsed). On SQLite an
+#: offset page's cost grows with its offset and a state filter (20,000 runs of one state:
+#: 0.19 s a page at the start, 0.45 s at the end); reading four at a time took 26 s instead
+#: of 38 s, and eight no less.
 READ_CONCURRENCY = 4
 
 _T = TypeVar("_T")
@@ -279,7 +281,8 @@ def _uses(select: Select, key: str) -> bool:
 
 
 async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -> Observation:
-    """Read every step's candidate runs (paged to the end, by run id: a stable order)."""
+    """Read every step's candidate runs (paged to the end by keyset: each run once, even
+    while other writers add and delete runs)."""
     info = await client.server_info()
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await check_names(client, playbook)

@@ -105,18 +105,22 @@ async def test_pagination_reads_every_run_once(client: PrefectClient, seeder: Se
     runs = await collect(client, query)
     assert {str(r.id) for r in runs} == seeded
     assert len(runs) == 450
-    assert client.stats.requests - before == 3  # 200 + 200 + 50
+    # By keyset: 200 + 200 + 50, and the two one-run reads for runs without a time.
+    assert client.stats.requests - before == 5
     # A limit larger than the server's page size is paged, never sent as is (a 422).
     assert len(await collect(client, query, limit=399)) == 399
     assert len(await client.read_flow_runs(query, limit=1000)) == 200
-    # Read concurrently: the same runs in the same order, one count more.
+    # By offset and id, read concurrently: the same runs in the same order, one count more.
+    by_id = await collect(client, query, sort=FlowRunSort.ID_DESC)
+    assert sorted(r.id for r in by_id) == sorted(r.id for r in runs)
     before = client.stats.requests
-    together = await collect(client, query, concurrency=4)
-    assert [r.id for r in together] == [r.id for r in runs]
+    together = await collect(client, query, sort=FlowRunSort.ID_DESC, concurrency=4)
+    assert [r.id for r in together] == [r.id for r in by_id]
     assert client.stats.requests - before == 4  # the first page, the count, two pages at once
-    assert [r.id for r in await collect(client, query, limit=399, concurrency=4)] == [
-        r.id for r in runs[:399]
-    ]
+    assert [
+        r.id
+        for r in await collect(client, query, sort=FlowRunSort.ID_DESC, limit=399, concurrency=4)
+    ] == [r.id for r in by_id[:399]]
 
 
 async def test_concurrent_pages_read_what_the_selection_gained_past_the_count(
@@ -133,7 +137,7 @@ async def test_concurrent_pages_read_what_the_selection_gained_past_the_count(
         return counted
 
     monkeypatch.setattr(client, "count_flow_runs", count_then_grow)
-    runs = await collect(client, query, concurrency=4)
+    runs = await collect(client, query, sort=FlowRunSort.ID_DESC, concurrency=4)
     ids = {str(r.id) for r in runs}
     # Every run there was when the read began, none twice, and new ones past the count (new
     # runs sorted into the first page, read before they existed, are a race of any read).

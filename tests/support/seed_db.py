@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +28,25 @@ def clone_runs(
     batch: int = 5000,
 ) -> list[str]:
     """``count`` copies of the template run, expected starts stepping back by ``spread``."""
+    return clone_runs_at(
+        db_path,
+        template_run_id,
+        [-spread * i for i in range(count)],
+        name_prefix=name_prefix,
+        batch=batch,
+    )
+
+
+def clone_runs_at(
+    db_path: Path,
+    template_run_id: str,
+    shifts: Sequence[timedelta | None],
+    *,
+    name_prefix: str = "bench",
+    batch: int = 5000,
+) -> list[str]:
+    """A copy of the template run for each of ``shifts``: its expected start the template's
+    moved by it, or none at all (None: a run Prefect's API never makes, for the paging tests)."""
     connection = sqlite3.connect(db_path, timeout=60)
     connection.row_factory = sqlite3.Row
     try:
@@ -45,12 +65,13 @@ def clone_runs(
         state_sql = f"INSERT INTO flow_run_state ({', '.join(state_cols)}) VALUES ({', '.join('?' * len(state_cols))})"
         details = json.loads(state["state_details"]) if state.get("state_details") else {}
         ids: list[str] = []
-        for start in range(0, count, batch):
+        for start in range(0, len(shifts), batch):
             run_rows, state_rows = [], []
-            for i in range(start, min(count, start + batch)):
+            for i in range(start, min(len(shifts), start + batch)):
                 run_id, state_id = str(uuid.uuid4()), str(uuid.uuid4())
-                when = base - spread * i
-                stamp = when.strftime(_FORMAT)
+                shift = shifts[i]
+                when = base + (shift or timedelta(0))
+                stamp = when.strftime(_FORMAT) if shift is not None else None
                 new_run = {
                     **run,
                     "id": run_id,
