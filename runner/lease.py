@@ -29,8 +29,12 @@ one slot, held under a lease.
 - **A crash**: once an apply starts writing, the lease it holds is written to its plan's
   folder (``<state-dir>/<plan-id>/lease``), under a file lock that dies with the process. The
   resume of that plan finds it unlocked and releases that lease first: resuming after a crash
-  does not wait for it to run out. (An apply that dies before it writes leaves no record:
-  the next one waits for the lease to run out, or fails at once without ``--wait-for-lock``.)
+  does not wait for it to run out. Until then (planning, the review, the prompt) the lease
+  is recorded the same way in a file of the user's on this machine, for this server and lock
+  (``$TMPDIR/runner-<uid>/leases/``): an apply killed before it wrote anything leaves its
+  lease there, and the next apply of the playbook on this machine, from any state directory,
+  releases it first. (Killed on another machine, the lease runs out by itself: the next apply
+  waits for it with ``--wait-for-lock``, or fails at once.)
 - **Servers without leases** (Prefect 2.x answers 405, some others 404): said once on stderr
   when the apply starts writing; then only the file lock keeps applies apart, and only those
   sharing a state directory.
@@ -44,9 +48,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -101,8 +107,8 @@ class _Record:
     held as long as the lease. Found unlocked with a lease in it, the apply that wrote it is
     dead (the kernel drops a file lock with its process)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "lease"
+    def __init__(self, folder: Path, name: str = "lease") -> None:
+        self.path = folder / name
         self._handle: TextIO | None = None
 
     def claim(self, *, create: bool) -> dict[str, Any] | None:
@@ -191,6 +197,8 @@ class ServerLock:
         name = self.name = limit_name(playbook)
         if resuming is not None:
             await self._release_left_behind(resuming)
+        else:
+            await self._release_left_behind(*self._machine_record())
         deadline = time.monotonic() + self.wait
         waiting_since: float | None = None
         orphaned = 0  # refusals after a lost answer: waited for, up to ORPHANS_WAITED_FOR
@@ -255,6 +263,8 @@ class ServerLock:
                 made = True
                 continue
             self._hold(answer.lease_id, sent)
+            if resuming is None:
+                self._record_in(*self._machine_record())
             if slots[0].limit != 1:
                 raise LockError(_not_one(name, playbook, slots[0].limit))  # released on exit
             limit = await self.client.read_concurrency_limit(name)
@@ -316,25 +326,42 @@ class ServerLock:
         self._valid_until = sent + self.lease_seconds
         self._renewed_at = sent
 
-    def _record_in(self, folder: Path) -> None:
-        """Write the lease held into the folder of the plan about to be written (see
-        _Record); best effort: the record only makes a resume after a crash quicker."""
+    def _machine_record(self) -> tuple[Path, str]:
+        """Where an apply records its lease from when it takes it until its plan's folder
+        has it: a file of this user's, on this machine, for this server and lock. An apply
+        killed in between (planning, at its prompt) leaves its lease there, and the next
+        apply of the playbook on this machine, from any state directory, releases it."""
+        key = f"{self.client.settings.display_url}\n{self.name}".encode()
+        folder = Path(tempfile.gettempdir()) / f"runner-{os.getuid()}" / "leases"
+        return folder, hashlib.sha256(key).hexdigest()[:32]
+
+    def _record_in(self, folder: Path, name: str = "lease") -> None:
+        """Write the lease held into ``folder`` (the folder of the plan about to be written,
+        or the machine's record, see _Record); best effort: the record only makes a resume
+        after a crash quicker. A record left behind is emptied first: it no longer holds the
+        lease, and must never give another apply a live lease to release."""
         if not self.held:
             return
         try:
-            if self._record is None or self._record.path.parent != folder:
+            target = folder / name
+            if self._record is None or self._record.path != target:
+                if self._record is not None:
+                    with contextlib.suppress(OSError):
+                        self._record.write(None)
                 self._drop_record()
-                record = _Record(folder)
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                record = _Record(folder, name)
                 record.claim(create=True)
                 self._record = record
             self._record.write(self._lease)
         except OSError:
             self._drop_record()
 
-    async def _release_left_behind(self, folder: Path) -> None:
-        """Release the lease a dead apply of the plan in ``folder`` left (see _Record)."""
+    async def _release_left_behind(self, folder: Path, file: str = "lease") -> None:
+        """Release the lease a dead apply of the plan in ``folder`` (or on this machine)
+        left (see _Record)."""
         name = self.name
-        record = _Record(folder)
+        record = _Record(folder, file)
         try:
             left = record.claim(create=False)
         except OSError:  # none, held by a live apply of the plan, or not writable
@@ -348,8 +375,9 @@ class ServerLock:
             record.write(None)
         except (RunnerError, ValueError, OSError):
             return  # it runs out by itself
+        of = f"of {folder}" if file == "lease" else "on this machine"
         self.err.write(
-            f"runner: an apply of {folder} (pid {left.get('pid', '?')}) ended without releasing"
+            f"runner: an apply {of} (pid {left.get('pid', '?')}) ended without releasing"
             f" the server lock {name!r}: its lease is released\n"
         )
         self.err.flush()

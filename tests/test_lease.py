@@ -549,3 +549,52 @@ def test_without_leases_the_file_lock_alone_is_used_and_said_once(
     assert result.stderr.count(said) == 1, result.stderr
     assert histories(seeder, runs) == {("Running", "Cancelling")}
     assert read_limit(api_url, f"runner:{name}") is None  # nothing made on the server
+
+
+def test_an_apply_killed_before_it_wrote_leaves_its_lease_to_the_next_on_this_machine(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """SIGKILL at the prompt (the lock taken, nothing written, no plan folder yet): the next
+    apply of the playbook on this machine, from another state directory, finds the dead
+    apply's lease in the machine's record, releases it and applies at once (it used to be
+    refused until the lease ran out, up to 1m15s)."""
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Running")
+    name = unique("lock")
+    path = write_playbook(tmp_path, flow, name)
+    terminal, side = pty.openpty()
+    first = subprocess.Popen(
+        [RUNNER, "apply", str(path), "--state-dir", str(tmp_path / "s1")],
+        stdin=side,
+        stdout=side,
+        stderr=subprocess.PIPE,
+        env=cli_env(api_url),
+        cwd=tmp_path,
+        text=True,
+    )
+    os.close(side)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"? [y/N] " not in shown:
+            assert time.monotonic() < deadline and first.poll() is None, shown.decode()
+            if select.select([terminal], [], [], 0.1)[0]:
+                shown += os.read(terminal, 65536)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        os.close(terminal)
+        if first.poll() is None:
+            first.kill()
+    limit = read_limit(api_url, f"runner:{name}")
+    assert limit is not None and limit["active_slots"] == 1  # the dead apply's lease
+
+    second = run_cli(*apply_args(path, tmp_path / "s2"), api_url=api_url, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stderr.startswith("runner: an apply on this machine (pid "), second.stderr
+    assert second.stderr.endswith(
+        f") ended without releasing the server lock 'runner:{name}': its lease is released\n"
+    )
+    assert histories(seeder, runs) == {("Running", "Cancelling")}
+    limit = read_limit(api_url, f"runner:{name}")
+    assert limit is not None and limit["active_slots"] == 0
