@@ -18,6 +18,7 @@ import yaml
 
 from tests.support import actionlint
 from tests.support.cli import run_cli
+from tests.support.seed import Seeder
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_PATH = ROOT / "docs" / "examples" / "playbooks.yml"
@@ -277,10 +278,54 @@ def test_a_rerun_restores_the_checkpoints_the_last_attempt_left() -> None:
 
 def test_the_summary_is_given_only_the_room_left_under_githubs_limit() -> None:
     script = re.sub(r"\\\n\s*", "", step("review", "Dry run")["run"])  # continued lines joined
-    assert 'room=$((1000000 - $(wc -c < "$GITHUB_STEP_SUMMARY")))' in script
+    assert 'room=$((999000 - $(wc -c < "$GITHUB_STEP_SUMMARY")))' in script
     assert script.count("--full") == 1
     assert '--full --max-bytes "$room" >> "$GITHUB_STEP_SUMMARY"' in script
-    assert 1_000_000 < 1024 * 1024
+    assert 999_000 + 1000 <= 1024 * 1024  # the room, the last line: under GitHub's limit
+
+
+@pytest.mark.server
+def test_the_dry_run_step_keeps_the_summary_under_the_limit(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The step as written, against the real server: a summary almost full gets a plan cut to
+    the room left, then a line for the plan that no longer fits; every plan is saved."""
+    flow = seeder.flow()
+    seeder.runs(60, flow, "Scheduled")
+    (tmp_path / "playbooks").mkdir()
+    for name in ("one", "two"):
+        (tmp_path / "playbooks" / f"{name}.yaml").write_text(
+            f"version: 1\nname: {name}\nsteps:\n  - name: cancel\n"
+            f"    select: {{flows: {flow['name']}, state: {{type: SCHEDULED}}}}\n"
+            "    action: cancel\n"
+        )
+    summary = tmp_path / "summary.md"
+    summary.write_text("x" * (999_000 - 4200))
+    result, _ = run_step(
+        "review",
+        "Dry run",
+        cwd=tmp_path,
+        env={
+            "CHANGED": "playbooks/one.yaml\nplaybooks/two.yaml",
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "PREFECT_API_URL": api_url,
+            "NO_COLOR": "1",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    text = summary.read_text()
+    assert len(text.encode()) <= 1_000_000
+    added = text[999_000 - 4200 :]
+    assert added.startswith("### runner plan: one\n")
+    assert "**60 to change (60 cancel), 0 unchanged.**" in added
+    assert "more runs, not listed: over the size limit (--max-bytes)" in added
+    assert added.endswith(
+        "</details>\n1 more plan(s) not shown: the summary is full. Every plan is in the"
+        " artifact runner-plans.\n"
+    )
+    for name in ("one", "two"):
+        saved = json.loads((tmp_path / "plans" / f"playbooks_{name}.yaml.json").read_text())
+        assert sum(len(step["changes"]) for step in saved["steps"]) == 60
 
 
 # -- the problem matcher -----------------------------------------------------------------------
