@@ -94,6 +94,8 @@ class ApplyRequest:
     #: How the review is shown: ``text``, ``markdown`` or ``json``; every run or the first 25.
     fmt: str = "text"
     full: bool = False
+    #: With ``fmt`` markdown: the review's size bound, in bytes (runner.render.to_markdown).
+    max_bytes: int | None = None
     colour: bool = False
     #: Hold the playbook's lock on the server while applying (runner.lease); how long to
     #: wait for it when another apply holds it (0: fail at once).
@@ -293,7 +295,14 @@ async def apply(
             _already_applied(plan, previous, journal_path, out)
             return _nothing_sent(request, plan, previous, journal_path, err)
         # -- review: the stage a dry run and a refused plan end at --------------------------
-        write_rendered(plan, request.fmt, out, full=request.full, colour=request.colour)
+        write_rendered(
+            plan,
+            request.fmt,
+            out,
+            full=request.full,
+            colour=request.colour,
+            max_bytes=request.max_bytes,
+        )
         if plan.violations:
             return Applied(EXIT_ERROR, plan)
         if request.dry_run:

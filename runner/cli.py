@@ -8,7 +8,7 @@ traceback is shown, with a line asking for a report.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -32,9 +32,20 @@ def connection_options(func: F) -> F:
 def _settings(api_url: str | None) -> Any:
     """The connection settings; when no URL is set anywhere, which one is used, said once on
     stderr before anything is sent (a server on another port is then found at once)."""
+    import os
+
+    from runner.errors import SettingsError
     from runner.settings import resolve_settings
 
     settings = resolve_settings(api_url=api_url)
+    if settings.sources.get("PREFECT_API_URL") == "default" and _in_ci(os.environ):
+        # A CI job whose secrets are missing (a fork's pull request) would otherwise wait on
+        # a server that is not there: say what is missing, at once.
+        raise SettingsError(
+            "PREFECT_API_URL is not set (no --api-url, no environment variable, not in the"
+            f" Prefect profile) and CI is set: not falling back to {settings.display_url}"
+            " (on GitHub Actions, pull requests from forks and from Dependabot get no secrets)"
+        )
     if settings.sources.get("PREFECT_API_URL") == "default":
         click.echo(
             "runner: PREFECT_API_URL is not set (no --api-url, no environment variable, not in"
@@ -44,13 +55,25 @@ def _settings(api_url: str | None) -> Any:
     return settings
 
 
+def _in_ci(environ: Mapping[str, str]) -> bool:
+    """``CI`` set as CI services set it (GitHub Actions, GitLab, CircleCI: ``true``)."""
+    return environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 class _Group(click.Group):
     """Click's group, but Ctrl-C and SIGTERM (see :func:`main`) exit 130, at any stage, as
     the exit-code table says (click itself would print "Aborted!" and exit 1)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["runner.args"] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # shown by click on stderr, exit 2
+            _json_error(exc, _wants_json(ctx.meta.get("runner.args", [])))
+            raise
         except KeyboardInterrupt as exc:
             name = str(exc) or "SIGINT"
             click.echo(f"\nrunner: {name}: interrupted", err=True)
@@ -143,6 +166,17 @@ format_option = click.option(
     help="markdown: for a PR comment or $GITHUB_STEP_SUMMARY; json: the versioned plan document.",
 )
 full_option = click.option("--full", is_flag=True, help="List every run, not the first 25 a step.")
+max_bytes_option = click.option(
+    "--max-bytes",
+    type=click.IntRange(min=4096),
+    help="With --format markdown: list runs only while the whole stays under this many bytes"
+    " (GitHub's job summary takes 1 MiB a step); the rest is counted.",
+)
+
+
+def _check_max_bytes(max_bytes: int | None, fmt: str) -> None:
+    if max_bytes is not None and fmt != "markdown":
+        raise click.UsageError("--max-bytes goes with --format markdown")
 
 
 def _colour() -> bool:
@@ -151,9 +185,11 @@ def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def _run_command(call: Callable[[], int]) -> None:
+def _run_command(call: Callable[[], int], *, json_errors: bool = False) -> None:
     """Run a command; the one place runner's errors become an exit code and a message (a
-    playbook's problems one a line, anything else on one line)."""
+    playbook's problems one a line, anything else on one line). With ``json_errors`` (the
+    command was given ``--format json``) the error is also a JSON document on stdout
+    (:func:`runner.errors.error_document`), stderr as without it."""
     from runner.errors import PlaybookError, RunnerError, exit_code_for
 
     try:
@@ -161,11 +197,38 @@ def _run_command(call: Callable[[], int]) -> None:
     except PlaybookError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
+        _json_error(exc, json_errors)
         sys.exit(exit_code_for(exc))
     except RunnerError as exc:
         click.echo(f"runner: {exc}", err=True)
+        _json_error(exc, json_errors)
         sys.exit(exit_code_for(exc))
     sys.exit(code)
+
+
+def _json_error(exc: BaseException, wanted: bool) -> None:
+    """The error as one line of JSON on stdout, when the command line asked for JSON."""
+    if wanted:
+        import json
+
+        from runner.errors import EXIT_USAGE, error_document
+
+        if isinstance(exc, click.UsageError):  # click's own words, as it shows them
+            document: dict[str, object] = {
+                "error": {"kind": "usage", "message": exc.format_message(), "exit_code": EXIT_USAGE}
+            }
+        else:
+            document = error_document(exc)
+        click.echo(json.dumps(document, ensure_ascii=False))
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether a command line asks for ``--format json`` (read before, or without, click's
+    parsing: a usage error is answered in JSON too)."""
+    return any(
+        arg == "--format=json" or (arg == "--format" and after == "json")
+        for arg, after in zip(args, [*args[1:], ""], strict=True)
+    )
 
 
 @cli.command()
@@ -175,6 +238,7 @@ def _run_command(call: Callable[[], int]) -> None:
 @click.option("-o", "--out", "output", type=click.Path(dir_okay=False), help="Save the plan here.")
 @format_option
 @full_option
+@max_bytes_option
 @click.option(
     "--detailed-exitcode",
     is_flag=True,
@@ -187,10 +251,13 @@ def plan(
     output: str | None,
     fmt: str,
     full: bool,
+    max_bytes: int | None,
     detailed_exitcode: bool,
 ) -> None:
     """Show what PLAYBOOK would change, and optionally save the plan. Sends no write."""
     from runner.commands import plan as command
+
+    _check_max_bytes(max_bytes, fmt)
 
     _run_command(
         lambda: command.run(
@@ -200,10 +267,12 @@ def plan(
             output=output,
             fmt=fmt,
             full=full,
+            max_bytes=max_bytes,
             detailed_exitcode=detailed_exitcode,
             colour=_colour() and fmt == "text",
             out=sys.stdout,
-        )
+        ),
+        json_errors=fmt == "json",
     )
 
 
@@ -278,6 +347,7 @@ def plan(
 )
 @format_option
 @full_option
+@max_bytes_option
 @click.option(
     "--detailed-exitcode", is_flag=True, help="With --dry-run: exit 2 when there are changes."
 )
@@ -304,6 +374,7 @@ def apply(
     no_events: bool,
     fmt: str,
     full: bool,
+    max_bytes: int | None,
     detailed_exitcode: bool,
 ) -> None:
     """Apply a playbook or a saved plan.json: plan, show the diff, confirm, apply.
@@ -315,6 +386,7 @@ def apply(
 
     if target is None and resume is None:
         raise click.UsageError("give a playbook or plan.json, or --resume CHECKPOINT")
+    _check_max_bytes(max_bytes, fmt)
     if dry_run and artifact:
         raise click.UsageError("--artifact records an apply; for a dry run use --format markdown")
     if detailed_exitcode and not dry_run:
@@ -372,6 +444,7 @@ def apply(
             detailed_exitcode=detailed_exitcode,
             fmt=fmt,
             full=full,
+            max_bytes=max_bytes,
             colour=_colour() and fmt == "text",
         )
 
@@ -382,7 +455,8 @@ def apply(
             interactive=sys.stdin.isatty() and sys.stdout.isatty(),
             out=sys.stdout,
             err=sys.stderr,
-        )
+        ),
+        json_errors=fmt == "json",
     )
 
 
@@ -565,21 +639,29 @@ def status(checkpoint: str, fmt: str) -> None:
     """
     from runner.apply import status as command
 
-    _run_command(lambda: command(checkpoint, fmt=fmt, out=sys.stdout))
+    _run_command(lambda: command(checkpoint, fmt=fmt, out=sys.stdout), json_errors=fmt == "json")
 
 
 @cli.command()
 @click.argument("plan_file", metavar="PLAN_OR_ARCHIVE", type=click.Path(dir_okay=False))
 @format_option
 @full_option
-def show(plan_file: str, fmt: str, full: bool) -> None:
+@max_bytes_option
+def show(plan_file: str, fmt: str, full: bool, max_bytes: int | None) -> None:
     """Render a saved plan, or list the runs in a delete archive (text or json)."""
     from runner.commands import show as command
 
+    _check_max_bytes(max_bytes, fmt)
     _run_command(
         lambda: command.run(
-            plan_file, fmt=fmt, full=full, colour=_colour() and fmt == "text", out=sys.stdout
-        )
+            plan_file,
+            fmt=fmt,
+            full=full,
+            max_bytes=max_bytes,
+            colour=_colour() and fmt == "text",
+            out=sys.stdout,
+        ),
+        json_errors=fmt == "json",
     )
 
 
@@ -628,7 +710,8 @@ def ls(
             limit=limit,
             out=sys.stdout,
             err=sys.stderr,
-        )
+        ),
+        json_errors=fmt == "json",
     )
 
 

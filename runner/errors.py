@@ -70,33 +70,48 @@ EXIT_CODES: dict[int, str] = {
 class RunnerError(Exception):
     """Base class of every error runner raises on purpose."""
 
+    #: What went wrong, in one word: ``{"error": {"kind": ...}}`` under ``--format json``.
+    kind = "error"
+
 
 class SelectionError(RunnerError):
     """A selection names something the server does not have (a deployment, say), or the
     server returned a run the selection does not match (a filter it ignored)."""
 
+    kind = "selection"
+
 
 class PlanFileError(RunnerError):
     """A saved plan cannot be used: unreadable, tampered, from another server, too old."""
 
+    kind = "plan_file"
+
 
 class CheckpointError(RunnerError):
     """A checkpoint cannot be used: another plan's, a newer format, locked by another apply."""
+
+    kind = "checkpoint"
 
 
 class CheckpointWriteError(CheckpointError):
     """The checkpoint cannot be written (a full disk, say): the apply must stop. What was
     written before stays; a resume redoes the rest."""
 
+    kind = "checkpoint_write"
+
 
 class ArchiveError(CheckpointError):
     """A delete archive cannot be read or appended to: not an archive, damaged before its
     end, a newer format, or being written by another apply."""
 
+    kind = "archive"
+
 
 class ArchiveWriteError(CheckpointWriteError):
     """The delete archive cannot be written (a full disk, say): the apply stops like a
     checkpoint write failure, and the runs whose records were not written are not deleted."""
+
+    kind = "archive_write"
 
 
 class LockError(RunnerError):
@@ -104,17 +119,25 @@ class LockError(RunnerError):
     holds it, its limit is set up otherwise than runner needs, or the lease was lost before
     anything was sent."""
 
+    kind = "lock"
+
 
 class SettingsError(RunnerError):
     """A connection setting (argument, environment variable or profile) is malformed."""
+
+    kind = "settings"
 
 
 class OutputError(RunnerError):
     """A file or folder runner must write (``-o``, ``--report``, ``--state-dir``) cannot be."""
 
+    kind = "output"
+
 
 class APIError(RunnerError):
     """The Prefect API answered with an error, or could not be reached."""
+
+    kind = "api"
 
     def __init__(
         self,
@@ -140,17 +163,25 @@ class APIError(RunnerError):
 class Unreachable(APIError):
     """No answer from the server (connection refused, reset, timed out) after the retries."""
 
+    kind = "unreachable"
+
 
 class Unauthorized(APIError):
     """The server refused our credentials (401) or their permissions (403)."""
+
+    kind = "unauthorized"
 
 
 class NotFound(APIError):
     """The object asked for does not exist (404)."""
 
+    kind = "not_found"
+
 
 class InvalidRequest(APIError):
     """The server refused the request as malformed (400, 409, 422); ``detail`` is its reason."""
+
+    kind = "invalid_request"
 
     def __init__(self, message: str, *, detail: Any = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -160,13 +191,19 @@ class InvalidRequest(APIError):
 class ServerError(APIError):
     """The server kept failing (5xx) or kept asking us to slow down (429) past the retries."""
 
+    kind = "server_error"
+
 
 class UnsupportedByServer(APIError):
     """The server does not have this route (for example the bulk routes before Prefect 3.6.16)."""
 
+    kind = "unsupported_by_server"
+
 
 class OrchestrationRejected(APIError):
     """Prefect's orchestration rules refused a state change; ``reason`` is the server's word."""
+
+    kind = "orchestration_rejected"
 
     def __init__(self, message: str, *, status: str, reason: str | None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -206,6 +243,8 @@ class Problem:
 class PlaybookError(RunnerError):
     """A playbook (or its variables) failed to load; ``problems`` lists every problem found."""
 
+    kind = "playbook"
+
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
         super().__init__("\n".join(str(p) for p in self.problems))
@@ -218,3 +257,21 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     return EXIT_ERROR
+
+
+def error_document(exc: BaseException) -> dict[str, object]:
+    """``exc`` as the JSON document a command given ``--format json`` writes on stdout:
+    ``{"error": {"kind", "message", "exit_code"}}``, with ``problems`` (each at file, line,
+    column and key path, as ``runner validate --format json`` gives them) for a playbook,
+    ``status_code`` for an answer of the server. Never a key or auth string: the message is
+    the one printed on stderr."""
+    error: dict[str, object] = {
+        "kind": getattr(exc, "kind", "error"),
+        "message": str(exc),
+        "exit_code": exit_code_for(exc),
+    }
+    if isinstance(exc, PlaybookError):
+        error["problems"] = [p.as_dict() for p in exc.problems]
+    if isinstance(exc, APIError) and exc.status_code is not None:
+        error["status_code"] = exc.status_code
+    return {"error": error}

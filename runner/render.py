@@ -256,9 +256,14 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
+def to_markdown(
+    plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, max_bytes: int | None = None
+) -> str:
+    """The plan as markdown. ``max_bytes`` bounds its UTF-8 size (GitHub takes at most 1 MiB
+    a step summary): runs are listed in order while they fit, and each step that lists fewer
+    says how many more it has and where they are (``MIN_MARKDOWN_BYTES`` at least)."""
     version = f" (Prefect {plan.server_version})" if plan.server_version else ""
-    out = [
+    head = [
         f"### runner plan: {plan.playbook_name}",
         "",
         f"`{plan.playbook_path}` against `{plan.server_url}`{version}, made"
@@ -266,44 +271,120 @@ def to_markdown(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS) -> str:
         "",
     ]
     for violation in plan.violations:
-        out.append(f"> :no_entry: **Refused:** {_md_cell(violation)}")
+        head.append(f"> :no_entry: **Refused:** {_md_cell(violation)}")
     for note in plan.notes:
-        out.append(f"> Note: {_md_cell(note)}")
+        head.append(f"> Note: {_md_cell(note)}")
     if plan.violations or plan.notes:
-        out.append("")
-    out += ["| step | action | selected | to change | unchanged |", "|---|---|---:|---:|---:|"]
+        head.append("")
+    head += ["| step | action | selected | to change | unchanged |", "|---|---|---:|---:|---:|"]
     for step in plan.steps:
-        out.append(
+        head.append(
             f"| {step.index + 1}. {_md_cell(step.name)} | `{step.action}` | {step.selected}"
             f" | {_to_change(step)} | {_unchanged(step)} |"
         )
+    sections: list[tuple[StepPlan, list[str], list[str]]] = []
     for step in plan.steps:
         if not step.changes and not step.objects:
             continue
         notes = [_md_cell(n) for n in (carried_line(step), archive_line(step)) if n]
         if step.target == "flow_runs":
             headers = _headers(step)
-            rows = [_row(c, step) for c in step.changes]
+            table = [_row(c, step) for c in step.changes]
         else:
-            headers, rows, _ = _object_table(step)
-        out += [
+            headers, table, _ = _object_table(step)
+        opening = [
             "",
             f"<details><summary>Step {step.index + 1}: {_md_cell(step.name)}"
-            f" ({plural(len(rows), step.noun)})</summary>",
+            f" ({plural(len(table), step.noun)})</summary>",
             "",
             *[part for note in notes for part in (note, "")],
             "| " + " | ".join(headers) + " |",
             "|" + "---|" * len(headers),
         ]
-        shown = rows if max_rows is None else rows[:max_rows]
+        shown = table if max_rows is None else table[:max_rows]
+        rows = []
         for row in shown:
             cells = [_md_cell(cell) for cell in row]
             cells[0] = f"`{cells[0]}`"
-            out.append("| " + " | ".join(cells) + " |")
-        if len(rows) > len(shown):
-            more = f"... and {len(rows) - len(shown)} more"
-            out.append("| " + " | ".join([more] + [""] * (len(headers) - 1)) + " |")
+            rows.append("| " + " | ".join(cells) + " |")
+        sections.append((step, opening, rows))
+    if max_bytes is not None:
+        return _markdown_within(head, sections, max_bytes=max_bytes, plan=plan)
+    out = list(head)
+    for step, opening, rows in sections:
+        out += opening + rows
+        if _items(step) > len(rows):
+            out.append(_more_row(step, _items(step) - len(rows), cut=False))
         out += ["", "</details>"]
+    return "\n".join(out) + "\n"
+
+
+#: The least ``max_bytes`` :func:`to_markdown` takes: room for its header and a step table.
+MIN_MARKDOWN_BYTES = 4096
+
+
+def _items(step: StepPlan) -> int:
+    """How many rows the step's table has: its runs, or its objects."""
+    return len(step.changes) if step.target == "flow_runs" else len(step.objects)
+
+
+def _columns(step: StepPlan) -> int:
+    return len(_headers(step) if step.target == "flow_runs" else _object_table(step)[0])
+
+
+def _more_row(step: StepPlan, more: int, *, cut: bool) -> str:
+    text = f"... and {more} more"
+    if cut:
+        text = (
+            f"... and {plural(more, f'more {step.noun}')}, not listed: over the size limit"
+            " (--max-bytes); every run is in the saved plan (-o) and in --format json"
+        )
+    return "| " + " | ".join([text] + [""] * (_columns(step) - 1)) + " |"
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line.encode("utf-8")) + 1 for line in lines)
+
+
+def _markdown_within(
+    head: list[str],
+    sections: list[tuple[StepPlan, list[str], list[str]]],
+    *,
+    max_bytes: int,
+    plan: Plan,
+) -> str:
+    """:func:`to_markdown`'s lines, rows cut so that the whole stays within ``max_bytes``."""
+    if max_bytes < MIN_MARKDOWN_BYTES:
+        raise ValueError(f"max_bytes must be at least {MIN_MARKDOWN_BYTES}, not {max_bytes}")
+    closing = ["", "</details>"]
+    # What every section costs without its rows, with room for the longest line it may end on.
+    fixed = _size(head) + sum(
+        _size(opening + closing) + len(_more_row(step, _items(step), cut=True)) + 1
+        for step, opening, _ in sections
+    )
+    if fixed > max_bytes:  # too many steps to list even their headers: the table alone
+        more = sum(_items(step) for step, _, _ in sections)
+        line = (
+            f"{plural(more, 'run')} not listed: over the size limit (--max-bytes); every run is"
+            " in the saved plan (-o) and in --format json"
+        )
+        return "\n".join([*head, "", line]) + "\n"
+    room = max_bytes - fixed
+    out = list(head)
+    for step, opening, rows in sections:
+        kept: list[str] = []
+        for row in rows:
+            cost = len(row.encode("utf-8")) + 1
+            if cost > room:
+                break
+            kept.append(row)
+            room -= cost
+        out += opening + kept
+        if len(kept) < len(rows):
+            out.append(_more_row(step, _items(step) - len(kept), cut=True))
+        elif _items(step) > len(rows):
+            out.append(_more_row(step, _items(step) - len(rows), cut=False))
+        out += closing
     return "\n".join(out) + "\n"
 
 
@@ -312,24 +393,38 @@ def to_json(plan: Plan) -> str:
     return dumps(plan)
 
 
-def render(plan: Plan, fmt: str, *, full: bool = False, colour: bool = False) -> str:
+def render(
+    plan: Plan,
+    fmt: str,
+    *,
+    full: bool = False,
+    colour: bool = False,
+    max_bytes: int | None = None,
+) -> str:
+    """``max_bytes`` (markdown only) bounds the size: see :func:`to_markdown`."""
     rows = None if full else DEFAULT_ROWS
     if fmt == "json":
         return to_json(plan)
     if fmt == "markdown":
-        return to_markdown(plan, max_rows=rows)
+        return to_markdown(plan, max_rows=rows, max_bytes=max_bytes)
     return to_text(plan, max_rows=rows, colour=colour)
 
 
 def write_rendered(
-    plan: Plan, fmt: str, out: TextIO, *, full: bool = False, colour: bool = False
+    plan: Plan,
+    fmt: str,
+    out: TextIO,
+    *,
+    full: bool = False,
+    colour: bool = False,
+    max_bytes: int | None = None,
 ) -> None:
     """:func:`render` to ``out``; the JSON document is written change by change, never held
     whole."""
     if fmt == "json":
         write_document(plan, out)
     else:
-        out.write(render(plan, fmt, full=full, colour=colour))
+        out.write(render(plan, fmt, full=full, colour=colour, max_bytes=max_bytes))
 
 
 def describe_after(change: Change) -> str:

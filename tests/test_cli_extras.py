@@ -88,7 +88,7 @@ def runner_lines(text: str, *, fenced_only: bool) -> list[list[str]]:
     import shlex
 
     lines, fenced = [], False
-    for raw in text.splitlines():
+    for raw in text.replace("\\\n", " ").splitlines():  # a continued line joined
         if raw.strip().startswith("```"):
             fenced = not fenced
             continue
@@ -96,9 +96,16 @@ def runner_lines(text: str, *, fenced_only: bool) -> list[list[str]]:
             continue
         line = raw.strip().removeprefix("- run: ").removeprefix("run: ")
         if line.startswith("runner "):
-            line = line.split(">>")[0].split(" > ")[0].split(" | ")[0].split("#")[0]
-            line = line.replace('"$playbook"', "playbooks/cleanup-old-runs.yaml")
-            line = line.replace('"reports/$name.json"', "reports/x.json")
+            line = line.split(">>")[0].split(" > ")[0].split(" | ")[0].split(" || ")[0]
+            line = line.split("#")[0]
+            for shell, value in (
+                ('"$playbook"', "playbooks/cleanup-old-runs.yaml"),
+                ('"${playbooks[@]}"', "playbooks/cleanup-old-runs.yaml"),
+                ('"reports/$name.json"', "reports/x.json"),
+                ('"plans/$name.json"', "plans/x.json"),
+                ('"$room"', "100000"),
+            ):
+                line = line.replace(shell, value)
             lines.append(shlex.split(line)[1:])
     return lines
 

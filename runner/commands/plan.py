@@ -49,6 +49,7 @@ def run(
     fmt: str,
     full: bool,
     detailed_exitcode: bool,
+    max_bytes: int | None = None,
     colour: bool,
     out: TextIO,
 ) -> int:
@@ -60,7 +61,7 @@ def run(
             write_plan(plan, output)
         except OSError as exc:
             raise OutputError(f"-o {output}: cannot write: {exc.strerror or exc}") from None
-    write_rendered(plan, fmt, out, full=full, colour=colour)
+    write_rendered(plan, fmt, out, full=full, colour=colour, max_bytes=max_bytes)
     if output and fmt == "text":
         out.write(f"Plan saved to {output}: apply exactly this with `runner apply {output}`.\n")
     return exit_code(plan, detailed=detailed_exitcode)

@@ -15,12 +15,20 @@ from runner.render import _printable, write_rendered
 from runner.words import plural
 
 
-def run(path: str, *, fmt: str, full: bool, colour: bool, out: TextIO) -> int:
+def run(
+    path: str,
+    *,
+    fmt: str,
+    full: bool,
+    colour: bool,
+    out: TextIO,
+    max_bytes: int | None = None,
+) -> int:
     if is_archive(path):
         if fmt == "markdown":
             raise click.UsageError(f"{path} is an archive: it is listed as text or json")
         return list_archive(path, fmt=fmt, out=out)
-    write_rendered(read_plan(path), fmt, out, full=full, colour=colour)
+    write_rendered(read_plan(path), fmt, out, full=full, colour=colour, max_bytes=max_bytes)
     return 0
 
 

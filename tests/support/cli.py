@@ -15,8 +15,9 @@ RUNNER = str(Path(sys.executable).parent / "runner")
 
 def cli_env(api_url: str | None = None, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without Prefect's settings (a test names the server it
-    means), with ``NO_COLOR``, ``PREFECT_API_URL`` when given, then ``env``."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    means) and without ``CI`` (set when CI runs the tests; a test that means it names it),
+    with ``NO_COLOR``, ``PREFECT_API_URL`` when given, then ``env``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "CI"}
     full["NO_COLOR"] = "1"
     if api_url is not None:
         full["PREFECT_API_URL"] = api_url
