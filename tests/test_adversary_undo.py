@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.apply import ApplyRequest
-from runner.settings import ConnectionSettings
+from runner.settings import ConnectionSettings, Secret
 from tests.support.cli import run_cli
 from tests.support.seed import Seeder
 from tests.test_undo_server import as_seen, run_apply
@@ -267,3 +267,104 @@ steps:
     assert result.returncode != 0
     assert "checksum mismatch: the plan was changed after it was made" in result.stderr
     assert as_seen(seeder, runs) == after
+
+
+def test_odd_paths_another_url_and_max_affected_are_handled_before_anything_is_sent(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Held: a state dir with a space, a quote and non-ASCII characters works; an undo sent
+    to the same server by another URL is refused (it cannot know it is the same); an undo
+    over --max-affected is refused; nothing is sent in either case."""
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Scheduled", tags=["op"])
+    state_dir = tmp_path / "st ate 'ü\""
+    book = _write(
+        tmp_path,
+        f"""
+version: 1
+name: odd-{flow["name"]}
+steps:
+  - name: cancel
+    select: {{flows: {flow["name"]}, tags: {{any: [op]}}}}
+    action: cancel
+""",
+    )
+    result = run_cli("apply", str(book), "--yes", "--state-dir", str(state_dir), api_url=api_url)
+    assert result.returncode == 0, result.stderr
+    (workdir,) = state_dir.iterdir()
+    after = as_seen(seeder, runs)
+    other = api_url.replace("127.0.0.1", "localhost")
+    result = run_cli("undo", str(workdir), "--yes", "--state-dir", str(state_dir), api_url=other)
+    assert result.returncode != 0
+    assert "an undo goes to the server the apply wrote to" in result.stderr, result.stderr
+    result = run_cli(
+        "undo",
+        str(workdir),
+        "--yes",
+        "--max-affected",
+        "2",
+        "--state-dir",
+        str(state_dir),
+        api_url=api_url,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "more than --max-affected (2)" in result.stdout + result.stderr
+    assert as_seen(seeder, runs) == after
+    result = run_cli(
+        "undo",
+        str(workdir / "checkpoint.jsonl"),
+        "--yes",
+        "--state-dir",
+        str(state_dir),
+        api_url=api_url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [v[:2] for v in as_seen(seeder, runs).values()] == [("SCHEDULED", "Scheduled")] * 3
+
+
+async def test_runners_key_in_a_state_message_is_not_written_by_the_undo_path(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """runner's own credential never lands in a file of runner's (as the archive redacts
+    it): a Failed state whose message holds the API key, forced to Completed, then undone.
+    The checkpoint's ``msg``, the undo's plan and checkpoint, and its output must not hold
+    the key."""
+    secret = "pnu_advundoSECRET0123456789abcdef"
+    settings = ConnectionSettings(api_url=api_url, api_key=Secret(secret), request_timeout=30)
+    flow = seeder.flow()
+    run = seeder.run(flow, "Failed", tags=["key"])
+    seeder._call(
+        "POST",
+        f"flow_runs/{run['id']}/set_state",
+        json={
+            "state": {"type": "FAILED", "name": "Failed", "message": f"401 with key {secret}"},
+            "force": True,
+        },
+    )
+    state_dir = tmp_path / "state"
+    workdir = await _apply(
+        settings,
+        state_dir,
+        _write(
+            tmp_path,
+            f"""
+version: 1
+name: key-{flow["name"]}
+steps:
+  - name: done
+    select: {{flows: {flow["name"]}, tags: {{any: [key]}}}}
+    action: {{set_state: {{type: COMPLETED, force: true}}}}
+""",
+        ),
+    )
+    undone, text = await run_apply(
+        ApplyRequest(undo=str(workdir), settings=settings, state_dir=state_dir, server_lock=False)
+    )
+    assert undone.code == 0, text
+    assert secret not in text
+    leaked = sorted(
+        str(path.relative_to(state_dir))
+        for path in state_dir.rglob("*")
+        if path.is_file() and secret.encode() in path.read_bytes()
+    )
+    assert leaked == []
