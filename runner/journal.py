@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from runner.errors import CheckpointError, CheckpointWriteError
+from runner.redact import redact_secrets
 
 JOURNAL_FORMAT = "runner-checkpoint"
 JOURNAL_VERSION = 1
@@ -72,7 +73,7 @@ class Replaced:
             "type": self.type,
             "name": self.name,
             "at": self.scheduled_time,
-            "msg": self.message,
+            "msg": redact_secrets(self.message) if self.message else self.message,
         }
         return {k: v for k, v in data.items() if v is not None}
 
@@ -369,7 +370,10 @@ class Journal:
             record["sid"] = state_after
         if replaced is not None:
             if replaced.as_planned:
-                record["msg"] = replaced.message
+                # A state's message is the user's text, but runner's own credential never
+                # lands in a file of runner's (the archive masks it the same way).
+                message = replaced.message
+                record["msg"] = redact_secrets(message) if message else message
             else:
                 record["was"] = replaced.to_json()
         self._write(record)

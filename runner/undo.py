@@ -72,6 +72,8 @@ UNDO_DIGEST = "undo:"
 #: State types a state cannot bring back: something (a worker, a process, infrastructure)
 #: ran the run then, and a state written now would not.
 _ACTIVE = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELLING"})
+#: State types whose state may hold a reference to the run's result (its ``data``).
+_WITH_RESULTS = frozenset({"COMPLETED", "FAILED", "CRASHED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +351,7 @@ def make_undo_plan(
     objects = objects or {}
     rules = inverses(plan, journal, folder=folder)
     steps: list[StepPlan] = []
-    put_back = cannot = already = past = no_message = 0
+    put_back = cannot = already = past = no_message = no_result = 0
     for original in reversed(plan.steps):
         if original.pending_objects:
             step, back, left = _object_step(original, journal, objects, undone, len(steps))
@@ -383,6 +385,16 @@ def make_undo_plan(
             if seen is not None:  # named as the plan named it (its flow, its deployment)
                 seen = dataclasses.replace(seen, flow=run.flow, deployment=run.deployment)
             why = _changed_since(run, rule, seen)
+            if (
+                why is None
+                and seen is not None
+                and change.state is not None
+                and seen.state_type != change.state.type
+            ):
+                # The checkpoint has no checksum: the state it names must at least be of the
+                # type the apply proposed (a state someone else wrote is not runner's).
+                label = _label(seen.state_type, seen.state_name)
+                why = f"changed since the apply (now {label}, not a state the apply left)"
             if why is not None or seen is None:
                 changes.append(
                     Change(step=index, run=seen or run, op="noop", reason=f"{why}: left alone")
@@ -402,6 +414,8 @@ def make_undo_plan(
             entry = journal.entries.get(change.key)
             if inverse.op == "set_state" and (entry is None or entry.replaced is None):
                 no_message += 1
+            if state is not None and state.type in _WITH_RESULTS:
+                no_result += 1
         steps.append(
             StepPlan(
                 index=index,
@@ -434,6 +448,12 @@ def make_undo_plan(
         notes.append(
             f"{plural(no_message, 'run')} will be back without the message of the state it had"
             " (the checkpoint does not have it)"
+        )
+    if no_result:
+        notes.append(
+            f"{plural(no_result, 'run')} will be back in a final state without the result"
+            " reference that state held (a state written now carries none; the result itself,"
+            " where it was persisted, stays where it is)"
         )
     return Plan(
         id=plan_id,

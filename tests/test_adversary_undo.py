@@ -113,6 +113,12 @@ steps:
     assert seeder.read_run(run["id"])["state"]["id"] == theirs  # type: ignore[index]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a known limit (docs/undo.md): Prefect keeps no history of a paused flag, and the"
+    " object's updated time moves whenever a worker polls, so a flag flipped and flipped back"
+    " by hand cannot be told from the one the apply left",
+)
 async def test_a_deployment_resumed_and_paused_again_by_hand_is_left_paused(
     api_url: str, settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
 ) -> None:

@@ -244,6 +244,9 @@ def test_each_kind_of_change_gets_its_inverse_or_its_reason() -> None:
         " sees it, as it would have before the apply",
         "1 run will be back without the message of the state it had (the checkpoint does not"
         " have it)",
+        "1 run will be back in a final state without the result reference that state held (a"
+        " state written now carries none; the result itself, where it was persisted, stays"
+        " where it is)",
     )
 
 
