@@ -21,8 +21,10 @@ import pytest
 from runner import paging
 from runner.client import PrefectClient
 from runner.errors import ServerError
-from runner.filters import AnyIds, FlowFilter, FlowRunQuery
+from runner.filters import AnyIds, FlowFilter, FlowRunQuery, TimeWindow
+from runner.loader import load_text
 from runner.models import FlowRun
+from runner.observe import plan_playbook
 from runner.plan import RunView
 from runner.selection import order
 from runner.settings import ConnectionSettings
@@ -234,3 +236,123 @@ def test_a_steps_sort_keeps_microseconds_apart_far_in_the_future() -> None:
         RunView(id=later, name="r", flow="f", expected_start=at + timedelta(microseconds=1)),
     ]
     assert [v.id for v in order(views, "EXPECTED_START_TIME_ASC")] == [earlier, later]
+
+
+async def test_a_run_twice_in_one_page_is_planned_once(
+    settings: ConnectionSettings, seed: Seed
+) -> None:
+    """The same doubled page, through a plan: the plan then changes that run twice (two
+    changes for one run id; nothing between the read and the planner drops the copy)."""
+    flow, ids = seed([timedelta(seconds=i) for i in range(1, 25)])
+    playbook = load_text(
+        "version: 1\nname: adv\nguards: {max_affected: 1000}\nsteps:\n"
+        f"  - name: all\n    select: {{flows: {flow['name']}}}\n    action: delete\n",
+        name="adv.yaml",
+        env={},
+    )
+    tamper = Tamper()
+    doubled: list[bool] = []
+
+    def answer(body: dict[str, Any], runs: Runs) -> Runs:
+        timed = "expected_start_time" in (body.get("flow_runs") or {})
+        if timed and body.get("limit", 0) > 1 and runs and not doubled:
+            doubled.append(True)
+            return [runs[0], *runs]
+        return runs
+
+    tamper.answer = answer
+    async with PrefectClient(settings, transport=tamper, page_size=PAGE) as client:
+        try:
+            plan = await plan_playbook(playbook, client, now=datetime.now().astimezone())
+        except ServerError:
+            return  # refused: holds
+    assert doubled
+    planned = [str(c.run.id) for c in plan.steps[0].changes]
+    assert Counter(planned) == Counter(ids)
+
+
+# -- attacks that held ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_held_runs_a_microsecond_apart_across_slice_cuts(
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """Runs a microsecond apart, two at each time, slices of one page: the cuts fall on runs'
+    very times (and a run inserted at the last time read is read as well)."""
+    monkeypatch.setattr(paging, "PAGES_PER_SLICE", 1)
+    flow, ids = seed([timedelta(microseconds=i // 2) for i in range(1, 60)])
+    async with PrefectClient(settings, page_size=PAGE) as client:
+        runs = await read(client, of_flow(flow), concurrency=window)
+    assert Counter(str(r.id) for r in runs) == Counter(ids)
+
+
+async def test_held_a_run_added_at_the_last_time_read_is_read(
+    settings: ConnectionSettings, seed: Seed, prefect_server: PrefectServer
+) -> None:
+    """Three runs a time; after the first page another writer adds a run at that page's
+    last time: the next page (that time on, less the ids read at it) reads it."""
+    flow, ids = seed([timedelta(seconds=i // 3) for i in range(1, 30)])
+    db = prefect_server.home / "prefect.db"
+    tamper = Tamper()
+    last: list[str] = []
+    added: list[str] = []
+
+    def answer(body: dict[str, Any], runs: Runs) -> Runs:
+        if body.get("limit", 0) > 1 and runs and not last:
+            last.append(runs[-1]["expected_start_time"])
+            shift = datetime.fromisoformat(last[0]) - datetime.fromisoformat(
+                runs[0]["expected_start_time"]
+            )
+            added.extend(clone_runs_at(db, runs[0]["id"], [shift], name_prefix=unique("n")))
+        return runs
+
+    tamper.answer = answer
+    runs = await read_or_refuse(settings, tamper, of_flow(flow))
+    assert runs is not None and added
+    assert Counter(str(r.id) for r in runs) == Counter(ids + added)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+@pytest.mark.parametrize("shape", ["empty", "one", "untimed-only", "bounded-with-untimed"])
+async def test_held_small_and_odd_selections(
+    settings: ConnectionSettings,
+    seed: Seed,
+    prefect_server: PrefectServer,
+    window: int,
+    shape: str,
+) -> None:
+    """No run, one run, only runs without a time, and a time-bounded selection over runs
+    without one (the server leaves those out; no probe is made)."""
+    if shape == "empty":
+        query = FlowRunQuery(flows=FlowFilter(id=AnyIds(any_=(uuid4(),))))
+        expected: list[str] = []
+    else:
+        flow, ids = seed([None] * 25 if shape != "one" else [])
+        query = of_flow(flow)
+        expected = ids
+        if shape == "untimed-only":  # the API-made template too
+            connection = sqlite3.connect(prefect_server.home / "prefect.db", timeout=60)
+            with connection:
+                connection.execute(
+                    "UPDATE flow_run SET expected_start_time = NULL WHERE id = ?", (ids[0],)
+                )
+            connection.close()
+        if shape == "bounded-with-untimed":  # only the template has a time
+            window_all = TimeWindow(after_=datetime(2000, 1, 1, tzinfo=timezone.utc))
+            query = paging._with(query, window=window_all)
+            expected = ids[:1]
+    async with PrefectClient(settings, page_size=PAGE) as client:
+        runs = await read(client, query, concurrency=window)
+    assert Counter(str(r.id) for r in runs) == Counter(expected)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+async def test_held_a_page_out_of_time_order_or_outside_its_window_is_refused(
+    settings: ConnectionSettings, seed: Seed, window: int
+) -> None:
+    """A page handed back reversed: refused (ServerError), never listed."""
+    flow, _ = seed([timedelta(seconds=i) for i in range(1, 25)])
+    tamper = Tamper()
+    tamper.answer = lambda body, runs: runs[::-1] if body.get("limit", 0) > 1 else runs
+    assert await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window) is None
