@@ -136,7 +136,7 @@ async def test_a_cluster_page_not_in_id_order_is_refused_not_a_run_skipped(
 
     def ask(body: dict[str, Any]) -> dict[str, Any]:
         if is_cluster_page(body) and body.get("offset") == PAGE:
-            return {**body, "sort": "ID_ASC"}  # this one page, in the other order
+            return {**body, "sort": "NAME_ASC"}  # this one page, in another order
         return body
 
     tamper.ask = ask
