@@ -271,6 +271,28 @@ async def test_a_run_twice_in_one_page_is_planned_once(
     assert Counter(planned) == Counter(ids)
 
 
+@pytest.mark.parametrize("window", [1, 4])
+async def test_a_read_left_early_leaves_no_task_running(
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """The reader stops after its first page (as on Ctrl-C in the consumer): once the read is
+    closed, none of its request or slice tasks is left pending. They are cancelled in the
+    generators' ``finally`` but not awaited, so they outlive ``aclose()`` (low severity: they
+    end at the loop's next turns; a client closed at once may still see them)."""
+    import asyncio
+
+    monkeypatch.setattr(paging, "PAGES_PER_SLICE", 1)
+    flow, _ = seed([timedelta(seconds=i) for i in range(1, 60)])
+    async with PrefectClient(settings, page_size=PAGE) as client:
+        before = asyncio.all_tasks()
+        pages = client.iter_flow_runs(of_flow(flow), concurrency=window)
+        assert await pages.__anext__()
+        await pages.aclose()
+        left = [t for t in asyncio.all_tasks() - before if not t.done()]
+        left = [t for t in left if t is not asyncio.current_task()]
+        assert left == []
+
+
 # -- attacks that held ------------------------------------------------------------------------
 
 
