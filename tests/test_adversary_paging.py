@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import httpx
@@ -285,7 +285,10 @@ async def test_a_read_left_early_leaves_no_task_running(
     flow, _ = seed([timedelta(seconds=i) for i in range(1, 60)])
     async with PrefectClient(settings, page_size=PAGE) as client:
         before = asyncio.all_tasks()
-        pages = client.iter_flow_runs(of_flow(flow), concurrency=window)
+        pages = cast(
+            AsyncGenerator[list[FlowRun], None],
+            client.iter_flow_runs(of_flow(flow), concurrency=window),
+        )
         assert await pages.__anext__()
         await pages.aclose()
         left = [t for t in asyncio.all_tasks() - before if not t.done()]
