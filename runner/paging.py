@@ -17,8 +17,12 @@ time come back in any order), no ``is_null_`` on the expected start.
   (inclusive), less the ids already read at exactly that time. Runs sharing one time across
   pages are so neither skipped nor doubled, in whatever order the server gives them.
 - **One time shared by more runs than that list may hold** (:data:`MAX_EXCLUDED`): that time
-  alone, sorted by id, by offset (quiet-server exact only: a run deleted at that very time
-  meanwhile can shift another past a page), then on from the next microsecond.
+  alone, sorted by id, by offset, each page after the first overlapping the one before by a
+  run: it must begin at or above the last id read, else a run deleted there meanwhile moved
+  the offset on and the read steps back a page (:data:`MAX_BACKOFFS`); then on from the next
+  microsecond.
+- **A page shorter than asked ends nothing** (a proxy may cap pages): the read ends on an
+  empty page. A page longer than asked, or naming a run twice, is refused.
 - **Runs without an expected start** (Prefect's API makes none; a database may hold them) match
   no time bound, and sort first one way and last the other (SQLite first ascending,
   PostgreSQL first descending). Two one-run reads, one each way, find them; then they are read
