@@ -19,7 +19,15 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,11 +147,15 @@ class _Reading:
 
     def fresh(self, page: list[FlowRun]) -> list[FlowRun]:
         """The runs of ``page`` not handed on before, within the limit: now handed on."""
-        fresh = [run for run in page if run.id.int not in self.seen]
+        fresh: list[FlowRun] = []
+        for run in page:  # a run named twice in one page is handed on once, too
+            if self.remaining is not None and len(fresh) >= self.remaining:
+                break
+            if run.id.int not in self.seen:
+                self.seen.add(run.id.int)
+                fresh.append(run)
         if self.remaining is not None:
-            fresh = fresh[: self.remaining]
             self.remaining -= len(fresh)
-        self.seen.update(run.id.int for run in fresh)
         return fresh
 
     def left_after(self, ids: Iterable[int]) -> int | None:
@@ -164,11 +176,12 @@ class _Interrupts:
     def __init__(self) -> None:
         self.caught: asyncio.Future[KeyboardInterrupt] = asyncio.get_running_loop().create_future()
 
-    async def guard(self, call: Awaitable[T]) -> T:
-        """``call``, its ``KeyboardInterrupt`` kept for :meth:`answer` (the task then ends
-        cancelled)."""
+    async def guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, its ``KeyboardInterrupt`` kept for :meth:`answer` (the task then ends
+        cancelled). Called here, not before: a task cancelled before it starts leaves no
+        coroutine never awaited."""
         try:
-            return await call
+            return await call()
         except KeyboardInterrupt as exc:
             if not self.caught.done():
                 self.caught.set_result(exc)
@@ -968,8 +981,10 @@ class PrefectClient:
                 pages = self._sliced_pages(cursor, reading, concurrency)
             else:
                 pages = self._keyset_pages(cursor, reading)
-            async for page in pages:
-                yield page
+            # Closed with this read (its tasks ended then), not whenever it is collected.
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    yield page
             if cursor.phase is not Phase.OFFSET or reading.done():
                 return
             # More runs without an expected start than a request can leave out by id: the
@@ -981,7 +996,7 @@ class PrefectClient:
 
     async def _keyset_pages(
         self, cursor: Keyset, reading: _Reading
-    ) -> AsyncIterator[list[FlowRun]]:
+    ) -> AsyncGenerator[list[FlowRun], None]:
         """The pages ``cursor`` asks for, in order, each next one sent before this one is
         parsed and handed on (one request in flight)."""
         # The requests not yet answered (an answered one is dropped: a page is never held
@@ -991,7 +1006,8 @@ class PrefectClient:
         interrupts = _Interrupts()
 
         def send(request: PageRequest) -> asyncio.Task[tuple[httpx.Response, int]]:
-            task = asyncio.ensure_future(interrupts.guard(self._filter_page(request)))
+            call = functools.partial(self._filter_page, request)
+            task = asyncio.ensure_future(interrupts.guard(call))
             unanswered.add(task)
             task.add_done_callback(unanswered.discard)
             task.add_done_callback(_quiet)
@@ -1028,8 +1044,11 @@ class PrefectClient:
                 if reading.done():
                     return
         finally:
-            for task in list(unanswered):
+            left = list(unanswered)
+            for task in left:
                 task.cancel()
+            # Ended when the read is (not a turn of the loop later): none outlives aclose().
+            await asyncio.gather(*left, return_exceptions=True)
 
     def _keys_of(self, response: httpx.Response) -> list[Key]:
         """A page's ids and times, read from its JSON; a page that has none is an error."""
@@ -1044,7 +1063,7 @@ class PrefectClient:
 
     async def _sliced_pages(
         self, whole: Keyset, reading: _Reading, window: int
-    ) -> AsyncIterator[list[FlowRun]]:
+    ) -> AsyncGenerator[list[FlowRun], None]:
         """The pages of ``whole`` (ascending) with up to ``window`` pages in flight: its
         time span cut in slices (:func:`runner.paging.slices`, from a count and the earliest
         and latest times), each read by keyset on its own, ``window`` slices at once, each
@@ -1119,6 +1138,7 @@ class PrefectClient:
         finally:
             for task in producers:
                 task.cancel()
+            await asyncio.gather(*producers, return_exceptions=True)
 
     async def _together(self, *calls: Callable[[], Awaitable[Any]]) -> list[Any]:
         """What ``calls`` return, run at once, in their order (the first error raised as

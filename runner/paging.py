@@ -17,8 +17,12 @@ time come back in any order), no ``is_null_`` on the expected start.
   (inclusive), less the ids already read at exactly that time. Runs sharing one time across
   pages are so neither skipped nor doubled, in whatever order the server gives them.
 - **One time shared by more runs than that list may hold** (:data:`MAX_EXCLUDED`): that time
-  alone, sorted by id, by offset (quiet-server exact only: a run deleted at that very time
-  meanwhile can shift another past a page), then on from the next microsecond.
+  alone, sorted by id, by offset, each page after the first overlapping the one before by a
+  run: it must begin at or above the last id read, else a run deleted there meanwhile moved
+  the offset on and the read steps back a page (:data:`MAX_BACKOFFS`); then on from the next
+  microsecond.
+- **A page shorter than asked ends nothing** (a proxy may cap pages): the read ends on an
+  empty page. A page longer than asked, or naming a run twice, is refused.
 - **Runs without an expected start** (Prefect's API makes none; a database may hold them) match
   no time bound, and sort first one way and last the other (SQLite first ascending,
   PostgreSQL first descending). Two one-run reads, one each way, find them; then they are read
@@ -30,6 +34,7 @@ time come back in any order), no ``is_null_`` on the expected start.
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -45,6 +50,9 @@ TICK = timedelta(microseconds=1)
 #: The most run ids one page's request leaves out by id (its body then ~200 kB; SQLite and
 #: PostgreSQL both take a list of this length).
 MAX_EXCLUDED = 5_000
+#: The most times a read of one such time steps back a page (runs deleted there meanwhile
+#: moved the offset on) before it gives up.
+MAX_BACKOFFS = 100
 
 #: A read with several pages in flight cuts its time span in slices of about this many pages
 #: (from a count), at most :data:`MAX_SLICES` of them.
@@ -145,6 +153,10 @@ class Keyset:
     #: In a cluster: the ids left out (those read before it began) and the offset.
     cluster_excluded: tuple[UUID, ...] = ()
     offset: int = 0
+    #: In a cluster: the lowest id read without a gap from the top (``ID_DESC``), and how
+    #: often a page did not join on to it (runs deleted above it meanwhile).
+    cluster_last: UUID | None = None
+    cluster_backoffs: int = 0
     #: The sort that puts runs without an expected start first, once a probe found one.
     nulls_sort: FlowRunSort | None = None
     null_ids: list[UUID] = field(default_factory=list)
@@ -152,6 +164,7 @@ class Keyset:
     _low: datetime | None = None
     _high: datetime | None = None
     _excluded: frozenset[UUID] = frozenset()
+    _offset: int = 0
 
     def _bounds(self) -> tuple[datetime | None, datetime | None]:
         window = self.query.flow_runs.expected_start_time if self.query.flow_runs else None
@@ -192,7 +205,14 @@ class Keyset:
             self._excluded = frozenset(self.cluster_excluded)
             window = TimeWindow(after_=self.at, before_=self.at)
             query = _with(self.query, exclude=self.cluster_excluded, window=window)
-            return PageRequest(query, FlowRunSort.ID_DESC, limit, self.offset)
+            # One run of overlap: the page must begin at or above the last id read, else runs
+            # deleted above it meanwhile shifted the offset past runs never read.
+            # (Pages of one run cannot overlap: read without, quiet-server exact only.)
+            offset = self.offset
+            if self.cluster_last is not None and self.size > 1 and offset > 0:
+                offset, limit = offset - 1, min(self.size, limit + 1)
+            self._offset = offset
+            return PageRequest(query, FlowRunSort.ID_DESC, limit, offset)
         if self.descending:
             high = min(high or LATEST, self.at or LATEST)
         else:
@@ -210,30 +230,35 @@ class Keyset:
         """Take the answer to the last :meth:`request` (``sent``: the page size it asked
         for): how many of its runs, from the first, belong to the selection (the rest are
         past the runs without an expected start). Raises :class:`PagingError` when the page
-        contradicts its request."""
+        contradicts its request.
+
+        A page shorter than asked ends nothing by itself (a server or proxy may cap pages
+        below the size asked without saying so): the read ends on an empty page, or on a
+        page that goes past what it reads (the runs without an expected start)."""
+        if len(keys) > sent:
+            raise PagingError(f"the page has {len(keys)} runs, more than the {sent} asked for")
+        named: set[UUID] = set()
         for key in keys:
             if key.id in self._excluded:
                 raise PagingError(f"run {key.id} was read again although the page left it out")
+            if key.id in named:
+                raise PagingError(f"run {key.id} is twice in the page")
+            named.add(key.id)
         if self.phase is Phase.NULLS:
             return self._advance_nulls(keys, sent)
         self._check_times(keys)
         if self.phase is Phase.CLUSTER:
-            self.offset += len(keys)
-            if len(keys) < sent:  # that time is read through: on from the next microsecond
-                assert self.at is not None
-                self.at = self.at - TICK if self.descending else self.at + TICK
-                self.at_ids = set()
-                self.phase = Phase.TIMES
+            self._advance_cluster(keys)
             return len(keys)
         if keys:
             last = keys[-1].time
             if last != self.at:
                 self.at, self.at_ids = last, set()
             self.at_ids.update(k.id for k in keys if k.time == last)
-        if len(keys) < sent:
+        if not keys:
             self.phase = Phase.NULLS if self.nulls_sort is not None else Phase.DONE
         elif len(self.at_ids) > MAX_EXCLUDED:
-            self.phase, self.offset = Phase.CLUSTER, 0
+            self.phase, self.offset, self.cluster_last = Phase.CLUSTER, 0, None
             self.cluster_excluded = tuple(self.at_ids)
         return len(keys)
 
@@ -252,12 +277,50 @@ class Keyset:
                 raise PagingError(f"run {key.id} is out of the page's order")
             previous = time
 
+    def _advance_cluster(self, keys: list[Key]) -> None:
+        """A page of the time read by id: checked in id order; joined on to the ids read
+        before (it begins at or above the last of them), or the walk steps back a page (runs
+        deleted above meanwhile moved the offset on); the time is read through when a joined
+        page has no run below the last id read."""
+        for before, key in itertools.pairwise(keys):
+            if key.id >= before.id:
+                raise PagingError(f"run {key.id} is out of the page's order by id")
+        last, at = self.cluster_last, self._offset
+        if self.size < 2:  # no overlap: the end is an empty page
+            last = None
+        if last is not None and at > 0 and not (keys and keys[0].id >= last):
+            self._step_back()
+            self.offset = max(1, at - self.size + 1)  # the page before, with its overlap
+            return
+        if last is not None and not any(key.id < last for key in keys) and len(keys) > 1:
+            self._step_back()  # a page of runs read before (after a step back): on
+            self.offset = at + len(keys)
+            return
+        if not any(last is None or key.id < last for key in keys):
+            # Nothing past the last id read (the page is at most the overlap run).
+            assert self.at is not None  # that time is read through: on from the next tick
+            self.at = self.at - TICK if self.descending else self.at + TICK
+            self.at_ids = set()
+            self.cluster_last, self.cluster_backoffs = None, 0
+            self.phase = Phase.TIMES
+            return
+        if self.size > 1:
+            self.cluster_last = keys[-1].id
+        self.offset = at + len(keys)
+
+    def _step_back(self) -> None:
+        self.cluster_backoffs += 1
+        if self.cluster_backoffs > MAX_BACKOFFS:
+            raise PagingError(
+                f"the runs at {self.at} kept moving while read by offset (deleted meanwhile)"
+            )
+
     def _advance_nulls(self, keys: list[Key], sent: int) -> int:
         leading = 0
         while leading < len(keys) and keys[leading].time is None:
             leading += 1
         self.null_ids.extend(k.id for k in keys[:leading])
-        if leading < len(keys) or len(keys) < sent:
+        if leading < len(keys) or not keys:
             self.phase = Phase.DONE
         elif len(self.null_ids) > MAX_EXCLUDED:
             self.phase = Phase.OFFSET

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from runner.filters import (
@@ -341,11 +341,15 @@ def matching_exclusions(
     ]
 
 
-def _key_time(value: datetime | None, descending: bool) -> tuple[int, float]:
-    # Runs without the time sort last, in either direction.
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _key_time(value: datetime | None, descending: bool) -> tuple[int, int]:
+    # Runs without the time sort last, in either direction. Whole microseconds since the
+    # epoch: a float timestamp() merges times a microsecond apart past ~2255.
     if value is None:
-        return (1, 0.0)
-    stamp = value.timestamp()
+        return (1, 0)
+    stamp = (value.astimezone(timezone.utc) - _EPOCH) // timedelta(microseconds=1)
     return (0, -stamp if descending else stamp)
 
 

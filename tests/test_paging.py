@@ -182,7 +182,10 @@ async def test_past_the_id_list_a_time_is_read_by_id_and_timeless_runs_by_offset
     cluster = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" in b]
     bound = cluster[0]["flow_runs"]["expected_start_time"]
     assert bound["after_"] == bound["before_"]
-    assert [b["offset"] for b in cluster] == [0, 50, 100]  # 94 or 100 read first
+    # Each page after the first with one run of overlap (it must join on to the last id
+    # read); the last page has only that run: the time is read through.
+    offsets = [b["offset"] for b in cluster]  # 94 or 100 read first: 130 or 136 at it
+    assert offsets[:3] == [0, 49, 98] and offsets[3] in (129, 135) and len(offsets) == 4
     # ...then the runs without a time, past 70 of them, by offset and id as before keyset.
     by_offset = [b for b in recorder.bodies if b["sort"] == "ID_DESC" and "flow_runs" not in b]
     assert sorted(b["offset"] for b in by_offset)[:2] == [0, 50]
@@ -420,3 +423,86 @@ async def test_a_selection_bounding_the_expected_start_is_paged_within_its_bound
     assert {b["flow_runs"]["expected_start_time"]["before_"] for b in recorder.bodies} == {
         window.model_dump(mode="json")["before_"]
     }
+
+
+# -- pages that contradict their request, without a server (paging is pure) -------------------
+
+
+def _keys(*ints: int, at: datetime | None = None) -> list[paging.Key]:
+    when = at or datetime(2030, 1, 1).astimezone()
+    return [paging.Key(UUID(int=i), when) for i in ints]
+
+
+def test_a_page_longer_than_asked_or_naming_a_run_twice_is_refused() -> None:
+    cursor = paging.Keyset(FlowRunQuery(), descending=False, size=3)
+    assert cursor.request() is not None
+    with pytest.raises(paging.PagingError) as longer:
+        cursor.advance(_keys(1, 2, 3, 4), 3)
+    assert str(longer.value) == "the page has 4 runs, more than the 3 asked for"
+    with pytest.raises(paging.PagingError) as twice:
+        cursor.advance(_keys(1, 2, 1), 3)
+    assert str(twice.value) == f"run {UUID(int=1)} is twice in the page"
+
+
+def test_a_short_page_ends_nothing_an_empty_one_ends_the_read() -> None:
+    """A page cut below the size asked (a proxy's cap) is read on from; only an empty
+    page ends the read (one request more than trusting a short page)."""
+    cursor = paging.Keyset(FlowRunQuery(), descending=False, size=3)
+    assert cursor.request() is not None
+    cursor.advance(_keys(1), 3)
+    assert cursor.request() is not None  # on from the last time read
+    cursor.advance([], 3)
+    assert cursor.request() is None
+
+
+AT = datetime(2030, 1, 1).astimezone()
+
+
+def _cluster(size: int = 3) -> paging.Keyset:
+    cursor = paging.Keyset(FlowRunQuery(), descending=False, size=size)
+    cursor.phase, cursor.at = paging.Phase.CLUSTER, AT
+    return cursor
+
+
+def test_a_cluster_page_out_of_id_order_is_refused() -> None:
+    cursor = _cluster()
+    assert cursor.request() is not None
+    with pytest.raises(paging.PagingError) as info:
+        cursor.advance(_keys(9, 10, 8, at=AT), 3)
+    assert str(info.value) == f"run {UUID(int=10)} is out of the page's order by id"
+
+
+def test_a_cluster_page_that_does_not_join_the_last_id_steps_back() -> None:
+    """Pages after the first overlap by one run; one that begins below the last id read
+    (runs deleted above it moved the offset on) is read again from a page before."""
+    cursor = _cluster()
+    at = AT
+    assert (cursor.request() or pytest.fail()).offset == 0
+    cursor.advance(_keys(90, 80, 70, at=at), 3)
+    second = cursor.request() or pytest.fail()
+    assert (second.offset, second.limit) == (2, 3)
+    cursor.advance(_keys(50, 40, 30, at=at), 3)  # 70 not first: 60 may have been passed over
+    assert (cursor.request() or pytest.fail()).offset == 0  # stepped back
+    cursor.advance(_keys(80, 70, 60, at=at), 3)  # joined: 60 is new
+    assert (cursor.request() or pytest.fail()).offset == 2
+    cursor.advance(_keys(60, 50, 40, at=at), 3)
+    assert (cursor.request() or pytest.fail()).offset == 4
+    cursor.advance(_keys(40, 30, at=at), 3)
+    assert (cursor.request() or pytest.fail()).offset == 5
+    cursor.advance(_keys(30, at=at), 3)  # only the overlap: that time is read through
+    assert cursor.phase is paging.Phase.TIMES and cursor.at == at + paging.TICK
+
+
+def test_a_cluster_that_keeps_moving_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paging, "MAX_BACKOFFS", 1)
+    cursor = _cluster()
+    at = AT
+    for page in [(90, 80, 70), (70, 60, 50), (30, 20, 10)]:  # the last one: a step back
+        cursor.request()
+        cursor.advance(_keys(*page, at=at), 3)
+    assert (cursor.request() or pytest.fail()).offset == 1
+    with pytest.raises(paging.PagingError) as info:
+        cursor.advance(_keys(20, 10, at=at), 3)  # still below 50: a second step back
+    assert str(info.value) == (
+        f"the runs at {at} kept moving while read by offset (deleted meanwhile)"
+    )
