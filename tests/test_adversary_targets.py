@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -46,7 +47,7 @@ def _deployment(seeder: Seeder, deployment_id: str) -> dict[str, Any]:
 
 
 def _pool(seeder: Seeder, name: str) -> dict[str, Any]:
-    return dict(seeder._call("GET", f"work_pools/{name}"))
+    return dict(seeder._call("GET", f"work_pools/{quote(name, safe='')}"))
 
 
 # -- names the server and fnmatch read differently ----------------------------------------
@@ -378,3 +379,97 @@ steps:
     result = await _execute(settings, plan, tmp_path / "checkpoint.jsonl")
     assert result.count("done") == 1
     assert _runs_of(seeder, dep["id"]) == before
+
+
+# -- attacks that held (kept as cheap regression tests) -----------------------------------
+
+
+class CountPatches(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.patches: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH":
+            self.patches.append(request.url.path)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_plan_applied_twice_from_two_state_dirs_sends_nothing_the_second_time(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Held: the second apply (its own checkpoint) finds every object already as the change
+    would make it, sends nothing and claims nothing as done. Also held: a pool name with a
+    space, ``#``, ``+`` and ``é`` is read and written by its quoted name."""
+    pool = seeder.work_pool(unique("sp ace#é+x"))["name"]
+    flow = seeder.flow()
+    dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
+    plan = await _plan(
+        settings,
+        f"""
+version: 1
+steps:
+  - name: pause the pool
+    target: work_pools
+    select: {{names: ["{pool}"]}}
+    action: pause
+  - name: pause its deployments
+    target: deployments
+    select: {{work_pools: ["{pool}"]}}
+    action: pause
+""",
+    )
+    assert len(plan.pending_objects) == 2
+    first = await _execute(settings, plan, tmp_path / "a.jsonl")
+    assert first.count("done") == 2
+    counting = CountPatches()
+    retry = RetryPolicy(max_attempts=1)
+    async with PrefectClient(settings, transport=counting, retry=retry) as client:
+        with Journal(tmp_path / "b.jsonl", plan_id=plan.id, plan_checksum="test") as journal:
+            second = await Executor(client, plan, journal, retry=retry).run()
+    assert counting.patches == []
+    assert second.count("drifted") == 2 and second.count("done") == 0
+    assert _pool(seeder, pool)["is_paused"] is True
+    assert _deployment(seeder, dep["id"])["paused"] is True
+
+
+@pytest.mark.anyio
+async def test_a_schedule_added_or_the_deployment_made_anew_is_left_alone(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Held: a schedule added after the plan, and a deployment deleted and made again under
+    the same flow and name (a new id), are drift; nothing is written to either."""
+    pool = seeder.work_pool()["name"]
+    flow = seeder.flow()
+    added = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
+    remade = seeder.deployment(flow, work_pool=pool)
+    plan = await _plan(
+        settings,
+        f"""
+version: 1
+steps:
+  - name: pause
+    target: deployments
+    select: {{work_pools: {pool}}}
+    action: pause
+""",
+    )
+    seeder._call(
+        "POST",
+        f"deployments/{added['id']}/schedules",
+        json=[{"schedule": {"interval": 60}, "active": True}],
+    )
+    seeder._call("DELETE", f"deployments/{remade['id']}")
+    again = seeder.deployment(flow, remade["name"], work_pool=pool)
+    result = await _execute(settings, plan, tmp_path / "checkpoint.jsonl")
+    details = sorted((o.status, o.detail) for o in result.outcomes.values())
+    assert details == [
+        ("drifted", "its schedules changed since the plan"),
+        ("drifted", "the deployment is gone since the plan"),
+    ]
+    assert _deployment(seeder, added["id"])["paused"] is False
+    assert _deployment(seeder, again["id"])["paused"] is False
