@@ -82,6 +82,7 @@ steps:
 # -- an object changed between plan and apply ---------------------------------------------
 
 
+@pytest.mark.prefect2
 @pytest.mark.anyio
 async def test_a_schedule_edited_in_place_after_the_plan_is_drift(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
@@ -276,6 +277,7 @@ class ChangedWhileFailing(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+@pytest.mark.prefect2
 @pytest.mark.anyio
 async def test_a_retried_pause_reads_the_object_again_before_resending(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
@@ -437,6 +439,7 @@ steps:
     assert _deployment(seeder, dep["id"])["paused"] is True
 
 
+@pytest.mark.prefect2
 @pytest.mark.anyio
 async def test_a_schedule_added_or_the_deployment_made_anew_is_left_alone(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
@@ -473,3 +476,32 @@ steps:
     ]
     assert _deployment(seeder, added["id"])["paused"] is False
     assert _deployment(seeder, again["id"])["paused"] is False
+
+
+def test_a_drifted_object_name_is_escaped_in_the_apply_summary(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The plan's table escapes control characters in a name (render._printable); the apply
+    summary's drifted / failed lines print the object's name and the drift detail raw, so a
+    work queue named with an escape sequence rewrites the operator's terminal."""
+    pool = seeder.work_pool()["name"]
+    queue = seeder.work_queue(pool, unique("q") + "\x1b[2K\x1b[1Ainjected")
+    playbook = tmp_path / "pause.yaml"
+    playbook.write_text(
+        f"""version: 1
+steps:
+  - name: pause queues
+    target: work_queues
+    select: {{work_pools: {pool}, exclude: [default]}}
+    action: pause
+"""
+    )
+    saved = tmp_path / "plan.json"
+    planned = run_cli("plan", str(playbook), "-o", str(saved), api_url=api_url)
+    assert planned.returncode == 0, planned.stderr
+    assert "\x1b" not in planned.stdout
+    seeder._call("PATCH", f"work_queues/{queue['id']}", json={"is_paused": True})
+    state = str(tmp_path / "state")
+    applied = run_cli("apply", str(saved), "--yes", "--state-dir", state, api_url=api_url)
+    assert "drifted: " in applied.stdout, applied.stdout + applied.stderr
+    assert "\x1b" not in applied.stdout
