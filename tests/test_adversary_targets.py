@@ -224,32 +224,6 @@ steps:
     assert q1["name"] in str(info.value)
 
 
-# -- paging -------------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_a_pool_of_more_than_200_queues_is_selected_whole(
-    settings: ConnectionSettings, seeder: Seeder
-) -> None:
-    """Regression (held): the queues of a pool past one page of 200 are all planned."""
-    pool = seeder.work_pool()["name"]
-    for i in range(205):
-        seeder.work_queue(pool, f"q{i:03}")
-    plan = await _plan(
-        settings,
-        f"""
-version: 1
-steps:
-  - name: pause
-    target: work_queues
-    select: {{work_pools: {pool}}}
-    action: pause
-""",
-    )
-    assert len(plan.pending_objects) == 206
-    assert len({c.object.id for c in plan.pending_objects}) == 206
-
-
 # -- a retried write ----------------------------------------------------------------------
 
 
