@@ -16,7 +16,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1121,13 +1121,39 @@ class PrefectClient:
             return None  # a pool made anew under the name: not the one the plan saw
         return data
 
-    async def set_paused(self, kind: str, object_id: UUID, name: str, paused: bool) -> None:
+    async def set_paused(
+        self,
+        kind: str,
+        object_id: UUID,
+        name: str,
+        paused: bool,
+        *,
+        before_retry: Callable[[], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Pause or resume a deployment (its ``paused`` flag; its schedules' ``active`` flags
-        are not touched), a work pool or a work queue (``is_paused``). Idempotent."""
+        are not touched), a work pool or a work queue (``is_paused``). Idempotent.
+
+        ``before_retry`` runs before each resend of the PATCH (after a failed attempt and its
+        backoff): the caller reads the object again and answers True to send nothing more
+        (it drifted meanwhile, or the flag already took). Returns whether the PATCH was
+        answered by the server (False: ``before_retry`` stopped it)."""
         field_name = "paused" if kind == "deployment" else "is_paused"
+        stopped = False
+
+        async def check_again() -> httpx.Response | None:
+            nonlocal stopped
+            if before_retry is not None and await before_retry():
+                stopped = True
+                return httpx.Response(204)
+            return None
+
         await self._request(
-            "PATCH", self._object_path(kind, object_id, name), json={field_name: paused}
+            "PATCH",
+            self._object_path(kind, object_id, name),
+            json={field_name: paused},
+            before_retry=check_again,
         )
+        return not stopped
 
     async def read_observed_states(self, query: str | None = None) -> list[tuple[str, str]] | None:
         """The ``(type, name)`` of the states the server's retained history holds (those

@@ -1122,7 +1122,30 @@ class Executor:
             )
             return
         self._writing(read_at)
-        await self._api.set_paused(view.kind, view.id, view.name, change.after)
+        stopped: list[tuple[Literal["done", "drifted"], str]] = []
+
+        async def read_again() -> bool:
+            # A resend is a new write: the object is read and checked again first, so the
+            # window between the check and the write stays a few milliseconds, not a backoff.
+            again = await self._read_object(view)
+            why = drift(view, again)
+            if why is not None:
+                stopped.append(("drifted", why))
+            elif again is not None and again.paused == change.after:
+                # The failed attempt took (its answer was lost): ours, so done.
+                stopped.append(("done", f"{word} (was {paused_word(change.before, view.kind)})"))
+            if stopped:
+                return True
+            self._writing(time.monotonic())
+            return False
+
+        await self._api.set_paused(
+            view.kind, view.id, view.name, change.after, before_retry=read_again
+        )
+        if stopped:
+            status, why = stopped[0]
+            self._finish(change, status, why)
+            return
         after = await self._read_object(view)
         if after is None or after.paused != change.after:
             now = "gone" if after is None else paused_word(after.paused, view.kind)
