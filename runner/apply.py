@@ -161,9 +161,20 @@ def _find_unfinished(
 
 
 def is_destructive(plan: Plan) -> bool:
-    """Whether applying ``plan`` deletes runs or changes their state: by what the changes
-    do, not what their steps are called (a saved plan is data)."""
-    return any(c.op in DESTRUCTIVE_OPS for c in plan.pending)
+    """Whether applying ``plan`` deletes runs or changes their state, or pauses or resumes
+    a deployment, work pool or work queue: by what the changes do, not what their steps
+    are called (a saved plan is data). Such a plan needs someone's yes."""
+    return bool(destructive_kinds(plan))
+
+
+def destructive_kinds(plan: Plan) -> list[str]:
+    """What needs confirmation in ``plan``, for the message that asks for ``--yes``."""
+    kinds: list[str] = []
+    if any(c.op in DESTRUCTIVE_OPS for c in plan.pending):
+        kinds.append("delete, cancel or change the state of runs")
+    if plan.pending_objects:
+        kinds.append("pause or resume deployments, work pools or work queues")
+    return kinds
 
 
 def _object_fields(change: Change | ObjectChange) -> dict[str, object]:
