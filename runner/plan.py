@@ -115,6 +115,11 @@ class ScheduleView:
     active: bool
     #: What it is, for the reviewer ("every 3600s", "cron 0 0 * * *").
     schedule: str
+    #: Its time zone, shown beside ``schedule`` (None: the server gave none).
+    timezone: str | None = None
+    #: The server's schedule object as canonical JSON (interval, anchor, cron, rrule, time
+    #: zone...): an edit in place (same id) changes it, which is drift.
+    content: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,14 @@ def _object_to_json(view: ObjectView) -> dict[str, Any]:
         data["tags"] = list(view.tags)
         data["work_queue"] = view.work_queue
         data["schedules"] = [
-            {"id": str(s.id), "active": s.active, "schedule": s.schedule} for s in view.schedules
+            {
+                "id": str(s.id),
+                "active": s.active,
+                "schedule": s.schedule,
+                "timezone": s.timezone,
+                "content": s.content,
+            }
+            for s in view.schedules
         ]
     if view.kind in ("deployment", "work_queue"):
         data["work_pool"] = view.work_pool
@@ -667,6 +674,8 @@ class _Reader:
                     id=self.uuid(entry, "id", spath),
                     active=self.boolean(entry, "active", spath),
                     schedule=self.text(entry, "schedule", spath),
+                    timezone=self.optional_text(entry, "timezone", spath),
+                    content=self.text(entry, "content", spath),
                 )
             )
         view = ObjectView(

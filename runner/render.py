@@ -80,7 +80,10 @@ def _unchanged(step: StepPlan) -> int:
 def _schedules(view: ObjectView) -> str:
     if not view.schedules:
         return "none"
-    return ", ".join(f"{s.schedule} ({'on' if s.active else 'off'})" for s in view.schedules)
+    return ", ".join(
+        f"{s.schedule}{f' {s.timezone}' if s.timezone else ''} ({'on' if s.active else 'off'})"
+        for s in view.schedules
+    )
 
 
 def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]], list[str]]:

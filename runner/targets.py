@@ -13,6 +13,7 @@ resume sets ``paused`` back, and a schedule that was inactive stays inactive.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -73,6 +74,17 @@ def _schedule_text(schedule: Any) -> str:
     return "schedule"
 
 
+def _timezone(schedule: Any) -> str | None:
+    if isinstance(schedule, dict) and isinstance(schedule.get("timezone"), str):
+        return str(schedule["timezone"])
+    return None
+
+
+def schedule_content(schedule: Any) -> str:
+    """A schedule as the server gave it, canonical JSON: what drift compares."""
+    return json.dumps(schedule, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def lacks_pause(kind: ObjectKind, data: Mapping[str, Any]) -> bool:
     """Whether the server's object has no paused flag (a server older than runner knows):
     such a server cannot be asked to pause it."""
@@ -99,6 +111,8 @@ def view_of(kind: ObjectKind, data: Mapping[str, Any], flows: Mapping[str, str])
                     id=UUID(str(s["id"])),
                     active=bool(s.get("active", True)),
                     schedule=_schedule_text(s.get("schedule")),
+                    timezone=_timezone(s.get("schedule")),
+                    content=schedule_content(s.get("schedule")),
                 )
                 for s in sorted(
                     data.get("schedules") or (),
@@ -229,8 +243,8 @@ def drift(planned: ObjectView, current: ObjectView | None) -> str | None:
         return f"its work queue changed since the plan (now {current.work_queue})"
     if current.type != planned.type:
         return f"its type changed since the plan (now {current.type})"
-    if {(s.id, s.active) for s in current.schedules} != {
-        (s.id, s.active) for s in planned.schedules
+    if {(s.id, s.active, s.content) for s in current.schedules} != {
+        (s.id, s.active, s.content) for s in planned.schedules
     }:
         return "its schedules changed since the plan"
     return None
