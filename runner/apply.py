@@ -54,7 +54,7 @@ from runner.planfile import (
     write_plan,
 )
 from runner.playbook import Playbook
-from runner.render import summary_line, write_rendered
+from runner.render import printable, summary_line, write_rendered
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
 from runner.words import plural
@@ -538,7 +538,8 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
     for outcome in [*result.outcomes.values()]:
         if outcome.status in ("drifted", "raced", "failed"):
             run = outcome.change.run
-            out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
+            detail = printable(outcome.detail or "")
+            out.write(f"  {outcome.status}: {printable(run.name)} ({run.id}): {detail}\n")
     events = result.events.summary_line() if result.events is not None else None
     if events is not None:
         out.write(events)

@@ -1121,6 +1121,27 @@ class PrefectClient:
             return None  # a pool made anew under the name: not the one the plan saw
         return data
 
+    async def read_scheduled_runs(self, deployment_id: UUID) -> list[dict[str, Any]]:
+        """A deployment's runs in a Scheduled-type state, as the server returns them (those
+        a write of its ``paused`` flag may delete: :func:`runner.targets.deleted_with_write`
+        picks them), paged to the end; stops after ``MAX_NAMES``."""
+        body = {
+            "deployments": {"id": {"any_": [str(deployment_id)]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "ID_DESC",
+        }
+        found = await self.read_objects("flow_runs/filter", body)
+        return [r for r in found if str(r.get("deployment_id")) == str(deployment_id)]
+
+    async def existing_run_ids(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of the runs ``ids`` the server still has."""
+        if not ids:
+            return set()
+        body = {"flow_runs": {"id": {"any_": [str(i) for i in ids]}}}
+        found = await self.read_objects("flow_runs/filter", body)
+        wanted = set(ids)
+        return {UUID(str(r["id"])) for r in found if UUID(str(r.get("id"))) in wanted}
+
     async def set_paused(
         self,
         kind: str,

@@ -123,6 +123,18 @@ class ScheduleView:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduledRun:
+    """A deployment's run that the server deletes when the deployment's ``paused`` flag is
+    written (see :func:`runner.targets.deleted_with_write`)."""
+
+    id: UUID
+    name: str
+    state_name: str
+    #: When it is scheduled to start.
+    scheduled: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectView:
     """What the plan saw of a deployment, work pool or work queue."""
 
@@ -144,6 +156,9 @@ class ObjectView:
     #: A work pool's type.
     type: str | None = None
     schedules: tuple[ScheduleView, ...] = ()
+    #: A deployment's runs the server deletes with the pause or resume (the scheduler's
+    #: Scheduled runs): read by the plan only for a deployment it writes.
+    scheduled_runs: tuple[ScheduledRun, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

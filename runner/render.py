@@ -86,6 +86,15 @@ def _schedules(view: ObjectView) -> str:
     )
 
 
+def _deletes(view: ObjectView) -> str:
+    """The scheduled runs the server deletes with a deployment's pause or resume."""
+    if not view.scheduled_runs:
+        return ""
+    runs = ", ".join(f"{r.name} ({r.state_name} {_time(r.scheduled)})" for r in view.scheduled_runs)
+    n = len(view.scheduled_runs)
+    return f"; the server deletes its {plural(n, 'scheduled run')}: {runs}"
+
+
 def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]], list[str]]:
     """A step with a target: headers, one row an object (its paused flag before, last the
     after), and each row's op."""
@@ -96,7 +105,7 @@ def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]
         after = (
             f"unchanged: {change.reason}"
             if change.is_noop
-            else paused_word(change.op == "pause", view.kind)
+            else paused_word(change.op == "pause", view.kind) + _deletes(view)
         )
         if view.kind == "deployment":
             cells: tuple[str, ...] = (
@@ -128,6 +137,9 @@ def _printable(text: str) -> str:
         ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
     )
 
+
+#: For other modules' output of names and details (the apply summary).
+printable = _printable
 
 _PLAIN_TAG = re.compile(r"[^\s,\"]+(?: [^\s,\"]+)*")
 

@@ -324,21 +324,80 @@ def _runs_of(seeder: Seeder, deployment_id: str) -> list[str]:
     return sorted(str(r["id"]) for r in runs)
 
 
+def _auto_scheduled(seeder: Seeder, deployment_id: str) -> list[str]:
+    runs = seeder._call(
+        "POST", "flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}}
+    )
+    return sorted(str(r["id"]) for r in runs if r.get("auto_scheduled"))
+
+
 @pytest.mark.prefect2
 @pytest.mark.anyio
-async def test_pausing_a_deployment_leaves_its_scheduled_runs_as_the_docs_say(
+async def test_pausing_a_deployment_lists_archives_and_reports_the_runs_the_server_deletes(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
 ) -> None:
-    """docs/playbooks.md: "runs already scheduled stay (cancel them in a step of their own)".
-    On 3.9.1 and 2.20 alike the server deletes a deployment's auto-scheduled runs when its
-    ``paused`` is set: runs the plan never listed, gone without archive or report."""
+    """On 3.9.1 and 2.20 alike the server deletes a deployment's auto-scheduled runs when its
+    ``paused`` is set. (Changed from the adversary's "runs already scheduled stay": the docs
+    now say what the server does.) The plan lists them under the deployment and counts them
+    against max_affected; the apply archives them before the write and reports them; a run
+    made by hand stays."""
     pool = seeder.work_pool()["name"]
     flow = seeder.flow()
     dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
     seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
-    seeder.run(flow, "Scheduled", deployment=dep)  # made by hand, not by the scheduler
-    before = _runs_of(seeder, dep["id"])
-    assert len(before) >= 2
+    by_hand = seeder.run(flow, "Scheduled", deployment=dep)  # not by the scheduler
+    auto = _auto_scheduled(seeder, dep["id"])
+    assert len(auto) >= 2
+    text = f"""
+version: 1
+steps:
+  - name: pause
+    target: deployments
+    select: {{work_pools: {pool}}}
+    action: pause
+"""
+    plan = await _plan(settings, text)
+    (change,) = plan.pending_objects
+    assert sorted(str(r.id) for r in change.object.scheduled_runs) == auto
+    assert str(by_hand["id"]) not in {str(r.id) for r in change.object.scheduled_runs}
+    assert not plan.pending  # the plan changes no run itself
+    assert plan_from_json(json.loads(json.dumps(plan_to_json(plan)))).pending_objects == (change,)
+    guarded = await _plan(
+        settings, text.replace("action: pause", "action: pause\n    guards: {max_affected: 2}")
+    )
+    assert guarded.violations == (
+        f"step 1 ('pause') would pause 1 deployment (and the server deletes"
+        f" {len(auto)} scheduled runs), more than its max_affected (2)",
+    )
+    result = await _execute(settings, plan, tmp_path / "checkpoint.jsonl")
+    outcome = result.outcomes[change.key]
+    names = ", ".join(sorted(r.name for r in change.object.scheduled_runs))
+    assert (outcome.status, outcome.detail) == (
+        "done",
+        f"paused (was active); the server deleted its {len(auto)} scheduled runs: {names}",
+    )
+    assert _runs_of(seeder, dep["id"]) == [str(by_hand["id"])]
+    assert result.archive is not None
+    from runner.archive import read_archive
+
+    archived = [
+        r["run"]["id"] for b in read_archive(result.archive.path).batches() for r in b.records
+    ]
+    assert sorted(archived) == auto
+
+
+@pytest.mark.prefect2
+@pytest.mark.anyio
+async def test_a_scheduled_run_made_after_the_plan_leaves_the_deployment_alone(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The scheduler made a run after the plan: the pause would have the server delete a run
+    the reviewer never saw listed, so the deployment is drifted and nothing is deleted."""
+    pool = seeder.work_pool()["name"]
+    flow = seeder.flow()
+    dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
+    # The scheduler's own 3 (its min_runs): the same runs whether or not it ran meanwhile.
+    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
     plan = await _plan(
         settings,
         f"""
@@ -350,10 +409,27 @@ steps:
     action: pause
 """,
     )
-    assert [c.op for c in plan.pending_objects] == ["pause"]
-    assert not plan.pending  # the plan changes no run
+    (change,) = plan.pending_objects
+    planned = {str(r.id) for r in change.object.scheduled_runs}
+    assert len(planned) == 3
+    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"min_runs": 4, "max_runs": 4})
+    before = _runs_of(seeder, dep["id"])
+    assert len(before) == 4
+    (made,) = [
+        r
+        for r in seeder._call(
+            "POST", "flow_runs/filter", json={"flow_runs": {"id": {"any_": before}}}
+        )
+        if r["id"] not in planned
+    ]
     result = await _execute(settings, plan, tmp_path / "checkpoint.jsonl")
-    assert result.count("done") == 1
+    outcome = result.outcomes[change.key]
+    assert (outcome.status, outcome.detail) == (
+        "drifted",
+        "the server would also delete 1 scheduled run the plan did not list (made since the"
+        f" plan): {made['name']}",
+    )
+    assert _deployment(seeder, dep["id"])["paused"] is False
     assert _runs_of(seeder, dep["id"]) == before
 
 
