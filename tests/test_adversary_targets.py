@@ -311,6 +311,10 @@ steps:
     )
     applied = run_cli("apply", str(playbook), "--state-dir", str(tmp_path), api_url=api_url)
     assert applied.returncode != 0
+    assert applied.stderr.endswith(
+        "runner: not a terminal: pass --yes to apply changes that pause or resume deployments,"
+        " work pools or work queues\n"
+    ), applied.stderr
     assert _pool(seeder, pool)["is_paused"] is False
 
 
