@@ -464,6 +464,8 @@ async def test_a_plan_applied_twice_from_two_state_dirs_sends_nothing_the_second
     pool = seeder.work_pool(unique("sp ace#é+x"))["name"]
     flow = seeder.flow()
     dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
+    # The scheduler's own 3 runs, made now: none appears between the plan and the apply.
+    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
     plan = await _plan(
         settings,
         f"""
