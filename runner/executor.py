@@ -1163,6 +1163,14 @@ class Executor:
         view = change.object
         word = paused_word(change.after, view.kind)
         current, reason, deleted = await self._object_drift(view)
+        if reason is None and deleted and self.archive is not None:
+            # Archived first (a request a run), then read and checked again, so the window
+            # between the check and the write stays a few milliseconds. A run archived here
+            # and then not deleted (the object drifted meanwhile) stays on the server.
+            await self._archive_scheduled(change, deleted)
+            current, reason, deleted = await self._object_drift(view)
+            if reason is None:  # one deletable now that was not at the first read (rare)
+                await self._archive_scheduled(change, deleted)
         read_at = time.monotonic()
         if reason is not None:
             self._finish(change, "drifted", reason)
@@ -1179,8 +1187,6 @@ class Executor:
                 " was lost): nothing sent",
             )
             return
-        await self._archive_scheduled(change, deleted)
-        read_at = time.monotonic() if deleted else read_at
         self._writing(read_at)
         stopped: list[tuple[Literal["done", "drifted"], str]] = []
 
