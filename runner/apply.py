@@ -54,7 +54,7 @@ from runner.planfile import (
     write_plan,
 )
 from runner.playbook import Playbook
-from runner.render import summary_line, write_rendered
+from runner.render import printable, summary_line, write_rendered
 from runner.retry import RetryPolicy, policy_for
 from runner.settings import ConnectionSettings
 from runner.undo import UndoGuards, applied_folder, earlier_undos, plan_undo, read_applied
@@ -168,9 +168,20 @@ def _find_unfinished(
 
 
 def is_destructive(plan: Plan) -> bool:
-    """Whether applying ``plan`` deletes runs or changes their state: by what the changes
-    do, not what their steps are called (a saved plan is data)."""
-    return any(c.op in DESTRUCTIVE_OPS for c in plan.pending)
+    """Whether applying ``plan`` deletes runs or changes their state, or pauses or resumes
+    a deployment, work pool or work queue: by what the changes do, not what their steps
+    are called (a saved plan is data). Such a plan needs someone's yes."""
+    return bool(destructive_kinds(plan))
+
+
+def destructive_kinds(plan: Plan) -> list[str]:
+    """What needs confirmation in ``plan``, for the message that asks for ``--yes``."""
+    kinds: list[str] = []
+    if any(c.op in DESTRUCTIVE_OPS for c in plan.pending):
+        kinds.append("delete, cancel or change the state of runs")
+    if plan.pending_objects:
+        kinds.append("pause or resume deployments, work pools or work queues")
+    return kinds
 
 
 def _object_fields(change: Change | ObjectChange) -> dict[str, object]:
@@ -584,7 +595,8 @@ def _summarise(result: ApplyResult, plan: Plan, journal: Path, out: TextIO, err:
     for outcome in [*result.outcomes.values()]:
         if outcome.status in ("drifted", "raced", "failed"):
             run = outcome.change.run
-            out.write(f"  {outcome.status}: {run.name} ({run.id}): {outcome.detail}\n")
+            detail = printable(outcome.detail or "")
+            out.write(f"  {outcome.status}: {printable(run.name)} ({run.id}): {detail}\n")
     events = result.events.summary_line() if result.events is not None else None
     if events is not None:
         out.write(events)

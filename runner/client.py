@@ -1423,13 +1423,60 @@ class PrefectClient:
             return None  # a pool made anew under the name: not the one the plan saw
         return data
 
-    async def set_paused(self, kind: str, object_id: UUID, name: str, paused: bool) -> None:
+    async def read_scheduled_runs(self, deployment_id: UUID) -> list[dict[str, Any]]:
+        """A deployment's runs in a Scheduled-type state, as the server returns them (those
+        a write of its ``paused`` flag may delete: :func:`runner.targets.deleted_with_write`
+        picks them), paged to the end; stops after ``MAX_NAMES``."""
+        body = {
+            "deployments": {"id": {"any_": [str(deployment_id)]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "ID_DESC",
+        }
+        found = await self.read_objects("flow_runs/filter", body)
+        return [r for r in found if str(r.get("deployment_id")) == str(deployment_id)]
+
+    async def existing_run_ids(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of the runs ``ids`` the server still has."""
+        if not ids:
+            return set()
+        body = {"flow_runs": {"id": {"any_": [str(i) for i in ids]}}}
+        found = await self.read_objects("flow_runs/filter", body)
+        wanted = set(ids)
+        return {UUID(str(r["id"])) for r in found if UUID(str(r.get("id"))) in wanted}
+
+    async def set_paused(
+        self,
+        kind: str,
+        object_id: UUID,
+        name: str,
+        paused: bool,
+        *,
+        before_retry: Callable[[], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Pause or resume a deployment (its ``paused`` flag; its schedules' ``active`` flags
-        are not touched), a work pool or a work queue (``is_paused``). Idempotent."""
+        are not touched), a work pool or a work queue (``is_paused``). Idempotent.
+
+        ``before_retry`` runs before each resend of the PATCH (after a failed attempt and its
+        backoff): the caller reads the object again and answers True to send nothing more
+        (it drifted meanwhile, or the flag already took). Returns whether the PATCH was
+        answered by the server (False: ``before_retry`` stopped it)."""
         field_name = "paused" if kind == "deployment" else "is_paused"
+        stopped = False
+
+        async def check_again() -> httpx.Response | None:
+            nonlocal stopped
+            if before_retry is not None and await before_retry():
+                stopped = True
+                return httpx.Response(204)
+            return None
+
         await self._request(
-            "PATCH", self._object_path(kind, object_id, name), json={field_name: paused}
+            "PATCH",
+            self._object_path(kind, object_id, name),
+            json={field_name: paused},
+            before_retry=check_again,
         )
+        return not stopped
 
     async def read_observed_states(self, query: str | None = None) -> list[tuple[str, str]] | None:
         """The ``(type, name)`` of the states the server's retained history holds (those

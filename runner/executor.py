@@ -75,7 +75,7 @@ from runner.plan import (
 )
 from runner.retry import RetryPolicy
 from runner.selection import json_equal
-from runner.targets import NOUNS, drift, paused_word, view_of
+from runner.targets import NOUNS, deleted_with_write, drift, paused_word, view_of
 from runner.words import plural
 
 if TYPE_CHECKING:
@@ -1129,14 +1129,80 @@ class Executor:
             flows[str(flow.id)] = flow.name
         return view_of(view.kind, data, flows)
 
+    async def _deleted_with(self, view: ObjectView) -> dict[UUID, dict[str, Any]]:
+        """The runs the server would delete with a write of deployment ``view`` now, by id,
+        as the server returns them (nothing for a pool or queue)."""
+        if view.kind != "deployment":
+            return {}
+        runs = await self._api.read_scheduled_runs(view.id)
+        now = datetime.now(timezone.utc)
+        keep = {r.id for r in deleted_with_write(runs, version=self.plan.server_version, now=now)}
+        return {UUID(str(r["id"])): r for r in runs if UUID(str(r["id"])) in keep}
+
+    async def _object_drift(
+        self, view: ObjectView
+    ) -> tuple[ObjectView | None, str | None, dict[UUID, dict[str, Any]]]:
+        """The object now, why it drifted (None: it did not), and the runs the server would
+        delete with the write. A run the plan did not list among them is drift (the
+        scheduler made it since the plan; the reviewer never saw it deleted); one it listed
+        and now gone (started, or deleted by someone) is not."""
+        current = await self._read_object(view)
+        reason = drift(view, current)
+        if reason is not None:
+            return current, reason, {}
+        deleted = await self._deleted_with(view)
+        planned = {r.id for r in view.scheduled_runs}
+        new = [r for i, r in deleted.items() if i not in planned]
+        if new:
+            names = ", ".join(sorted(str(r.get("name")) for r in new))
+            return (
+                current,
+                f"the server would also delete {plural(len(new), 'scheduled run')} the plan"
+                f" did not list (made since the plan): {names}",
+                deleted,
+            )
+        return current, None, deleted
+
+    async def _archive_scheduled(
+        self, change: ObjectChange, deleted: dict[UUID, dict[str, Any]]
+    ) -> None:
+        """Write the records of the runs the server deletes with a deployment's write to the
+        archive, fsynced, before the write (as a delete step does)."""
+        writer = self.archive
+        todo = [i for i in deleted if writer is not None and i not in writer.archived]
+        if writer is None or not todo:
+            return
+        states = {i: await self._api.read_flow_run_state_documents(i) for i in todo}
+        writer.write(
+            archive_record(
+                deleted[i],
+                states[i],
+                logs=None,
+                flow=change.object.flow or "",
+                deployment=change.object.name,
+                plan_id=self.plan.id,
+                step=change.step,
+            )
+            for i in todo
+        )
+
     async def _pause_one(self, change: ObjectChange) -> None:
         """Pause or resume one object if it is still what the plan saw: read it right before
-        the write (Prefect has no conditional PATCH), write, read it again to confirm."""
+        the write (Prefect has no conditional PATCH), write, read it again to confirm. For a
+        deployment, the scheduled runs the server deletes with the write are read again too
+        (drift: one the plan did not list) and archived before the write."""
         view = change.object
         word = paused_word(change.after, view.kind)
-        current = await self._read_object(view)
+        current, reason, deleted = await self._object_drift(view)
+        if reason is None and deleted and self.archive is not None:
+            # Archived first (a request a run), then read and checked again, so the window
+            # between the check and the write stays a few milliseconds. A run archived here
+            # and then not deleted (the object drifted meanwhile) stays on the server.
+            await self._archive_scheduled(change, deleted)
+            current, reason, deleted = await self._object_drift(view)
+            if reason is None:  # one deletable now that was not at the first read (rare)
+                await self._archive_scheduled(change, deleted)
         read_at = time.monotonic()
-        reason = drift(view, current)
         if reason is not None:
             self._finish(change, "drifted", reason)
             return
@@ -1153,7 +1219,32 @@ class Executor:
             )
             return
         self._writing(read_at)
-        await self._api.set_paused(view.kind, view.id, view.name, change.after)
+        stopped: list[tuple[Literal["done", "drifted"], str]] = []
+
+        async def read_again() -> bool:
+            # A resend is a new write: the object is read and checked again first, so the
+            # window between the check and the write stays a few milliseconds, not a backoff.
+            again, why, more = await self._object_drift(view)
+            if why is None and more:
+                deleted.update(more)
+                await self._archive_scheduled(change, more)
+            if why is not None:
+                stopped.append(("drifted", why))
+            elif again is not None and again.paused == change.after:
+                # The failed attempt took (its answer was lost): ours, so done.
+                stopped.append(("done", f"{word} (was {paused_word(change.before, view.kind)})"))
+            if stopped:
+                return True
+            self._writing(time.monotonic())
+            return False
+
+        await self._api.set_paused(
+            view.kind, view.id, view.name, change.after, before_retry=read_again
+        )
+        if stopped:
+            status, why = stopped[0]
+            self._finish(change, status, why)
+            return
         after = await self._read_object(view)
         if after is None or after.paused != change.after:
             now = "gone" if after is None else paused_word(after.paused, view.kind)
@@ -1163,7 +1254,16 @@ class Executor:
                 f"the server took the write, but the {NOUNS[view.kind]} is {now}, not {word}",
             )
             return
-        self._finish(change, "done", f"{word} (was {paused_word(change.before, view.kind)})")
+        gone = ""
+        if deleted:
+            left = await self._api.existing_run_ids(list(deleted))
+            removed = sorted(str(r.get("name")) for i, r in deleted.items() if i not in left)
+            if removed:
+                gone = (
+                    f"; the server deleted its {plural(len(removed), 'scheduled run')}:"
+                    f" {', '.join(removed)}"
+                )
+        self._finish(change, "done", f"{word} (was {paused_word(change.before, view.kind)}){gone}")
 
     async def _object_step(self, step: StepPlan) -> str:
         """A step with a target, one object at a time in the plan's order (a handful of
@@ -1210,6 +1310,11 @@ class Executor:
             c.run.id
             for c in self.plan.pending
             if self._archives(c) and self.outcomes[c.key].status == "pending"
+        ) | frozenset(  # what the server deletes with a deployment's pause or resume
+            r.id
+            for c in self.plan.pending_objects
+            if self.outcomes[c.key].status == "pending"
+            for r in c.object.scheduled_runs
         )
         with contextlib.ExitStack() as stack:
             if to_archive:  # opened before anything is sent: a file it cannot use stops here

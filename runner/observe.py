@@ -12,7 +12,6 @@ import difflib
 import uuid
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
-from fnmatch import fnmatchcase
 from typing import TypeVar
 from uuid import UUID
 
@@ -35,11 +34,15 @@ from runner.targets import (
     FILTER_ROUTES,
     NOUNS,
     TARGET_KINDS,
+    deleted_with_write,
     excluded,
     is_glob,
     lacks_pause,
+    literal_names,
+    name_matches,
     server_filter,
     view_of,
+    writes,
 )
 from runner.targets import failed_keys as object_failed_keys
 
@@ -332,7 +335,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         zip(playbook.steps, queries, raw_steps, strict=True)
     ):
         if maybe_sq is None:
-            objects, left_out = await _observe_objects(client, step, index, info.version)
+            objects, left_out = await _observe_objects(client, step, index, info.version, now=now)
             steps.append(StepObservation(runs=(), objects=objects, exclusions=left_out))
             continue
         sq = maybe_sq
@@ -387,11 +390,12 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
 
 
 async def _observe_objects(
-    client: PrefectClient, step: Step, index: int, version: str | None
+    client: PrefectClient, step: Step, index: int, version: str | None, *, now: datetime
 ) -> tuple[tuple[ObjectView, ...], tuple[tuple[str, int], ...]]:
     """The deployments, work pools or work queues a step with a target selects (each checked
     by runner against the whole selection, less its exclusions), by name; and how many each
-    ``exclude`` pattern left out."""
+    ``exclude`` pattern left out. A deployment the step writes carries the scheduled runs the
+    server deletes with the write (a request a deployment)."""
     select = step.objects
     assert select is not None
     kind = TARGET_KINDS[step.target]
@@ -412,9 +416,10 @@ async def _observe_objects(
         flows = {str(f.id): f.name for f in await client.read_flows(ids)}
     views: list[ObjectView] = []
     left_out: list[str] = []
-    for item in items:
-        view = view_of(kind, item, flows)
-        failed = object_failed_keys(select, view)
+    seen = [view_of(kind, item, flows) for item in items]
+    literal = literal_names((*select.names, *select.exclude), (v.name for v in seen))
+    for view in seen:
+        failed = object_failed_keys(select, view, literal)
         ignored = [key for key in failed if key in trusted]
         if ignored:
             raise SelectionError(
@@ -425,12 +430,17 @@ async def _observe_objects(
             )
         if failed:
             continue
-        if excluded(select, view):
+        if excluded(select, view, literal):
             left_out.append(view.name)
             continue
+        if kind == "deployment" and writes(view, step.action.kind):
+            runs = await client.read_scheduled_runs(view.id)
+            view = dataclasses.replace(
+                view, scheduled_runs=deleted_with_write(runs, version=version, now=now)
+            )
         views.append(view)
     counts = tuple(
-        (pattern, sum(1 for name in left_out if fnmatchcase(name, pattern)))
+        (pattern, sum(1 for name in left_out if name_matches(pattern, name, literal)))
         for pattern in select.exclude
     )
     return tuple(sorted(views, key=lambda v: (v.name, v.id.int))), counts

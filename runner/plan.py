@@ -119,6 +119,23 @@ class ScheduleView:
     active: bool
     #: What it is, for the reviewer ("every 3600s", "cron 0 0 * * *").
     schedule: str
+    #: Its time zone, shown beside ``schedule`` (None: the server gave none).
+    timezone: str | None = None
+    #: The server's schedule object as canonical JSON (interval, anchor, cron, rrule, time
+    #: zone...): an edit in place (same id) changes it, which is drift.
+    content: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRun:
+    """A deployment's run that the server deletes when the deployment's ``paused`` flag is
+    written (see :func:`runner.targets.deleted_with_write`)."""
+
+    id: UUID
+    name: str
+    state_name: str
+    #: When it is scheduled to start.
+    scheduled: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +160,9 @@ class ObjectView:
     #: A work pool's type.
     type: str | None = None
     schedules: tuple[ScheduleView, ...] = ()
+    #: A deployment's runs the server deletes with the pause or resume (the scheduler's
+    #: Scheduled runs): read by the plan only for a deployment it writes.
+    scheduled_runs: tuple[ScheduledRun, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

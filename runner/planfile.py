@@ -30,13 +30,14 @@ from runner.plan import (
     Op,
     Plan,
     RunView,
+    ScheduledRun,
     ScheduleView,
     StepPlan,
     TargetState,
 )
 from runner.playbook import ACTION_TYPES
 from runner.states import StateType
-from runner.targets import TARGET_KINDS
+from runner.targets import NOUNS, TARGET_KINDS
 from runner.timeexpr import MAX_DURATION
 from runner.words import plural
 
@@ -132,7 +133,23 @@ def _object_to_json(view: ObjectView) -> dict[str, Any]:
         data["tags"] = list(view.tags)
         data["work_queue"] = view.work_queue
         data["schedules"] = [
-            {"id": str(s.id), "active": s.active, "schedule": s.schedule} for s in view.schedules
+            {
+                "id": str(s.id),
+                "active": s.active,
+                "schedule": s.schedule,
+                "timezone": s.timezone,
+                "content": s.content,
+            }
+            for s in view.schedules
+        ]
+        data["scheduled_runs"] = [
+            {
+                "id": str(r.id),
+                "name": r.name,
+                "state_name": r.state_name,
+                "scheduled": _dt(r.scheduled),
+            }
+            for r in view.scheduled_runs
         ]
     if view.kind in ("deployment", "work_queue"):
         data["work_pool"] = view.work_pool
@@ -393,6 +410,18 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.keys: set[str] = set()
+        #: The step each run or object is in: the planner puts each in one step (an earlier
+        #: step claims it), so a plan with one in two steps was edited.
+        self.steps_of: dict[UUID, int] = {}
+
+    def one_step(self, item: UUID, step: int, path: _Path, what: str) -> None:
+        first = self.steps_of.setdefault(item, step)
+        if first != step:
+            self.fail(
+                path,
+                f"{what} is also in step {first + 1}: a plan holds each run or object in one"
+                " step (an earlier step claims it)",
+            )
 
     def fail(self, path: _Path, message: str) -> NoReturn:
         where = ""
@@ -673,6 +702,20 @@ class _Reader:
                     id=self.uuid(entry, "id", spath),
                     active=self.boolean(entry, "active", spath),
                     schedule=self.text(entry, "schedule", spath),
+                    timezone=self.optional_text(entry, "timezone", spath),
+                    content=self.text(entry, "content", spath),
+                )
+            )
+        scheduled_runs = []
+        for i, item in enumerate(raw.get("scheduled_runs") or ()):
+            rpath: _Path = (*at, "scheduled_runs", i)
+            entry = self.as_obj(item, rpath)
+            scheduled_runs.append(
+                ScheduledRun(
+                    id=self.uuid(entry, "id", rpath),
+                    name=self.text(entry, "name", rpath),
+                    state_name=self.text(entry, "state_name", rpath),
+                    scheduled=self.optional_when(entry, "scheduled", rpath),
                 )
             )
         view = ObjectView(
@@ -687,6 +730,7 @@ class _Reader:
             work_queue=self.optional_text(raw, "work_queue", at),
             type=self.optional_text(raw, "type", at),
             schedules=tuple(schedules),
+            scheduled_runs=tuple(scheduled_runs),
         )
         op = self.choice(data, "op", path, frozenset({action, "noop"}))
         change = ObjectChange(
@@ -700,6 +744,7 @@ class _Reader:
         if change.key in self.keys:
             self.fail((*at, "id"), f"{view.name} has two changes in this step")
         self.keys.add(change.key)
+        self.one_step(view.id, step, (*at, "id"), f"{NOUNS[view.kind]} {view.name}")
         for side, expected in (("before", change.before), ("after", change.after)):
             flags = self.obj(data, side, path)
             if self.boolean(flags, "paused", (*path, side)) != expected:
@@ -757,6 +802,7 @@ class _Reader:
         if key in self.keys:
             self.fail((*path, "run", "id"), f"run {run.id} has two changes in this step")
         self.keys.add(key)
+        self.one_step(run.id, step, (*path, "run", "id"), f"run {run.id}")
         raw_state = data.get("state")
         state = None if raw_state is None else self.state(raw_state, (*path, "state"))
         if op in ("set_state", "recreate") and state is None:

@@ -417,12 +417,21 @@ def _object_violations(
             f"{label} selected no {plan.noun}s, and its guards expect some (expect: non_empty)"
         )
     pending = len(plan.pending_objects)
-    if step.guards and step.guards.max_affected is not None and pending > step.guards.max_affected:
+    deleted = _deleted_runs(plan)
+    limit = step.guards.max_affected if step.guards else None
+    if limit is not None and pending + deleted > limit:
+        also = f" (and the server deletes {plural(deleted, 'scheduled run')})" if deleted else ""
         violations.append(
-            f"{label} would {step.action.kind} {plural(pending, plan.noun)}, more than its"
-            f" max_affected ({step.guards.max_affected})"
+            f"{label} would {step.action.kind} {plural(pending, plan.noun)}{also}, more than"
+            f" its max_affected ({limit})"
         )
     return violations
+
+
+def _deleted_runs(step: StepPlan) -> int:
+    """The scheduled runs the server deletes with the step's writes: they count against
+    ``max_affected`` as runs the plan changes."""
+    return sum(len(c.object.scheduled_runs) for c in step.pending_objects)
 
 
 def _utc(value: datetime) -> str:
@@ -511,7 +520,7 @@ def make_plan(
                 archive=_archive_of(step),
             )
         )
-    total = sum(len(s.pending) for s in steps)
+    total = sum(len(s.pending) + _deleted_runs(s) for s in steps)
     objects = sum(len(s.pending_objects) for s in steps)
     limit = playbook.guards.max_affected
     if limit is not None and total + objects > limit:

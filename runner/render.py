@@ -80,7 +80,19 @@ def _unchanged(step: StepPlan) -> int:
 def _schedules(view: ObjectView) -> str:
     if not view.schedules:
         return "none"
-    return ", ".join(f"{s.schedule} ({'on' if s.active else 'off'})" for s in view.schedules)
+    return ", ".join(
+        f"{s.schedule}{f' {s.timezone}' if s.timezone else ''} ({'on' if s.active else 'off'})"
+        for s in view.schedules
+    )
+
+
+def _deletes(view: ObjectView) -> str:
+    """The scheduled runs the server deletes with a deployment's pause or resume."""
+    if not view.scheduled_runs:
+        return ""
+    runs = ", ".join(f"{r.name} ({r.state_name} {_time(r.scheduled)})" for r in view.scheduled_runs)
+    n = len(view.scheduled_runs)
+    return f"; the server deletes its {plural(n, 'scheduled run')}: {runs}"
 
 
 def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]], list[str]]:
@@ -93,7 +105,7 @@ def _object_table(step: StepPlan) -> tuple[tuple[str, ...], list[tuple[str, ...]
         after = (
             f"unchanged: {change.reason}"
             if change.is_noop
-            else paused_word(change.op == "pause", view.kind)
+            else paused_word(change.op == "pause", view.kind) + _deletes(view)
         )
         if view.kind == "deployment":
             cells: tuple[str, ...] = (
@@ -125,6 +137,9 @@ def _printable(text: str) -> str:
         ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
     )
 
+
+#: For other modules' output of names and details (the apply summary).
+printable = _printable
 
 _PLAIN_TAG = re.compile(r"[^\s,\"]+(?: [^\s,\"]+)*")
 

@@ -13,13 +13,14 @@ resume sets ``paused`` back, and a schedule that was inactive stays inactive.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 from uuid import UUID
 
-from runner.plan import ObjectChange, ObjectKind, ObjectView, ScheduleView
+from runner.plan import ObjectChange, ObjectKind, ObjectView, ScheduledRun, ScheduleView
 from runner.playbook import ObjectSelect, TagSelect
 
 #: A step's ``target`` -> the kind of each object it selects.
@@ -47,8 +48,25 @@ def is_glob(name: str) -> bool:
     return any(c in _GLOB_CHARS for c in name)
 
 
-def _matches(patterns: tuple[str, ...], name: str | None) -> bool:
-    return name is not None and any(fnmatchcase(name, p) for p in patterns)
+def literal_names(patterns: tuple[str, ...], names: Iterable[str]) -> frozenset[str]:
+    """The patterns with ``*``, ``?`` or ``[`` that are the very name of one of ``names``
+    (the objects the server returned): such a pattern is that name, matched literally (a
+    pool named ``prod[1]`` is ``prod[1]``, never ``prod1``). A pattern no object has as its
+    name is a glob."""
+    have = set(names)
+    return frozenset(p for p in patterns if is_glob(p) and p in have)
+
+
+def name_matches(pattern: str, name: str | None, literal: frozenset[str] = frozenset()) -> bool:
+    if name is None:
+        return False
+    return name == pattern if pattern in literal else fnmatchcase(name, pattern)
+
+
+def _matches(
+    patterns: tuple[str, ...], name: str | None, literal: frozenset[str] = frozenset()
+) -> bool:
+    return any(name_matches(p, name, literal) for p in patterns)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -71,6 +89,66 @@ def _schedule_text(schedule: Any) -> str:
     if schedule.get("rrule") is not None:
         return f"rrule {schedule['rrule']}"
     return "schedule"
+
+
+def _timezone(schedule: Any) -> str | None:
+    if isinstance(schedule, dict) and isinstance(schedule.get("timezone"), str):
+        return str(schedule["timezone"])
+    return None
+
+
+def schedule_content(schedule: Any) -> str:
+    """A schedule as the server gave it, canonical JSON: what drift compares."""
+    return json.dumps(schedule, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _major(version: str | None) -> int | None:
+    head = (version or "").split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def deleted_with_write(
+    runs: list[dict[str, Any]], *, version: str | None, now: datetime
+) -> tuple[ScheduledRun, ...]:
+    """The runs of a deployment (``runs``: its Scheduled-type runs as the server returned
+    them) that the server deletes when the deployment is PATCHed, ``paused`` included.
+
+    Prefect's ``update_deployment`` deletes the deployment's auto-scheduled runs (the
+    scheduler's) in a Scheduled-type state: on 2.20 all of them (Late and AwaitingRetry
+    too); on 3.x only those not started yet (``run_count`` 0), not AwaitingConcurrencySlot,
+    and scheduled after ``now``. A server of unknown version: the 2.20 set, the wider one.
+    Runs made by hand or by ``create_flow_run_from_deployment`` are not auto-scheduled and
+    stay. Ordered by scheduled time, then id."""
+    three = (_major(version) or 0) >= 3
+    found: list[ScheduledRun] = []
+    for run in runs:
+        state = run.get("state") if isinstance(run.get("state"), dict) else {}
+        assert isinstance(state, dict)
+        if run.get("auto_scheduled") is not True or state.get("type") != "SCHEDULED":
+            continue
+        when = _parse_time(run.get("next_scheduled_start_time"))
+        if three and (
+            (run.get("run_count") or 0) != 0
+            or state.get("name") == "AwaitingConcurrencySlot"
+            or when is None
+            or when <= now
+        ):
+            continue
+        found.append(
+            ScheduledRun(
+                id=UUID(str(run["id"])),
+                name=str(run.get("name")),
+                state_name=str(state.get("name")),
+                scheduled=when,
+            )
+        )
+    far = datetime.max.replace(tzinfo=now.tzinfo)
+    return tuple(sorted(found, key=lambda r: (r.scheduled or far, r.id.int)))
+
+
+def writes(view: ObjectView, action: str) -> bool:
+    """Whether a step's ``action`` writes ``view``'s paused flag (else it is a no-op)."""
+    return view.paused != (action == "pause")
 
 
 def lacks_pause(kind: ObjectKind, data: Mapping[str, Any]) -> bool:
@@ -99,6 +177,8 @@ def view_of(kind: ObjectKind, data: Mapping[str, Any], flows: Mapping[str, str])
                     id=UUID(str(s["id"])),
                     active=bool(s.get("active", True)),
                     schedule=_schedule_text(s.get("schedule")),
+                    timezone=_timezone(s.get("schedule")),
+                    content=schedule_content(s.get("schedule")),
                 )
                 for s in sorted(
                     data.get("schedules") or (),
@@ -126,10 +206,13 @@ def _tags_fail(tags: TagSelect, have: tuple[str, ...]) -> bool:
     )
 
 
-def failed_keys(select: ObjectSelect, view: ObjectView) -> list[str]:
-    """The selection keys ``view`` does not match (empty: it is selected, unless excluded)."""
+def failed_keys(
+    select: ObjectSelect, view: ObjectView, literal: frozenset[str] = frozenset()
+) -> list[str]:
+    """The selection keys ``view`` does not match (empty: it is selected, unless excluded);
+    ``literal``: the patterns read as names (:func:`literal_names`)."""
     failed: list[str] = []
-    if select.names and not _matches(select.names, view.name):
+    if select.names and not _matches(select.names, view.name, literal):
         failed.append("names")
     if select.flows and view.flow not in select.flows:
         failed.append("flows")
@@ -146,8 +229,8 @@ def failed_keys(select: ObjectSelect, view: ObjectView) -> list[str]:
     return failed
 
 
-def excluded(select: ObjectSelect, view: ObjectView) -> bool:
-    return _matches(select.exclude, view.name)
+def excluded(select: ObjectSelect, view: ObjectView, literal: frozenset[str] = frozenset()) -> bool:
+    return _matches(select.exclude, view.name, literal)
 
 
 def server_filter(target: str, select: ObjectSelect) -> tuple[dict[str, Any], frozenset[str]]:
@@ -229,8 +312,8 @@ def drift(planned: ObjectView, current: ObjectView | None) -> str | None:
         return f"its work queue changed since the plan (now {current.work_queue})"
     if current.type != planned.type:
         return f"its type changed since the plan (now {current.type})"
-    if {(s.id, s.active) for s in current.schedules} != {
-        (s.id, s.active) for s in planned.schedules
+    if {(s.id, s.active, s.content) for s in current.schedules} != {
+        (s.id, s.active, s.content) for s in planned.schedules
     }:
         return "its schedules changed since the plan"
     return None

@@ -1006,3 +1006,24 @@ def test_a_plan_that_changes_states_needs_yes_whatever_its_steps_are_called(
         "runner: not a terminal: pass --yes to apply changes that delete, cancel or change the"
         " state of runs\n"
     )
+
+
+def test_a_plan_with_one_run_in_two_steps_is_refused(tmp_path: Path, nothing_sent: None) -> None:
+    """The planner gives a run to the first step that selects it; a plan edited so that two
+    steps change the same run (the checksum recomputed) is refused, naming the run."""
+    import copy
+
+    document = plan_document(action="delete")
+    second = copy.deepcopy(document["steps"][0])
+    second["index"] = 1
+    for change in second["changes"]:
+        change["key"] = f"1:{change['run']['id']}"
+    document["steps"].append(second)
+    document["summary"] = {"delete": 2, "unchanged": 0}
+    path = write_document(tmp_path / "plan.json", document)
+    code, out, err = invoke("show", str(path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"runner: {path}: steps[1].changes[0].run.id: run {RUN_ID} is also in step 1: a plan"
+        " holds each run or object in one step (an earlier step claims it)\n"
+    )

@@ -21,7 +21,7 @@ from runner.planfile import _checksum, dumps, plan_from_json, read_plan
 from runner.planner import make_plan
 from runner.playbook import ObjectSelect, Pause, TagSelect, Unpause
 from runner.render import to_text
-from runner.targets import drift, failed_keys, server_filter
+from runner.targets import deleted_with_write, drift, failed_keys, literal_names, server_filter
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=timezone.utc)
 
@@ -222,3 +222,54 @@ def test_drift_compares_what_the_plan_saw_but_not_updated() -> None:
     assert drift(view, off) == "its schedules changed since the plan"
     moved = dataclasses.replace(view, work_pool="other")
     assert drift(view, moved) == "its work pool changed since the plan (now other)"
+
+
+def _scheduled(name: str, **fields: Any) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "id": str(uuid4()),
+        "name": name,
+        "auto_scheduled": True,
+        "run_count": 0,
+        "state": {"type": "SCHEDULED", "name": "Scheduled"},
+        "next_scheduled_start_time": "2026-11-30T05:00:00Z",
+    }
+    run.update(fields)
+    return run
+
+
+def test_the_runs_a_deployment_write_deletes_follow_each_servers_rule() -> None:
+    """Prefect's update_deployment: on 2.20 every auto-scheduled Scheduled-type run; on 3.x
+    only those not run, not AwaitingConcurrencySlot and in the future. Runs made by hand
+    (not auto-scheduled) stay on both."""
+    runs = [
+        _scheduled("later"),
+        _scheduled("soon", next_scheduled_start_time="2026-11-30T04:30:00Z"),
+        _scheduled(
+            "late",
+            state={"type": "SCHEDULED", "name": "Late"},
+            next_scheduled_start_time="2026-11-30T03:00:00Z",
+        ),
+        _scheduled("retrying", run_count=1, state={"type": "SCHEDULED", "name": "AwaitingRetry"}),
+        _scheduled("slot", state={"type": "SCHEDULED", "name": "AwaitingConcurrencySlot"}),
+        _scheduled("by-hand", auto_scheduled=False),
+        _scheduled("running", state={"type": "RUNNING", "name": "Running"}),
+    ]
+    three = deleted_with_write(runs, version="3.9.1", now=NOW)
+    two = deleted_with_write(runs, version="2.20.26", now=NOW)
+    unknown = deleted_with_write(runs, version=None, now=NOW)
+    assert [r.name for r in three] == ["soon", "later"]
+    assert [r.name for r in two][:2] == ["late", "soon"]  # by scheduled time
+    assert sorted(r.name for r in two) == ["late", "later", "retrying", "slot", "soon"]
+    assert unknown == two
+
+
+def test_a_name_with_glob_characters_the_server_has_is_matched_literally() -> None:
+    literal = literal_names(("p[1]", "q[12]", "plain"), ["p[1]", "p1", "q1"])
+    assert literal == frozenset({"p[1]"})
+    select = ObjectSelect(names=("p[1]", "q[12]"))
+    views = {
+        n: ObjectView(kind="work_pool", id=uuid4(), name=n, paused=False)
+        for n in ("p[1]", "p1", "q1")
+    }
+    chosen = [n for n, v in views.items() if not failed_keys(select, v, literal)]
+    assert chosen == ["p[1]", "q1"]

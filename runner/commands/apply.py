@@ -10,7 +10,7 @@ from typing import TextIO
 import anyio
 from anyio.abc import TaskStatus
 
-from runner.apply import Applied, ApplyRequest, apply, is_destructive
+from runner.apply import Applied, ApplyRequest, apply, destructive_kinds, is_destructive
 from runner.errors import EXIT_INTERRUPTED
 from runner.plan import Plan
 from runner.words import plural
@@ -54,8 +54,8 @@ def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err: Text
     if not interactive:
         if is_destructive(plan):
             err.write(
-                "runner: not a terminal: pass --yes to apply changes that delete, cancel or"
-                " change the state of runs\n"
+                "runner: not a terminal: pass --yes to apply changes that"
+                f" {', or '.join(destructive_kinds(plan))}\n"
             )
             return False
         return True
