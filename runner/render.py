@@ -86,12 +86,19 @@ def _schedules(view: ObjectView) -> str:
     )
 
 
+#: How many of the scheduled runs a deployment's write deletes the plan's line names.
+DELETED_RUNS_LISTED = 5
+
+
 def _deletes(view: ObjectView) -> str:
     """The scheduled runs the server deletes with a deployment's pause or resume."""
     if not view.scheduled_runs:
         return ""
-    runs = ", ".join(f"{r.name} ({r.state_name} {_time(r.scheduled)})" for r in view.scheduled_runs)
+    listed = view.scheduled_runs[:DELETED_RUNS_LISTED]
+    runs = ", ".join(f"{r.name} ({r.state_name} {_time(r.scheduled)})" for r in listed)
     n = len(view.scheduled_runs)
+    if n > len(listed):
+        runs += f" and {n - len(listed)} more (every one in the saved plan and --format json)"
     return f"; the server deletes its {plural(n, 'scheduled run')}: {runs}"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from runner import loader
 from runner.errors import PlanFileError
-from runner.plan import ObjectView, Observation, ScheduleView, StepObservation
+from runner.plan import ObjectView, Observation, ScheduledRun, ScheduleView, StepObservation
 from runner.planfile import _checksum, dumps, plan_from_json, read_plan
 from runner.planner import make_plan
 from runner.playbook import ObjectSelect, Pause, TagSelect, Unpause
@@ -273,3 +273,17 @@ def test_a_name_with_glob_characters_the_server_has_is_matched_literally() -> No
     }
     chosen = [n for n, v in views.items() if not failed_keys(select, v, literal)]
     assert chosen == ["p[1]", "q1"]
+
+
+def test_the_plan_names_five_of_the_runs_a_pause_deletes_and_counts_the_rest() -> None:
+    runs = tuple(
+        ScheduledRun(id=UUID(int=i), name=f"run-{i}", state_name="Scheduled", scheduled=NOW)
+        for i in range(1, 8)
+    )
+    text = to_text(_plan([_deployment("etl/nightly", False, scheduled_runs=runs)]))  # type: ignore[arg-type]
+    (line,) = [x for x in text.splitlines() if x.startswith("  etl/nightly")]
+    assert line.endswith(
+        "-> paused; the server deletes its 7 scheduled runs: "
+        + ", ".join(f"run-{i} (Scheduled 2026-11-30 04:00:00Z)" for i in range(1, 6))
+        + " and 2 more (every one in the saved plan and --format json)"
+    ), line
