@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 
@@ -65,9 +66,12 @@ async def client(settings: ConnectionSettings) -> AsyncIterator[PrefectClient]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    nightly = os.environ.get("RUNNER_NIGHTLY") == "1"
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)
+        if item.get_closest_marker("nightly") and not nightly:
+            item.add_marker(pytest.mark.skip(reason="nightly: run by bash scripts/nightly"))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

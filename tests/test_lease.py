@@ -238,6 +238,7 @@ def test_a_resume_from_the_same_state_dir_takes_over_a_killed_applys_lock(
     assert limit is not None and limit["active_slots"] == 0
 
 
+@pytest.mark.nightly  # waits ~80 s for the server to free the slot
 def test_a_killed_applys_lease_runs_out_and_a_waiting_apply_goes_on(
     api_url: str, seeder: Seeder, tmp_path: Path
 ) -> None:
@@ -498,6 +499,7 @@ class FirstOnly(FaultProxy):
         return kind
 
 
+@pytest.mark.nightly  # waits ~80 s for the orphaned lease to run out
 def test_a_lock_taken_by_a_request_whose_answer_was_lost_is_waited_for(
     prefect_server: PrefectServer, seeder: Seeder, tmp_path: Path
 ) -> None:

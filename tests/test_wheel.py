@@ -108,6 +108,7 @@ def test_the_wheel_installed_in_a_clean_venv_applies_the_demo_playbook(
     assert schema.startswith(str(tmp_path / "venv")) and Path(schema).is_file()
 
 
+@pytest.mark.nightly  # a second install, from git: the wheel's install runs in CI
 def test_the_readme_git_url_form_installs(tmp_path: Path) -> None:
     """README's ``pip install "prefect-runner @ git+https://..."``, with this repository's
     committed HEAD (a ``git+file://`` URL) in place of the placeholder address and tag. The
