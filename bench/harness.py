@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.plot import curve_svg  # noqa: E402
 from bench.postgres import Postgres, clone_runs_pg, start_postgres  # noqa: E402
 from bench.recipes import SCRIPTS  # noqa: E402
 from tests.support.prefect_server import DEFAULT_VERSION, PrefectServer, start_server  # noqa: E402
@@ -46,7 +47,9 @@ PYTHON = sys.executable
 WORKLOADS = {
     # name: (seeded state, needs a deployment, runner action, [runner variants])
     "cancel": ("Late", False, "cancel", ["per-run", "bulk", "rate-10"]),
-    "delete": ("Completed", False, "delete", ["per-run", "bulk"]),
+    # The ceiling keeps no copy of what it deletes: runner is measured like for like, without
+    # its archive (whose cost bench/archive_cost.py measures).
+    "delete": ("Completed", False, "{delete: {archive: false}}", ["per-run", "bulk"]),
     "reschedule": ("Late", True, "{reschedule: {delay: 6h}}", ["per-run"]),
     "recreate": ("Late", True, "{reschedule: {delay: 6h, strategy: recreate}}", ["per-run"]),
     "plan": ("Completed", False, "delete", ["plan"]),
@@ -368,7 +371,7 @@ def machine() -> str:
 def write_results(
     path: Path, cells: list[Cell], sweeps: dict[str, Any], meta: dict[str, Any]
 ) -> None:
-    summary = summarise(cells)
+    summary = summarise([c for c in cells if c.workload != "plan-curve"])
     lines = [
         "# Benchmark results",
         "",
@@ -398,7 +401,8 @@ def write_results(
         f" {', '.join(meta['backends'])}"
         + "".join(f" ({name} skipped: {why})" for name, why in meta["skipped"].items()),
         f"- Sizes: {meta['size']} runs per apply workload, {meta['plan_size']} for plan,"
-        f" {meta['scale_size']} for the memory check; {meta['repeats']} repeats per cell"
+        f" {meta['curve'].replace(',', ' / ')} for the plan curve (one measurement each);"
+        f" {meta['repeats']} repeats per cell"
         " (median, spread min-max); the ceiling's sweep on cells of"
         f" {meta['sweep_size']} runs.",
         "- Every cell: runs seeded fresh, the system run as its own process, the server checked"
@@ -470,19 +474,15 @@ def write_results(
                 f"| {backend} | delete requests, per-run / bulk | - | - | {fewer:.0f}x fewer |"
                 f" >= 10x fewer: {'met' if fewer >= 10 else 'MISSED'} |"
             )
-    scale = [c for c in cells if c.workload == "plan-scale"]
-    if scale:
-        lines += ["", "## Memory", ""]
-        for c in scale:
-            lines.append(
-                f"- {c.backend}: `runner plan` over {c.runs:,} runs: peak RSS {c.rss_mb:.0f} MB"
-                f" (target <= 200 MB: {'met' if c.rss_mb <= 200 else 'MISSED'}), {c.wall_s:.0f} s,"
-                f" {c.requests} requests."
-            )
+    lines += curve_section(cells, meta)
     lines += ["", "## The ceiling's sweep", ""]
     for key, (best, tried) in sweeps.items():
         tried_text = ", ".join(f"{t['variant']}: {t['ops_per_s']}/s" for t in tried)
         lines.append(f"- {key}: best `{best}` ({tried_text})")
+    curve = [c for c in cells if c.workload == "plan-curve" and c.exit_code == 0]
+    if curve:
+        points = [(c.backend, c.system, c.runs, c.ops_per_s) for c in curve]
+        path.with_name("plan-curve.svg").write_text(curve_svg(points))
     raw = "harness-quick.json" if meta["size"] == 40 else "harness.json"
     lines += ["", f"Raw numbers: `bench/results/{raw}`.", ""]
     path.write_text("\n".join(lines))
@@ -496,7 +496,18 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--plan-size", type=int, default=20_000)
-    parser.add_argument("--scale-size", type=int, default=100_000)
+    parser.add_argument(
+        "--curve",
+        default="10000,100000,500000",
+        help="history sizes at which `runner plan` is measured (one flow's runs, grown)",
+    )
+    parser.add_argument(
+        "--curve-offset-max",
+        type=int,
+        default=100_000,
+        help="the largest size at which the ceiling and the recipe (both page by offset, whose"
+        " cost grows with the square of the history) are measured too",
+    )
     parser.add_argument("--sweep-size", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="CI: small sizes, one repeat")
@@ -522,7 +533,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.quick:
-        args.size, args.plan_size, args.scale_size, args.sweep_size = 40, 600, 2000, 20
+        args.size, args.plan_size, args.sweep_size = 40, 600, 20
+        args.curve, args.curve_offset_max = "600,2000", 2000
         args.repeats = 1
     if args.report:
         report(args)
@@ -608,23 +620,114 @@ def main() -> None:
                     if plan_seed:
                         backend.remove(plan_seed[0])
                 if "plan" in args.workloads and not complete(args, cells, sweeps, name, "-"):
-                    flow, _ = backend.seed("Completed", args.scale_size, False)
-                    result = run_system(
-                        backend, "plan", "runner", "plan", args.scale_size, tmp, flow=flow
-                    )
-                    cells.append(
-                        cell_from(
-                            backend, "plan-scale", "runner-plan", 0, args.scale_size, result, ""
-                        )
-                    )
-                    print(f"  {name} plan-scale: {result['rss_mb']:.0f} MB", flush=True)
-                    backend.remove(flow)
+                    plan_curve(args, backend, sweeps, cells, tmp, versions, skipped, started)
         finally:
             backend.close()
     save(args, cells, sweeps, versions, skipped, started)
     bad = [c for c in cells if c.exit_code != 0 and c.system.startswith("runner")]
     if bad:
         raise SystemExit(f"{len(bad)} runner cells failed: {bad[0]}")
+
+
+def curve_section(cells: list[Cell], meta: dict[str, Any]) -> list[str]:
+    """RESULTS.md's plan-curve table, its targets, and the plot beside it."""
+    curve = [c for c in cells if c.workload == "plan-curve"]
+    if not curve:
+        return []
+    lines = [
+        "",
+        "## Planning as the history grows",
+        "",
+        "`runner plan` over one flow's finished runs, the history grown in the database"
+        " between sizes; one measurement per cell. runner reads by keyset (the sort key after"
+        " the last value seen), the ceiling and the recipe by offset (the server skips every"
+        f" earlier row on every page: measured up to {meta['curve_offset_max']:,} runs).",
+        "",
+        "![runs/s against history size](plan-curve.svg)",
+        "",
+        "| backend | runs | system | wall s | runs/s | requests | client CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(curve, key=lambda c: (c.backend, c.runs, c.system)):
+        failed = "" if c.exit_code == 0 else f" (exit {c.exit_code})"
+        lines.append(
+            f"| {c.backend} | {c.runs:,} | {c.system} | {c.wall_s:.1f} | {c.ops_per_s:.1f}{failed}"
+            f" | {c.requests} | {c.cpu_s:.1f} | {c.rss_mb:.0f} |"
+        )
+    lines += ["", "| backend | target | measured | |", "|---|---|---|---|"]
+    for backend in meta["backends"]:
+        mine = {(c.system, c.runs): c for c in curve if c.backend == backend}
+        sizes = sorted({c.runs for c in curve if c.backend == backend})
+        if not sizes:
+            continue
+        small, large = mine.get(("runner-plan", sizes[0])), mine.get(("runner-plan", sizes[-1]))
+        if small and large and small.ops_per_s:
+            flat = large.ops_per_s / small.ops_per_s
+            lines.append(
+                f"| {backend} | runs/s over {sizes[-1]:,} >= 0.8x over {sizes[0]:,} |"
+                f" {flat:.2f}x ({large.ops_per_s:.0f} / {small.ops_per_s:.0f}) |"
+                f" {'met' if flat >= 0.8 else 'MISSED'} |"
+            )
+        at = [n for n in sizes if ("ceiling", n) in mine and ("runner-plan", n) in mine]
+        if at:
+            n = at[-1]
+            ceiling = mine[("ceiling", n)].ops_per_s
+            ratio = mine[("runner-plan", n)].ops_per_s / ceiling if ceiling else 0.0
+            lines.append(
+                f"| {backend} | >= 1.2x the offset-paging ceiling at {n:,} | {ratio:.2f}x |"
+                f" {'met' if ratio >= 1.2 else 'MISSED'} |"
+            )
+        if large:
+            lines.append(
+                f"| {backend} | peak RSS <= 200 MB at {sizes[-1]:,} | {large.rss_mb:.0f} MB |"
+                f" {'met' if large.rss_mb <= 200 else 'MISSED'} |"
+            )
+    return lines
+
+
+def plan_curve(
+    args: argparse.Namespace,
+    backend: Backend,
+    sweeps: dict[str, Any],
+    cells: list[Cell],
+    tmp: Path,
+    versions: set[str],
+    skipped: dict[str, str],
+    started: datetime,
+) -> None:
+    """`runner plan` over one flow's runs as its history grows (cloned in the database up to
+    each size of ``--curve``); up to ``--curve-offset-max`` the ceiling (at the plan sweep's
+    best) and the recipe read the same runs. Peak RSS of the largest is the memory check."""
+    best = sweeps.get(f"{backend.name} plan", ("16", []))[0]
+    flow, _ = backend.seed("Completed", 1, False)
+    template = backend.runs(flow)[0]["id"]
+    have = 1
+    for size in curve_sizes(args):
+        if backend.pg is not None:
+            clone_runs_pg(backend.pg, template, size - have, name_prefix=unique("c"))
+        else:
+            clone_runs(
+                backend.server.home / "prefect.db", template, size - have, name_prefix=unique("c")
+            )
+        have = size
+        systems = [("runner-plan", "runner", "plan", "keyset paging")]
+        if size <= args.curve_offset_max:
+            systems += [("ceiling", "ceiling", best, f"offset paging, concurrency {best}")]
+            systems += [("recipe", "recipe", "", "offset paging, one page at a time")]
+        for system, kind, variant, note in systems:
+            result = run_system(backend, "plan", kind, variant, size, tmp, flow=flow)
+            cells.append(cell_from(backend, "plan-curve", system, 0, size, result, note))
+            save(args, cells, sweeps, versions, skipped, started)
+            print(
+                f"  {backend.name} plan-curve {size} {system}: {cells[-1].ops_per_s}/s,"
+                f" {cells[-1].rss_mb:.0f} MB, exit {cells[-1].exit_code}",
+                flush=True,
+            )
+    backend.remove(flow)
+
+
+def curve_sizes(args: argparse.Namespace) -> list[int]:
+    return sorted(int(size) for size in str(args.curve).split(","))
 
 
 def shared_recipe(cells: list[Cell], backend: str, workload: str) -> list[Cell]:
@@ -646,10 +749,10 @@ def shared_recipe(cells: list[Cell], backend: str, workload: str) -> list[Cell]:
 def busy_machine() -> str:
     """What else is using the CPU: another Prefect server (an orphan of an earlier run, say)
     would take a core from every cell and skew them unevenly."""
-    own = os.getpid()
+    own = {os.getpid(), os.getppid()}  # the parent: a `timeout` or shell that started it
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == own:
+        if not entry.name.isdigit() or int(entry.name) in own:
             continue
         try:
             args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -669,8 +772,9 @@ def complete(
 ) -> bool:
     """Whether ``workload`` ("-": the memory check) was measured whole on ``backend``."""
     if workload == "-":
+        largest = curve_sizes(args)[-1]
         return "plan" not in args.workloads or any(
-            c.backend == backend and c.workload == "plan-scale" for c in cells
+            c.backend == backend and c.workload == "plan-curve" and c.runs == largest for c in cells
         )
     expected = args.repeats * (2 + len(WORKLOADS[workload][3]))
     found = sum(1 for c in cells if c.backend == backend and c.workload == workload)
@@ -680,10 +784,10 @@ def complete(
 def pending(
     args: argparse.Namespace, cells: list[Cell], sweeps: dict[str, Any], skipped: dict[str, str]
 ) -> list[str]:
-    """The workloads of this run not yet measured whole ("sqlite plan-scale": the memory
-    check)."""
+    """The workloads of this run not yet measured whole ("sqlite plan-curve": planning as
+    the history grows)."""
     return [
-        f"{backend} {'plan-scale' if workload == '-' else workload}"
+        f"{backend} {'plan-curve' if workload == '-' else workload}"
         for backend in args.backends.split(",")
         if backend not in skipped
         for workload in [*args.workloads.split(","), "-"]
@@ -698,7 +802,7 @@ def report(args: argparse.Namespace) -> None:
     meta = recorded["meta"]
     cells = [Cell(**c) for c in recorded["cells"]]
     sweeps = {k: tuple(v) for k, v in recorded["sweeps"].items()}
-    for option in ("size", "plan_size", "scale_size", "sweep_size", "repeats"):
+    for option in ("size", "plan_size", "curve", "curve_offset_max", "sweep_size", "repeats"):
         setattr(args, option, meta[option])
     args.backends = ",".join([*meta["backends"], *meta["skipped"]])
     args.workloads = ",".join(meta.get("workloads", WORKLOADS))
@@ -711,7 +815,7 @@ def resume(args: argparse.Namespace) -> tuple[datetime, list[Cell], dict[str, An
     raw = ROOT / "bench" / "results" / ("harness-quick.json" if args.quick else "harness.json")
     recorded = json.loads(raw.read_text())
     meta = recorded["meta"]
-    for option in ("size", "plan_size", "scale_size", "sweep_size", "repeats"):
+    for option in ("size", "plan_size", "curve", "curve_offset_max", "sweep_size", "repeats"):
         if meta[option] != getattr(args, option):
             raise SystemExit(
                 f"--resume: {raw} was measured with {option}={meta[option]},"
@@ -723,7 +827,7 @@ def resume(args: argparse.Namespace) -> tuple[datetime, list[Cell], dict[str, An
         c
         for c in cells
         if complete(
-            args, cells, sweeps, c.backend, "-" if c.workload == "plan-scale" else c.workload
+            args, cells, sweeps, c.backend, "-" if c.workload == "plan-curve" else c.workload
         )
     ]
     kept = {f"{c.backend} {c.workload}" for c in cells}
@@ -755,7 +859,8 @@ def save(
         "skipped": skipped,
         "size": args.size,
         "plan_size": args.plan_size,
-        "scale_size": args.scale_size,
+        "curve": args.curve,
+        "curve_offset_max": args.curve_offset_max,
         "sweep_size": args.sweep_size,
         "repeats": args.repeats,
         "workloads": args.workloads.split(","),
