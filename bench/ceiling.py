@@ -32,7 +32,9 @@ RETRY = {429, 502, 503, 504}
 
 
 async def send(client: httpx.AsyncClient, method: str, path: str, **kw: object) -> httpx.Response:
-    for attempt in range(12):
+    # Patient: a SQLite server answers concurrent creates with 503s for many seconds at a
+    # time, and a ceiling that gives up measures nothing (a 2,000-run recreate at 4 did).
+    for attempt in range(60):
         try:
             response = await client.request(method, path, **kw)  # type: ignore[arg-type]
         except httpx.TransportError:

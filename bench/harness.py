@@ -407,6 +407,9 @@ def write_results(
         f" {meta['sweep_size']} runs.",
         "- Every cell: runs seeded fresh, the system run as its own process, the server checked"
         " afterwards (failed = planned changes the server does not show).",
+        "- runner runs as an operator runs it (its checks, checkpoint, lock and events on),"
+        " except that its deletes keep no archive (`archive: false`): the ceiling keeps no"
+        " copy either; `bench/archive_cost.py` measures what the archive costs.",
         "",
         "| backend | workload | system | runs | wall s | ops/s (spread) | requests | client CPU s"
         " | peak RSS MB | failed |",

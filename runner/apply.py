@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,23 @@ def _workdir(state_dir: Path, plan: Plan) -> Path:
     return state_dir / plan.id
 
 
+#: A plan's playbook digest, in the head of its document (written first, see
+#: runner.planfile.write_document).
+_DIGEST = re.compile(r'"digest": "(sha256:[0-9a-f]{64})"')
+
+
+def _peek_digest(path: Path) -> str | None:
+    """The playbook digest a saved plan names in its first 8 KiB, without reading the rest;
+    None when it cannot be told that way (then the plan is read whole and checked)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8192).decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _DIGEST.search(head)
+    return found.group(1) if found else None
+
+
 def _find_unfinished(
     state_dir: Path,
     playbook: Playbook,
@@ -130,16 +148,21 @@ def _find_unfinished(
     now: datetime,
     max_age_seconds: float | None,
     out: TextIO,
-) -> Path | None:
+) -> tuple[Path, Plan, str] | None:
     """An earlier apply of the same playbook (its bytes), variables and server that did not
     finish and is no older than ``max_age_seconds``: found before the server is read (an
     older one is set aside, said so, and planned anew: one change that keeps failing must not
-    pin every later apply to an old plan)."""
+    pin every later apply to an old plan). Its folder, plan and the checksum the plan was
+    verified against: read once (a plan of 100,000 runs takes seconds to read)."""
     if not state_dir.is_dir():
         return None
     for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
+        if not candidate.with_name("checkpoint.jsonl").exists():
+            continue
+        if _peek_digest(candidate) not in (None, playbook.digest):
+            continue  # another playbook's: not read whole (a big plan takes seconds)
         try:
-            old = read_plan(candidate)
+            old, checksum = read_plan_checked(candidate)
         except RunnerError:
             continue
         if (
@@ -163,7 +186,7 @@ def _find_unfinished(
                 " the old plan instead).\n"
             )
             continue
-        return candidate.parent
+        return candidate.parent, old, checksum
     return None
 
 
@@ -430,12 +453,12 @@ async def _plan_stage(
             out=out,
         )
         if unfinished is not None:  # resumed as it was: the server is not read again
-            plan, checksum = read_plan_checked(unfinished / "plan.json")
+            folder, plan, checksum = unfinished
             out.write(
-                f"Resuming unfinished plan {plan.id} from {unfinished} (made"
+                f"Resuming unfinished plan {plan.id} from {folder} (made"
                 f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
             )
-            return plan, unfinished, retry, checksum
+            return plan, folder, retry, checksum
     if lock is not None:
         await lock.take(playbook.name)
         now = datetime.now(timezone.utc)  # the plan counts from when the lock was taken
