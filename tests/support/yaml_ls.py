@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -28,7 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.support.prefect_server import _locked, cache_dir
+from tests.support import npm
+from tests.support.npm import missing_tools
+
+__all__ = ["LanguageServer", "ensure_installed", "missing_tools"]
 
 VERSION = "2.0.0"  # the exact version the tests use; the issue's reports came from 2.0.0
 #: What an editor with the YAML extension sends (the schema store is off: no network).
@@ -43,49 +45,18 @@ SETTINGS: dict[str, Any] = {
     }
 }
 Diagnostic = dict[str, Any]
-
-
-def missing_tools() -> str | None:
-    """Why yaml-language-server cannot be run here, or None."""
-    absent = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    return f"{' and '.join(absent)} not found" if absent else None
+BINARY = Path("node_modules") / ".bin" / "yaml-language-server"
 
 
 def ensure_installed(version: str = VERSION) -> Path:
     """The ``yaml-language-server`` executable of ``version``, installed on first use."""
-    home = cache_dir() / "yaml-ls" / version
-    binary = home / "node_modules" / ".bin" / "yaml-language-server"
-    marker = home / ".installed"
-    if marker.exists():
-        return binary
-    with _locked(cache_dir() / f".yaml-ls-{version}.lock"):
-        if marker.exists():
-            return binary
-        if home.exists():
-            shutil.rmtree(home)
-        home.mkdir(parents=True)
-        result = subprocess.run(
-            [
-                "npm",
-                "install",
-                "--prefix",
-                str(home),
-                "--no-save",
-                "--no-package-lock",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                f"yaml-language-server@{version}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0 or not binary.exists():
-            raise RuntimeError(
-                f"npm install yaml-language-server@{version} failed:\n{result.stderr[-3000:]}"
-            )
-        marker.write_text(f"yaml-language-server@{version}\n")
-    return binary
+    home = npm.install(
+        "yaml-language-server",
+        version,
+        "yaml-ls",
+        installed=lambda home: (home / BINARY).exists(),
+    )
+    return home / BINARY
 
 
 class LanguageServer:
