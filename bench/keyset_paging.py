@@ -28,12 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Backend  # noqa: E402
-from bench.postgres import clone_runs_pg  # noqa: E402
 from runner.client import PrefectClient  # noqa: E402
 from runner.filters import AnyIds, FlowFilter, FlowRunQuery, FlowRunSort  # noqa: E402
 from runner.settings import ConnectionSettings  # noqa: E402
 from tests.support.seed import unique  # noqa: E402
-from tests.support.seed_db import clone_runs  # noqa: E402
 
 #: The ways a selection is read: (name, sort, concurrency).
 WAYS = (
@@ -57,13 +55,6 @@ async def read_all(
         return count, time.perf_counter() - started
 
 
-def grow(backend: Backend, template: str, count: int) -> None:
-    if backend.pg is not None:
-        clone_runs_pg(backend.pg, template, count, name_prefix=unique("k"))
-    else:
-        clone_runs(backend.server.home / "prefect.db", template, count, name_prefix=unique("k"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
@@ -78,7 +69,7 @@ def main() -> None:
         template = backend.seeder.run(flow, "Late")
         have = 1
         for size in sizes:
-            grow(backend, template["id"], size - have)
+            backend.grow(template["id"], size - have, "k")
             have = size
             row: dict[str, Any] = {"backend": args.backend, "runs": size}
             for name, sort, concurrency in WAYS:

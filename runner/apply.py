@@ -157,7 +157,8 @@ def _find_unfinished(
     if not state_dir.is_dir():
         return None
     for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
-        if not candidate.with_name("checkpoint.jsonl").exists():
+        journal = candidate.with_name("checkpoint.jsonl")
+        if not journal.exists():
             continue
         if _peek_digest(candidate) not in (None, playbook.digest):
             continue  # another playbook's: not read whole (a big plan takes seconds)
@@ -170,9 +171,6 @@ def _find_unfinished(
             or old.server_url != server_url
             or old.variables != dict(playbook.vars)
         ):
-            continue
-        journal = candidate.with_name("checkpoint.jsonl")
-        if not journal.exists():
             continue
         state = read_journal(journal, plan_id=old.id)
         if all(state.status(c.key) in FINISHED for c in old.work):
