@@ -23,6 +23,22 @@ from tests.support.seed import Seeder
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
+# A runner that does not stop is made to show where it is: SIGABRT, and Python's fault
+# handler prints every thread's stack on stderr.
+DUMP_ON_ABORT = {"PYTHONFAULTHANDLER": "1"}
+
+
+def communicate_or_dump(process: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """``process``'s output once it ends, or, when it has not ended within ``timeout``
+    seconds, a failure that shows its stacks."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        _, err = process.communicate(timeout=30)
+        raise AssertionError(f"runner did not stop within {timeout:g} s:\n{err}") from None
+
+
 def playbook(tmp: Path, flow: dict[str, Any]) -> Path:
     path = tmp / "playbook.yaml"
     path.write_text(
@@ -62,13 +78,15 @@ def test_a_signal_while_planning_exits_130(
         slow_seconds=60,
         only="POST /api/flow_runs/filter",
     ) as proxy:
-        process = start_cli(args[0], str(path), *args[1:], api_url=proxy.api_url, cwd=tmp_path)
+        process = start_cli(
+            args[0], str(path), *args[1:], api_url=proxy.api_url, cwd=tmp_path, env=DUMP_ON_ABORT
+        )
         deadline = time.monotonic() + 60
         while not proxy.injected["slow"] and process.poll() is None:
             assert time.monotonic() < deadline, "the plan never read the runs"
             time.sleep(0.05)
         process.send_signal(signum)
-        out, err = process.communicate(timeout=60)
+        out, err = communicate_or_dump(process)
     assert process.returncode == 130, err
     assert (out, err) == ("", f"\nrunner: {signum.name}: {said}\n")
     assert not (tmp_path / ".runner").exists()

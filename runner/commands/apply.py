@@ -11,11 +11,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from runner.apply import Applied, ApplyRequest, apply, destructive_kinds, is_destructive
+from runner.commands.interrupt import SIGNALS
 from runner.errors import EXIT_INTERRUPTED
 from runner.plan import Plan
 from runner.words import plural
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Interrupted(Exception):

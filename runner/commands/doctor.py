@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-import anyio
-
 from runner.client import PrefectClient
+from runner.commands.interrupt import run_interruptible
 from runner.errors import APIError, SettingsError
 from runner.redact import redact
 from runner.settings import ConnectionSettings
@@ -39,4 +38,4 @@ def run(settings: ConnectionSettings, *, out: TextIO) -> int:
         print(f"bulk routes:  {'yes' if info.bulk_routes else 'no (per-run calls)'}", file=out)
         return 0
 
-    return anyio.run(probe)
+    return run_interruptible(probe)

@@ -9,9 +9,8 @@ import os
 from collections.abc import AsyncGenerator, Mapping
 from typing import TextIO
 
-import anyio
-
 from runner.client import PrefectClient
+from runner.commands.interrupt import run_interruptible
 from runner.errors import EXIT_OK, OutputError
 from runner.listing import Capped, Format, Listed, ListingWriter, list_selections
 from runner.loader import load_playbook, load_select
@@ -51,7 +50,7 @@ def run(
                         err.write(f"runner: stopped at --limit {event.limit}: more runs match\n")
 
     try:
-        anyio.run(go)
+        run_interruptible(go)
     except BrokenPipeError:
         _quiet(out)
     return EXIT_OK

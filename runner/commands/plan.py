@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TextIO
 
-import anyio
-
 from runner.client import PrefectClient
+from runner.commands.interrupt import run_interruptible
 from runner.errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, OutputError
 from runner.loader import load_playbook
 from runner.observe import plan_playbook
@@ -37,7 +36,7 @@ def make(path: str, *, variables: Mapping[str, str], settings: ConnectionSetting
         async with PrefectClient(settings, bulk=False, retry=retry) as client:
             return await plan_playbook(playbook, client)
 
-    return anyio.run(go)
+    return run_interruptible(go)
 
 
 def run(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import TextIO
 
-import anyio
-
 from runner.apply import ApplyRequest
 from runner.client import PrefectClient
 from runner.commands import apply as apply_command
+from runner.commands.interrupt import run_interruptible
 from runner.commands.plan import exit_code
 from runner.errors import OutputError
 from runner.output import check_file
@@ -32,7 +31,7 @@ def save(request: ApplyRequest, output: str, *, out: TextIO) -> int:
                 target, client, state_dir=request.state_dir, guards=request.undo_guards
             )
 
-    plan = anyio.run(make)
+    plan = run_interruptible(make)
     try:
         write_plan(plan, output)
     except OSError as exc:
