@@ -14,7 +14,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, get_args
+from typing import Any, NoReturn, TextIO, TypeVar, get_args
 from uuid import UUID, uuid4
 
 from runner.errors import PlanFileError
@@ -40,6 +40,8 @@ from runner.states import StateType
 from runner.targets import NOUNS, TARGET_KINDS
 from runner.timeexpr import MAX_DURATION
 from runner.words import plural
+
+T = TypeVar("T")
 
 PLAN_FORMAT = "runner-plan"
 PLAN_VERSION = 1
@@ -333,11 +335,13 @@ def check_plan_id(plan_id: str, *, source: str = "plan") -> None:
         )
 
 
-def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
+def plan_from_json(data: Any, *, source: str = "plan", consume: bool = False) -> Plan:
     """Read a plan document; :class:`PlanFileError` when it is not one this runner can apply.
 
     Every field is checked, naming its JSON path: a document whose checksum was recomputed
     after an edit is still refused when a value is out of range or of the wrong kind.
+    ``consume``: ``data`` was parsed for this read only; each change's JSON is dropped from
+    it once converted.
     """
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise PlanFileError(f'{source}: not a runner plan (no "format": "{PLAN_FORMAT}")')
@@ -359,7 +363,7 @@ def plan_from_json(data: Any, *, source: str = "plan") -> Plan:
         ) from None
     if checksum != expected:
         raise PlanFileError(f"{source}: checksum mismatch: the plan was changed after it was made")
-    return _Reader(source).plan(data)
+    return _Reader(source, consume=consume).plan(data)
 
 
 def _got(value: Any) -> str:
@@ -407,8 +411,15 @@ class _Reader:
     only to report a problem: a plan can hold a million changes.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, consume: bool = False) -> None:
         self.source = source
+        #: Each change's JSON is dropped from the document once converted (the caller's
+        #: document, parsed for this read only): the document and the plan are not both held
+        #: whole (a 100,000-run plan: ~200 MB of JSON objects).
+        self.consume = consume
+        #: One object for each value many runs share (flow, deployment, state, queue, pool,
+        #: tags): json gives every occurrence a string of its own.
+        self.shared: dict[Any, Any] = {}
         self.keys: set[str] = set()
         #: The step each run or object is in: the planner puts each in one step (an earlier
         #: step claims it), so a plan with one in two steps was edited.
@@ -459,6 +470,10 @@ class _Reader:
 
     def optional_text(self, data: dict[str, Any], key: str, path: _Path) -> str | None:
         return None if data.get(key) is None else self.text(data, key, path)
+
+    def common(self, value: T) -> T:
+        """``value``, as the one object of its value this plan holds (see ``shared``)."""
+        return self.shared.setdefault(value, value)  # type: ignore[no-any-return]
 
     def texts(self, data: dict[str, Any], key: str, path: _Path) -> tuple[str, ...]:
         value = self.get(data, key, path)
@@ -552,7 +567,11 @@ class _Reader:
 
     # -- the document ----------------------------------------------------------------------
 
-    def plan(self, data: dict[str, Any]) -> Plan:
+    def plan(
+        self, data: dict[str, Any], given: dict[int, tuple[Change, ...]] | None = None
+    ) -> Plan:
+        """The plan; ``given``: steps whose changes were converted already (by
+        :func:`_read_streamed`, with this reader), by step index."""
         plan_id = self.text(data, "id", ())
         check_plan_id(plan_id, source=self.source)
         playbook = self.obj(data, "playbook", ())
@@ -579,7 +598,9 @@ class _Reader:
             variables=variables,
             server_url=self.text(server, "url", ("server",)),
             server_version=self.optional_text(server, "version", ("server",)),
-            steps=tuple(self.step(index, step) for index, step in enumerate(steps)),
+            steps=tuple(
+                self.step(index, step, (given or {}).get(index)) for index, step in enumerate(steps)
+            ),
             violations=self.texts(data, "violations", ()) if "violations" in data else (),
             notes=self.texts(data, "notes", ()) if "notes" in data else (),
         )
@@ -592,7 +613,7 @@ class _Reader:
             )
         return plan
 
-    def step(self, index: int, value: Any) -> StepPlan:
+    def step(self, index: int, value: Any, given: tuple[Change, ...] | None = None) -> StepPlan:
         path: _Path = ("steps", index)
         data = self.as_obj(value, path)
         position = self.get(data, "index", path)
@@ -607,10 +628,17 @@ class _Reader:
             return self.object_step(index, target, data, settings)
         action = self.choice(data, "action", path, _ACTIONS)
         selected = self.integer(data, "selected", path, 0)
-        changes = tuple(
-            self.change(index, (*path, "changes", i), c)
-            for i, c in enumerate(self.array(data, "changes", path))
-        )
+        docs = self.array(data, "changes", path)
+        if given is not None:
+            changes = given
+        else:
+            converted: list[Change] = []
+            for i, c in enumerate(docs):
+                converted.append(self.change(index, (*path, "changes", i), c))
+                if self.consume:
+                    docs[i] = None
+            changes = tuple(converted)
+            del converted
         if selected != len(changes):
             self.fail(
                 (*path, "selected"),
@@ -795,7 +823,7 @@ class _Reader:
     def change(self, step: int, path: _Path, value: Any) -> Change:
         data = self.as_obj(value, path)
         run = self.run(self.as_obj(self.get(data, "run", path), (*path, "run")), (*path, "run"))
-        op = self.choice(data, "op", path, _OPS)
+        op = self.common(self.choice(data, "op", path, _OPS))
         key = f"{step}:{run.id}"
         if self.get(data, "key", path) != key:
             self.fail((*path, "key"), f"expected {_got(key)}, got {_got(data['key'])}")
@@ -817,9 +845,9 @@ class _Reader:
             step=step,
             run=run,
             op=op,  # type: ignore[arg-type]  # checked against Op's values
-            reason=self.optional_text(data, "reason", path),
+            reason=self.common(self.optional_text(data, "reason", path)),
             state=state,
-            tags=None if data.get("tags") is None else self.texts(data, "tags", path),
+            tags=None if data.get("tags") is None else self.common(self.texts(data, "tags", path)),
             idempotency_key=self.optional_text(data, "idempotency_key", path),
             carry=carry,
         )
@@ -859,16 +887,17 @@ class _Reader:
     def run(self, data: dict[str, Any], path: _Path) -> RunView:
         parameters = data.get("parameters")
         job_variables = data.get("job_variables")
+        common = self.common
         return RunView(
             id=self.uuid(data, "id", path),
             name=self.text(data, "name", path),
-            flow=self.text(data, "flow", path),
-            deployment=self.optional_text(data, "deployment", path),
-            deployment_id=self.optional_uuid(data, "deployment_id", path),
+            flow=common(self.text(data, "flow", path)),
+            deployment=common(self.optional_text(data, "deployment", path)),
+            deployment_id=common(self.optional_uuid(data, "deployment_id", path)),
             state_type=None
             if data.get("state_type") is None
-            else self.choice(data, "state_type", path, _STATE_TYPES),
-            state_name=self.optional_text(data, "state_name", path),
+            else common(self.choice(data, "state_type", path, _STATE_TYPES)),
+            state_name=common(self.optional_text(data, "state_name", path)),
             state_id=self.optional_uuid(data, "state_id", path),
             state_since=self.optional_when(data, "state_since", path),
             expected_start=self.optional_when(data, "expected_start", path),
@@ -876,9 +905,9 @@ class _Reader:
             start=self.optional_when(data, "start", path),
             end=self.optional_when(data, "end", path),
             created=self.optional_when(data, "created", path),
-            tags=self.texts(data, "tags", path) if "tags" in data else (),
-            work_queue=self.optional_text(data, "work_queue", path),
-            work_pool=self.optional_text(data, "work_pool", path),
+            tags=common(self.texts(data, "tags", path)) if "tags" in data else (),
+            work_queue=common(self.optional_text(data, "work_queue", path)),
+            work_pool=common(self.optional_text(data, "work_pool", path)),
             parent_task_run_id=self.optional_uuid(data, "parent_task_run_id", path),
             parameters=None
             if parameters is None
@@ -898,7 +927,14 @@ def read_plan(path: str | Path) -> Plan:
 
 def read_plan_checked(path: str | Path) -> tuple[Plan, str]:
     """:func:`read_plan`, with the checksum the document was verified against (what a
-    checkpoint of the plan names)."""
+    checkpoint of the plan names).
+
+    A plan in the layout runner writes is read a change at a time (:func:`_read_streamed`);
+    any other valid document (reformatted, say), and any document with a problem, is read
+    whole, and the problem reported from that read."""
+    streamed = _read_streamed(path)
+    if streamed is not None:
+        return streamed
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -918,14 +954,136 @@ def read_plan_checked(path: str | Path) -> tuple[Plan, str]:
     del raw
     try:
         data = json.loads(text)
+        del text
     except json.JSONDecodeError as exc:
         raise PlanFileError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
         raise PlanFileError(f"{path}: not a runner plan: nested too deeply") from None
     except ValueError:  # Python reads whole numbers of at most 4,300 digits
         raise PlanFileError(f"{path}: not a runner plan: a whole number too long to read") from None
-    plan = plan_from_json(data, source=str(path))
-    return plan, str(data["checksum"])
+    checksum = str(data.get("checksum")) if isinstance(data, dict) else ""
+    return plan_from_json(data, source=str(path), consume=True), checksum
+
+
+#: How :func:`write_document` lays out a step's changes: this line, one change a line (at
+#: ``_CHANGE_INDENT``, a comma after each but the last), then ``_CHANGES_END``.
+_CHANGES_START = '      "changes": [\n'
+_CHANGES_NONE = '      "changes": []'
+_CHANGE_INDENT = "        {"
+_CHANGES_END = "      ]\n"
+
+
+def _read_streamed(path: str | Path) -> tuple[Plan, str] | None:
+    """Read a plan written by :func:`write_document` a change at a time: its JSON is never
+    held whole (for 100,000 changes, ~200 MB of JSON objects besides the plan). None when
+    the file is not in that layout, or has any problem at all: the whole-document read then
+    reads it, and reports the problem as it always has.
+
+    Two passes over the file. The first keeps everything but the change lines: the outline,
+    which gives the canonical text around the changes. The second reads each change line,
+    feeds its canonical text to the checksum in the document's order, and converts it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if os.fstat(handle.fileno()).st_size > MAX_PLAN_BYTES:
+                return None
+            outline, blocks = _outline_of(handle)
+            if outline is None:
+                return None
+            handle.seek(0)
+            return _changes_of(handle, outline, blocks, str(path))
+    except (OSError, ValueError, RecursionError, PlanFileError):
+        return None  # the whole-document read reports it
+
+
+def _outline_of(lines: TextIO) -> tuple[dict[str, Any] | None, list[bool]]:
+    """The document without its changes, and for each step whether it has changes (None:
+    not laid out as runner writes)."""
+    kept: list[str] = []
+    blocks: list[bool] = []
+    inside = False
+    for line in lines:
+        if inside:
+            if line == _CHANGES_END:
+                inside = False
+                kept.append(line)
+            elif not line.startswith(_CHANGE_INDENT):
+                return None, []
+        elif line == _CHANGES_START:
+            inside = True
+            blocks.append(True)
+            kept.append(line)
+        else:
+            if line.startswith(_CHANGES_NONE):
+                blocks.append(False)
+            kept.append(line)
+    data = json.loads("".join(kept))
+    if inside or not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        return None, []
+    if data.get("version") != PLAN_VERSION or not isinstance(data.get("checksum"), str):
+        return None, []
+    steps = data.get("steps")
+    if not isinstance(steps, list) or len(steps) != len(blocks):
+        return None, []
+    if not all(isinstance(step, dict) and step.get("changes") == [] for step in steps):
+        return None, []
+    return data, blocks
+
+
+def _changes_of(
+    lines: TextIO, outline: dict[str, Any], blocks: list[bool], source: str
+) -> tuple[Plan, str] | None:
+    """The second pass of :func:`_read_streamed`."""
+    body = {k: v for k, v in outline.items() if k != "checksum"}
+    steps: list[dict[str, Any]] = body["steps"]
+    checksum = _Checksum()
+    top_before, top_after = _canonical_around(body, skip="steps")
+    checksum.feed(top_before + "[")
+    reader = _Reader(source)
+    given: dict[int, tuple[Change, ...]] = {}
+    fed = 0  # the steps whose changes are fed to the checksum
+
+    def feed_step(index: int, changes: list[str]) -> None:
+        before, after = _canonical_around(steps[index], skip="changes")
+        checksum.feed(("," if index else "") + before + "[" + ",".join(changes) + "]" + after)
+
+    with_changes = [i for i, has in enumerate(blocks) if has]
+    inside = False
+    index = -1
+    count = 0
+    converted: list[Change] = []
+    for line in lines:
+        if not inside:
+            if line == _CHANGES_START:
+                index = with_changes.pop(0)
+                while fed < index:
+                    feed_step(fed, [])
+                    fed += 1
+                before, _ = _canonical_around(steps[index], skip="changes")
+                checksum.feed(("," if index else "") + before + "[")
+                inside, count, converted = True, 0, []
+            continue
+        if line == _CHANGES_END:
+            _, after = _canonical_around(steps[index], skip="changes")
+            checksum.feed("]" + after)
+            fed = index + 1
+            inside = False
+            if steps[index].get("target", "flow_runs") == "flow_runs":
+                given[index] = tuple(converted)
+            continue
+        data = json.loads(line.rstrip().removesuffix(","))
+        checksum.feed(("," if count else "") + _canonical(data))
+        if steps[index].get("target", "flow_runs") == "flow_runs":
+            converted.append(reader.change(index, ("steps", index, "changes", count), data))
+        else:
+            steps[index]["changes"].append(data)  # objects: a handful, read as before
+        count += 1
+    while fed < len(steps):
+        feed_step(fed, [])
+        fed += 1
+    checksum.feed("]" + top_after)
+    if checksum.value() != outline["checksum"]:
+        return None  # the whole-document read says so
+    return reader.plan(body, given), outline["checksum"]
 
 
 def _too_large(path: str | Path, size: int | None) -> str:

@@ -296,13 +296,37 @@ def plan_document(
     return document
 
 
-def write_document(path: Path, document: dict[str, Any]) -> Path:
-    """Write ``document`` with its checksum recomputed, as someone editing a plan could."""
+def write_document(path: Path, document: dict[str, Any], *, compact: bool = False) -> Path:
+    """Write ``document`` with its checksum recomputed, as someone editing a plan could: laid
+    out as runner writes a plan (read a change at a time), or ``compact`` (read whole)."""
     from runner.planfile import _checksum
 
     body = {k: v for k, v in document.items() if k != "checksum"}
-    path.write_text(json.dumps({**body, "checksum": _checksum(body)}))
+    signed = {**body, "checksum": _checksum(body)}
+    path.write_text(json.dumps(signed) if compact else runner_layout(signed))
     return path
+
+
+def runner_layout(document: dict[str, Any]) -> str:
+    """``document`` laid out as ``runner plan -o`` writes one: indented, one change a line
+    (a document whose steps have no list of changes: compact)."""
+    steps = document.get("steps")
+    if not isinstance(steps, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("changes"), list) and list(s)[-1] == "changes"
+        for s in steps
+    ):
+        return json.dumps(document)
+    marked = {**document, "steps": [{**s, "changes": f"@changes-{i}"} for i, s in enumerate(steps)]}
+    text = json.dumps(marked, indent=2, ensure_ascii=False)
+    for i, step in enumerate(steps):
+        lines = [
+            json.dumps(c, ensure_ascii=False, separators=(", ", ": ")) for c in step["changes"]
+        ]
+        laid = (
+            "[\n" + ",\n".join("        " + line for line in lines) + "\n      ]" if lines else "[]"
+        )
+        text = text.replace(f'"@changes-{i}"', laid, 1)
+    return text + "\n"
 
 
 def edit(document: dict[str, Any], where: str, value: Any) -> dict[str, Any]:
@@ -505,6 +529,41 @@ def test_a_valid_plan_reads_back_the_same(tmp_path: Path) -> None:
         path = tmp_path / "plan.json"
         path.write_text(json.dumps(document))
         assert json.loads(dumps(read_plan(path))) == document
+        path.write_text(runner_layout(document))
+        assert path.read_text() == dumps(read_plan(path))  # as runner writes it
+
+
+def test_a_plan_in_runners_layout_is_read_a_change_at_a_time(tmp_path: Path) -> None:
+    """The streamed read gives the very plan the whole-document read gives; a plan laid out
+    otherwise (reformatted) is read whole."""
+    from uuid import UUID
+
+    from runner.planfile import _read_streamed, plan_from_json, read_plan_checked
+
+    document = plan_document(runs=3)
+    second = json.loads(json.dumps(document["steps"][0]))
+    second.update(index=1, name="t", selected=0, changes=[])
+    third = json.loads(json.dumps(document["steps"][0]))
+    third.update(index=2, name="u")
+    for change in third["changes"]:
+        change["run"]["id"] = str(UUID(int=UUID(change["run"]["id"]).int + 1000))
+        change["key"] = "2:" + change["run"]["id"]
+    document["steps"] += [second, third]
+    document["summary"] = {"delete": 6, "unchanged": 0}
+    path = write_document(tmp_path / "plan.json", document)
+    whole = plan_from_json(json.loads(path.read_text()), source=str(path))
+    checksum = json.loads(path.read_text())["checksum"]
+    assert _read_streamed(path) == (whole, checksum)
+    assert read_plan_checked(path) == (whole, checksum)
+    assert [len(step.changes) for step in whole.steps] == [3, 0, 3]
+    compact = write_document(tmp_path / "compact.json", document, compact=True)
+    assert _read_streamed(compact) is None
+    assert read_plan_checked(compact) == (whole, checksum)
+    lines = path.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("        {"))
+    lines[at] = lines[at].replace("brave-otter-0", "brave-otter-X")
+    path.write_text("".join(lines))
+    assert _read_streamed(path) is None  # the checksum no longer matches: read whole, refused
 
 
 def recreate_document() -> dict[str, Any]:
