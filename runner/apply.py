@@ -148,12 +148,13 @@ def _find_unfinished(
     now: datetime,
     max_age_seconds: float | None,
     out: TextIO,
-) -> tuple[Path, Plan, str] | None:
+) -> tuple[Path, Plan, str, JournalState] | None:
     """An earlier apply of the same playbook (its bytes), variables and server that did not
     finish and is no older than ``max_age_seconds``: found before the server is read (an
     older one is set aside, said so, and planned anew: one change that keeps failing must not
-    pin every later apply to an old plan). Its folder, plan and the checksum the plan was
-    verified against: read once (a plan of 100,000 runs takes seconds to read)."""
+    pin every later apply to an old plan). Its folder, plan, the checksum the plan was
+    verified against and its checkpoint: each read once (a plan of 100,000 runs takes seconds
+    to read, its checkpoint a fraction of one)."""
     if not state_dir.is_dir():
         return None
     for candidate in sorted(state_dir.glob("*/plan.json"), key=lambda p: p.stat().st_mtime):
@@ -184,7 +185,7 @@ def _find_unfinished(
                 " the old plan instead).\n"
             )
             continue
-        return candidate.parent, old, checksum
+        return candidate.parent, old, checksum, state
     return None
 
 
@@ -311,15 +312,18 @@ async def apply(
     ):
         now = datetime.now(timezone.utc)
         held = lock if request.server_lock and not request.dry_run else None
+        journals: dict[Path, JournalState] = {}
         plan, workdir, retry, checksum = await _plan_stage(
-            request, client, now=now, out=out, lock=held
+            request, client, now=now, out=out, lock=held, journals=journals
         )
         journal_path: Path | None = None
         previous: JournalState | None = None
         if not request.dry_run:
             workdir = workdir or _workdir(request.state_dir, plan)
             journal_path = workdir / "checkpoint.jsonl"
-            if journal_path.exists():
+            if journal_path in journals:
+                previous = journals.pop(journal_path)
+            elif journal_path.exists():
                 previous = read_journal(journal_path, plan_id=plan.id)
         left = [c for c in plan.work if not previous or previous.status(c.key) not in FINISHED]
         if previous is not None and journal_path is not None and plan.work and not left:
@@ -419,9 +423,11 @@ async def _plan_stage(
     now: datetime,
     out: TextIO,
     lock: ServerLock | None = None,
+    journals: dict[Path, JournalState] | None = None,
 ) -> tuple[Plan, Path | None, RetryPolicy, str | None]:
     """The plan to apply; the folder of the unfinished apply it resumes, if it does, with the
-    checksum its ``plan.json`` was verified against; and the playbook's retry policy for the
+    checksum its ``plan.json`` was verified against (and in ``journals``, its checkpoint
+    when the lookup read it); and the playbook's retry policy for the
     reads and writes that follow. ``lock`` is taken before the server is read for a plan (a
     saved or resumed plan takes it before its first write)."""
     server_url = client.settings.display_url
@@ -451,11 +457,13 @@ async def _plan_stage(
             out=out,
         )
         if unfinished is not None:  # resumed as it was: the server is not read again
-            folder, plan, checksum = unfinished
+            folder, plan, checksum, state = unfinished
             out.write(
                 f"Resuming unfinished plan {plan.id} from {folder} (made"
                 f" {plan.created_at:%Y-%m-%d %H:%M:%S}Z); --fresh plans anew.\n"
             )
+            if journals is not None:
+                journals[folder / "checkpoint.jsonl"] = state
             return plan, folder, retry, checksum
     if lock is not None:
         await lock.take(playbook.name)

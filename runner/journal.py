@@ -125,18 +125,14 @@ class JournalState:
         return entry.status if entry else None
 
 
-def read_journal(
-    path: Path, *, plan_id: str | None = None, plan_checksum: str | None = None
-) -> JournalState:
-    """Read a journal; a torn line is skipped. Refuses another plan's journal, and one whose
-    plan file was replaced (its checksum differs from the one the journal was started with)."""
+def _header(
+    path: Path, line: bytes, *, plan_id: str | None, plan_checksum: str | None
+) -> dict[str, Any]:
+    """The journal's header line, checked: a runner checkpoint of this version, of plan
+    ``plan_id`` and of the plan file whose checksum is ``plan_checksum`` (when given)."""
     try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        header = json.loads(lines[0])
-    except (json.JSONDecodeError, IndexError, UnicodeDecodeError):
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: not a runner checkpoint (no header line)") from None
     if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
         raise CheckpointError(f"{path}: not a runner checkpoint")
@@ -154,6 +150,30 @@ def read_journal(
             f"{path}: this checkpoint was started for another version of plan"
             f" {header.get('plan_id')} (the plan file changed since): refusing to mix them"
         )
+    return header
+
+
+def read_header(path: Path, *, plan_id: str, plan_checksum: str) -> None:
+    """Refuse the journal at ``path`` unless it is ``plan_id``'s, started for the plan file
+    whose checksum is ``plan_checksum``: its first line only is read."""
+    try:
+        with open(path, "rb") as handle:
+            line = handle.readline()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    _header(path, line, plan_id=plan_id, plan_checksum=plan_checksum)
+
+
+def read_journal(
+    path: Path, *, plan_id: str | None = None, plan_checksum: str | None = None
+) -> JournalState:
+    """Read a journal; a torn line is skipped. Refuses another plan's journal, and one whose
+    plan file was replaced (its checksum differs from the one the journal was started with)."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    header = _header(path, lines[0], plan_id=plan_id, plan_checksum=plan_checksum)
     state = JournalState(plan_id=str(header.get("plan_id")), started_at=_time(header))
     for raw in lines[1:]:
         if not raw.strip():
@@ -285,7 +305,7 @@ class Journal:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if not fresh:
             # Refuses another plan's journal, or one started for a different plan file.
-            read_journal(self.path, plan_id=self.plan_id, plan_checksum=self.plan_checksum)
+            read_header(self.path, plan_id=self.plan_id, plan_checksum=self.plan_checksum)
             self._repair_torn_tail()
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (as the lock)
         if fresh:
