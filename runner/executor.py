@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -206,9 +207,10 @@ def _proposed(state: TargetState) -> ProposedState:
 def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
     """What the server checks in the same request as a bulk write, besides the ids: what the
     plan saw that every run of the batch shares. The state type and name always (batches are
-    formed so that they share them); the tags, deployment and scheduled time when they are
-    shared (tags cannot be matched exactly: ``all_`` catches a removed tag, ``is_null_`` an
-    added one on a run that had none).
+    formed so that they share them); the tags and deployment when they are shared (tags
+    cannot be matched exactly: ``all_`` catches a removed tag, ``is_null_`` an added one on a
+    run that had none); for scheduled runs, their scheduled times (exactly for one run, else
+    the window from the earliest to the latest).
 
     ``bulk_delete`` reads this filter and deletes in one transaction. ``bulk_set_state``
     reads it, then orchestrates each run in a transaction of its own: a run that changes in
@@ -235,13 +237,10 @@ def guard_filter(changes: Sequence[Change]) -> FlowRunFilter:
             else IdsOrNull(is_null_=True)
         )
     scheduled = None
-    when = first.next_scheduled_start
-    if (
-        first.state_type == "SCHEDULED"
-        and when is not None
-        and all(r.next_scheduled_start == when for r in runs)
-    ):
-        scheduled = TimeWindow(before_=when, after_=when)
+    times = [r.next_scheduled_start for r in runs]
+    if first.state_type == "SCHEDULED" and all(t is not None for t in times):
+        known = [t for t in times if t is not None]
+        scheduled = TimeWindow(before_=max(known), after_=min(known))
     return FlowRunFilter(
         state=state, tags=tags, deployment_id=deployment, next_scheduled_start_time=scheduled
     )
@@ -676,7 +675,8 @@ class Executor:
 
     async def _read_back_one(self, change: Change) -> float | None:
         """Read one run back right before its write: None when the change is finished
-        without one (see :meth:`_settled`), else when the run was read (the write follows)."""
+        without one (see :meth:`_settled`), else when the run was read (the write follows).
+        Never read ahead: the writes that follow it have no condition the server checks."""
         current = await self._read_one(change)
         read_at = time.monotonic()
         if self._settled(change, current):
@@ -897,53 +897,70 @@ class Executor:
         return self._pools[deployment_id]
 
     async def _recreate(self, change: Change, created: str | None) -> None:
-        """Create the new run (idempotent by the key the plan gave it), journal it, then
-        delete the old run if it is still what the plan saw. A resumed half-done recreate
-        checks the old run again before deleting it."""
-        assert change.state is not None and change.run.deployment_id is not None
+        """Create the new run (see :meth:`_create_new`), then delete the old run if it is
+        still what the plan saw. A resumed half-done recreate checks the old run again before
+        deleting it."""
         checked_at: float | None = None
         if created is None:
-            checked_at = await self._read_back_one(change)
-            if checked_at is None:
+            made = await self._create_new(change)
+            if made is None:
                 return
-            run = change.run
-            carry = change.carry if change.carry is not None else LEGACY_CARRY
-            if "work_queue" in carry:
-                pool = await self._pool_of(change.run.deployment_id)
-                if pool != run.work_pool:
-                    # The server would look the queue up (and make it) in the other pool.
-                    self._finish(
-                        change,
-                        "drifted",
-                        f"its deployment's runs now go to work pool {pool or '(none)'}, not"
-                        f" {run.work_pool}, where the plan saw it: the old run was left alone",
-                    )
-                    return
-            new_run = await self._api.create_flow_run_from_deployment(
-                change.run.deployment_id,
-                state=_proposed(change.state),
-                parameters=run.parameters if "parameters" in carry else None,
-                tags=change.tags if "tags" in carry else None,
-                idempotency_key=change.idempotency_key,
-                name=run.name if "name" in carry else None,
-                job_variables=run.job_variables if "job_variables" in carry else None,
-                work_queue_name=run.work_queue if "work_queue" in carry else None,
-            )
-            mismatch = _not_as_planned(change, new_run)
-            if mismatch is not None:
-                # The key returned a run an earlier apply made for this change, no longer
-                # (or never) where this plan puts it: the old run stays, nothing is deleted.
+            created, checked_at = made
+        outcome, why = await self._delete_if_unchanged(change, checked_at=checked_at)
+        self._finish_recreated(change, created, outcome, why)
+
+    async def _create_new(self, change: Change) -> tuple[str, float] | None:
+        """A recreate's new run, made if the old run is still what the plan saw (read back
+        first), idempotent by the key the plan gave it, and journaled as created: its id and
+        when the old run was read back; None when the change was finished without it."""
+        assert change.state is not None and change.run.deployment_id is not None
+        checked_at = await self._read_back_one(change)
+        if checked_at is None:
+            return None
+        run = change.run
+        carry = change.carry if change.carry is not None else LEGACY_CARRY
+        if "work_queue" in carry:
+            pool = await self._pool_of(change.run.deployment_id)
+            if pool != run.work_pool:
+                # The server would look the queue up (and make it) in the other pool.
                 self._finish(
                     change,
-                    "failed",
-                    f"Prefect returned run {new_run.name} ({new_run.id}), made for this change"
-                    f" by an earlier apply and {mismatch}: the old run was left alone; delete"
-                    " or move that run, then plan again",
+                    "drifted",
+                    f"its deployment's runs now go to work pool {pool or '(none)'}, not"
+                    f" {run.work_pool}, where the plan saw it: the old run was left alone",
                 )
-                return
-            created = str(new_run.id)
-            self._finish(change, "created", "new run created", new_run_id=created)
-        outcome, why = await self._delete_if_unchanged(change, checked_at=checked_at)
+                return None
+        new_run = await self._api.create_flow_run_from_deployment(
+            change.run.deployment_id,
+            state=_proposed(change.state),
+            parameters=run.parameters if "parameters" in carry else None,
+            tags=change.tags if "tags" in carry else None,
+            idempotency_key=change.idempotency_key,
+            name=run.name if "name" in carry else None,
+            job_variables=run.job_variables if "job_variables" in carry else None,
+            work_queue_name=run.work_queue if "work_queue" in carry else None,
+        )
+        mismatch = _not_as_planned(change, new_run)
+        if mismatch is not None:
+            # The key returned a run an earlier apply made for this change, no longer
+            # (or never) where this plan puts it: the old run stays, nothing is deleted.
+            self._finish(
+                change,
+                "failed",
+                f"Prefect returned run {new_run.name} ({new_run.id}), made for this change"
+                f" by an earlier apply and {mismatch}: the old run was left alone; delete"
+                " or move that run, then plan again",
+            )
+            return None
+        created = str(new_run.id)
+        self._finish(change, "created", "new run created", new_run_id=created)
+        return created, checked_at
+
+    def _finish_recreated(
+        self, change: Change, created: str, outcome: str, why: str | None
+    ) -> None:
+        """Finish a recreate whose new run ``created`` is made, by what became of the old
+        run: "deleted", "gone" (already) or "drifted" (``why``; left alone)."""
         if outcome == "drifted":
             self._finish(
                 change,
@@ -989,6 +1006,90 @@ class Executor:
                     return
                 await self._wait_for_slot()
                 group.start_soon(self._guarded, [change], lambda c=change: op(c))
+
+    async def _recreates(self, fresh: Sequence[Change], half_done: Sequence[Change]) -> None:
+        """Recreates on a server with the bulk routes. Each new run is made on its own, its
+        old run read back right before (the create has no condition the server checks); the
+        old runs whose new runs are made are deleted in batches (:meth:`_delete_old`: read
+        back together, then one conditional bulk delete), sent as soon as a batch of about
+        two rounds of the concurrency limit is ready, so an old run outlives its new one by
+        about that long. A half-done recreate of an earlier apply joins a batch: its old run
+        is read back like the others. A stop leaves the made ones "created": the resume
+        deletes their old runs."""
+        ready: dict[tuple[object, ...], list[Change]] = {}
+
+        def made(change: Change) -> None:
+            run = change.run
+            key = (run.state_type, run.state_name, run.tags, run.deployment_id)
+            ready.setdefault(key, []).append(change)
+
+        for change in half_done:
+            made(change)
+
+        async def create(change: Change) -> None:
+            if await self._create_new(change) is not None:
+                made(change)
+
+        async with anyio.create_task_group() as deletes:
+
+            async def send(at_least: int) -> None:
+                for key in list(ready):
+                    while len(ready.get(key, ())) >= at_least and not self.stop.is_set():
+                        batch = ready[key][:MAX_BULK_SIZE]
+                        del ready[key][: len(batch)]
+                        await self._wait_for_slot()
+                        work = functools.partial(self._delete_old, batch)
+                        deletes.start_soon(self._guarded, batch, work)
+                    if not ready.get(key):
+                        ready.pop(key, None)
+
+            async with anyio.create_task_group() as creates:
+                for change in fresh:
+                    if self.stop.is_set():
+                        break
+                    await send(min(MAX_BULK_SIZE, 2 * self._limit.limit))
+                    await self._wait_for_slot()
+                    creates.start_soon(self._guarded, [change], lambda c=change: create(c))
+            await send(1)
+
+    async def _delete_old(self, changes: Sequence[Change]) -> None:
+        """Delete the old runs of recreates whose new runs are made, each only if it is still
+        what the plan saw: read back together right before (exactly: its state id, tags,
+        name, ...; see :func:`_drift`), then one bulk delete of those unchanged, its filter
+        holding what they share (see :func:`guard_filter`). A run the server left is read
+        again: gone already, or changed (left alone; both runs exist)."""
+        current = await self._current(changes)
+        read_at = time.monotonic()
+        live: list[Change] = []
+        for change in changes:
+            created = self.outcomes[change.key].new_run_id
+            assert created is not None
+            before = current.get(change.run.id)
+            why = _drift(change, before)
+            if before is None:
+                self._finish_recreated(change, created, "gone", None)
+            elif why is not None:
+                self._finish_recreated(change, created, "drifted", why)
+            else:
+                live.append(change)
+        if not live:
+            return
+        self._writing(read_at)
+        gone = await self._api.bulk_delete_flow_runs(
+            [c.run.id for c in live], only_if=guard_filter(live)
+        )
+        left = [c for c in live if c.run.id not in gone]
+        now = await self._current(left) if left else {}
+        for change in live:
+            created = self.outcomes[change.key].new_run_id
+            assert created is not None
+            if change.run.id in gone:
+                self._finish_recreated(change, created, "deleted", None)
+            elif change.run.id not in now:
+                self._finish_recreated(change, created, "gone", None)
+            else:
+                why = _drift(change, now[change.run.id]) or "the server left it alone"
+                self._finish_recreated(change, created, "drifted", why)
 
     async def _batches(
         self,
@@ -1064,6 +1165,9 @@ class Executor:
         elif op == "recreate":
             half_done = [c for c in changes if self.outcomes[c.key].status == "created"]
             fresh = [c for c in changes if self.outcomes[c.key].status != "created"]
+            if self._bulk:
+                await self._recreates(fresh, half_done)
+                return
             async with anyio.create_task_group() as group:
                 for change in half_done:
                     created = self.outcomes[change.key].new_run_id

@@ -337,10 +337,13 @@ async def test_recreate_leaves_an_old_run_that_started_before_its_delete(
     assert result.count("done") == 2
 
 
+@pytest.mark.parametrize("change", ["started", "parameters", "same Late state again"])
 async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
-    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, change: str
 ) -> None:
-    """The journal says the new run was created; since then the old run started. The resume
+    """The journal says the new run was created; since then the old run started, or had its
+    parameters edited, or was put in a new Late state at the same time (neither of the last
+    two shows in a bulk delete's filter: only reading the run back sees them). The resume
     does not delete it."""
     flow = seeder.flow()
     deployment = seeder.deployment(flow)
@@ -356,13 +359,48 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
     with Journal(journal, plan_id=plan.id, plan_checksum="test") as j:
         for change in plan.pending:
             j.record(change.key, "created", detail="new run created", new_run_id=str(change.run.id))
-    force_state(seeder, runs[0]["id"], "RUNNING", "Running")
+    victim = runs[0]["id"]
+    if change == "started":
+        force_state(seeder, victim, "RUNNING", "Running")
+    elif change == "parameters":
+        seeder._call("PATCH", f"flow_runs/{victim}", json={"parameters": {"edited": True}})
+    else:
+        scheduled = seeder._call("GET", f"flow_runs/{victim}")["next_scheduled_start_time"]
+        force_state(seeder, victim, "SCHEDULED", "Late", scheduled_time=scheduled)
+    before = seeder._call("GET", f"flow_runs/{victim}")
     result = await execute(settings, plan, journal)
     outcome = by_id(result)
-    assert outcome[runs[0]["id"]].status == "drifted"
-    assert state_of(seeder, runs[0]["id"]) == "Running"
+    assert outcome[victim].status == "drifted"
+    assert "the old run was left alone, and both exist" in (outcome[victim].detail or "")
+    assert seeder._call("GET", f"flow_runs/{victim}")["state"] == before["state"]
     assert outcome[runs[1]["id"]].status == "done"
     assert state_of(seeder, runs[1]["id"]) is None
+
+
+async def test_recreates_delete_their_old_runs_in_batches(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """On a server with the bulk routes, each new run is made on its own and the old runs
+    are deleted a batch a request (each batch read back first): fewer requests than runs."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    old = seeder.late_runs(12, flow, deployment=deployment)
+    plan = await make_plan(
+        settings,
+        playbook(
+            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
+            "{reschedule: {delay: 2h, strategy: recreate}}",
+        ),
+    )
+    watch = Interfere(set(), lambda run_id: None)  # interferes with nothing: sees the writes
+    result = await execute(settings, plan, tmp_path / "j", transport=watch)
+    assert result.complete and result.count("done") == 12
+    left = seeder.runs_of_flow(flow)
+    assert len(left) == 12
+    assert not {r["id"] for r in left} & {r["id"] for r in old}
+    deletes = [path for method, path in watch.writes if method == "DELETE" or "delete" in path]
+    assert all(path.endswith("/flow_runs/bulk_delete") for path in deletes)
+    assert 1 <= len(deletes) < 12
 
 
 # -- 3. two plans of one recreate converge ---------------------------------------------------
