@@ -87,6 +87,11 @@ Strategy = Literal["auto", "bulk", "per-run"]
 FinishHook = Callable[[Change | ObjectChange, str, str | None, str | None], None]
 #: Rounds of going back to changes the server was too busy for, before they count as failed.
 DEFERRED_ROUNDS = 3
+#: A recreate's old runs are deleted in batches of up to this many (:meth:`Executor._recreates`)
+RECREATE_BATCH = 50
+#: ... or as soon as the first of a batch has waited this long since its new run was made:
+#: the longest an old run is left beside its new one (a worker could start it meanwhile).
+RECREATE_WAIT_SECONDS = 0.5
 _NAMESPACE = uuid.UUID("0b6f3a52-8d51-4b8e-a3c9-5f3f0f6b7c11")
 
 
@@ -1011,16 +1016,18 @@ class Executor:
         """Recreates on a server with the bulk routes. Each new run is made on its own, its
         old run read back right before (the create has no condition the server checks); the
         old runs whose new runs are made are deleted in batches (:meth:`_delete_old`: read
-        back together, then one conditional bulk delete), sent as soon as a batch of about
-        two rounds of the concurrency limit is ready, so an old run outlives its new one by
-        about that long. A half-done recreate of an earlier apply joins a batch: its old run
-        is read back like the others. A stop leaves the made ones "created": the resume
+        back together, then one conditional bulk delete), sent when ``RECREATE_BATCH`` are
+        ready or the first has waited ``RECREATE_WAIT_SECONDS``, about as long as an old run
+        outlives its new one. A half-done recreate of an earlier apply joins a batch: its old
+        run is read back like the others. A stop leaves the made ones "created": the resume
         deletes their old runs."""
         ready: dict[tuple[object, ...], list[Change]] = {}
+        since: dict[tuple[object, ...], float] = {}
 
         def made(change: Change) -> None:
             run = change.run
             key = (run.state_type, run.state_name, run.tags, run.deployment_id)
+            since.setdefault(key, time.monotonic())
             ready.setdefault(key, []).append(change)
 
         for change in half_done:
@@ -1032,25 +1039,33 @@ class Executor:
 
         async with anyio.create_task_group() as deletes:
 
-            async def send(at_least: int) -> None:
+            async def send(*, waiting: bool = True) -> None:
+                """Send the batches that are full, or have waited long enough; with
+                ``waiting=False``, every batch."""
                 for key in list(ready):
-                    while len(ready.get(key, ())) >= at_least and not self.stop.is_set():
-                        batch = ready[key][:MAX_BULK_SIZE]
+                    while ready.get(key) and not self.stop.is_set():
+                        full = len(ready[key]) >= RECREATE_BATCH
+                        due = time.monotonic() - since[key] >= RECREATE_WAIT_SECONDS
+                        if waiting and not (full or due):
+                            break
+                        batch = ready[key][:RECREATE_BATCH]
                         del ready[key][: len(batch)]
+                        since[key] = time.monotonic()
                         await self._wait_for_slot()
                         work = functools.partial(self._delete_old, batch)
                         deletes.start_soon(self._guarded, batch, work)
                     if not ready.get(key):
                         ready.pop(key, None)
+                        since.pop(key, None)
 
             async with anyio.create_task_group() as creates:
                 for change in fresh:
                     if self.stop.is_set():
                         break
-                    await send(min(MAX_BULK_SIZE, 2 * self._limit.limit))
+                    await send()
                     await self._wait_for_slot()
                     creates.start_soon(self._guarded, [change], lambda c=change: create(c))
-            await send(1)
+            await send(waiting=False)
 
     async def _delete_old(self, changes: Sequence[Change]) -> None:
         """Delete the old runs of recreates whose new runs are made, each only if it is still
