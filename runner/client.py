@@ -1633,13 +1633,21 @@ class PrefectClient:
         return response.status_code != 404
 
     async def bulk_delete_flow_runs(
-        self, ids: Sequence[UUID], *, only_if: FlowRunFilter | None = None
+        self,
+        ids: Sequence[UUID],
+        *,
+        only_if: FlowRunFilter | None = None,
+        check_again: Callable[[list[UUID]], Awaitable[list[UUID]]] | None = None,
     ) -> set[UUID]:
         """Delete up to 50 runs in one request; returns the ids that no longer exist.
 
         Runs excluded by ``only_if`` (they drifted) are left alone and are not returned. When
         an answer was lost and the request sent again, the server's second answer omits what
         the first deleted; those ids are recognised by reading what is left.
+
+        ``check_again``: before each resend (a retry waits up to minutes), given the ids still
+        in the request, the ones still to be deleted (the caller reads them back): the
+        request is narrowed to those, and not sent when none is left.
         """
         self._check_batch(ids)
         if not await self.supports_bulk():
@@ -1651,10 +1659,20 @@ class PrefectClient:
         flt = _narrow(by_ids(ids), only_if)
         body = {"flow_runs": flt.model_dump(mode="json", exclude_none=True), "limit": len(ids)}
         retried = False
+        sending = list(ids)
 
-        async def mark_retry() -> None:
-            nonlocal retried
+        async def mark_retry() -> httpx.Response | None:
+            nonlocal retried, sending
             retried = True
+            if check_again is None:
+                return None
+            sending = await check_again(sending)
+            if not sending:
+                return httpx.Response(200, json={"deleted": []})
+            body["flow_runs"] = _narrow(by_ids(sending), only_if).model_dump(
+                mode="json", exclude_none=True
+            )
+            body["limit"] = len(sending)
             return None
 
         response = await self._request(
@@ -1668,11 +1686,11 @@ class PrefectClient:
                 method="POST",
                 url=self._url_for("flow_runs/bulk_delete"),
             ) from None
-        if retried and len(deleted) < len(ids):
+        if retried and len(deleted) < len(sending):
             present = {
-                run.id for run in await self._read_by_ids([i for i in ids if i not in deleted])
+                run.id for run in await self._read_by_ids([i for i in sending if i not in deleted])
             }
-            deleted |= {i for i in ids if i not in present}
+            deleted |= {i for i in sending if i not in present}
         return deleted
 
     async def create_flow_run_from_deployment(

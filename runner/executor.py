@@ -771,9 +771,7 @@ class Executor:
         if not live:
             return
         self._writing(read_at)
-        gone = await self._api.bulk_delete_flow_runs(
-            [c.run.id for c in live], only_if=guard_filter(live)
-        )
+        gone, live = await self._bulk_delete(live, self._settled)
         left = [c for c in live if c.run.id not in gone]
         now = await self._current(left) if left else {}
         for change in live:
@@ -784,6 +782,29 @@ class Executor:
             else:
                 why = _drift(change, now[change.run.id]) or "the server left it alone"
                 self._finish(change, "drifted", why)
+
+    async def _bulk_delete(
+        self, live: list[Change], settle: Callable[[Change, FlowRun | None], bool]
+    ) -> tuple[set[UUID], list[Change]]:
+        """One conditional bulk delete of ``live`` (read back just before): what the server
+        deleted, and the changes still in the request when it was answered. A retry waits
+        (up to minutes, a server's ``Retry-After``): before each resend the runs are read
+        back again, and ``settle`` finishes those no longer to be deleted (True)."""
+        sending = list(live)
+
+        async def check_again(ids: list[UUID]) -> list[UUID]:
+            nonlocal sending
+            current = await self._current(sending)
+            read_at = time.monotonic()
+            sending = [c for c in sending if not settle(c, current.get(c.run.id))]
+            if sending:
+                self._writing(read_at)
+            return [c.run.id for c in sending]
+
+        gone = await self._api.bulk_delete_flow_runs(
+            [c.run.id for c in live], only_if=guard_filter(live), check_again=check_again
+        )
+        return gone, sending
 
     async def _delete_if_unchanged(
         self, change: Change, *, checked_at: float | None = None, archive: bool = False
@@ -1073,26 +1094,24 @@ class Executor:
         name, ...; see :func:`_drift`), then one bulk delete of those unchanged, its filter
         holding what they share (see :func:`guard_filter`). A run the server left is read
         again: gone already, or changed (left alone; both runs exist)."""
-        current = await self._current(changes)
-        read_at = time.monotonic()
-        live: list[Change] = []
-        for change in changes:
+
+        def settle(change: Change, now: FlowRun | None) -> bool:
             created = self.outcomes[change.key].new_run_id
             assert created is not None
-            before = current.get(change.run.id)
-            why = _drift(change, before)
-            if before is None:
+            why = _drift(change, now)
+            if now is None:
                 self._finish_recreated(change, created, "gone", None)
             elif why is not None:
                 self._finish_recreated(change, created, "drifted", why)
-            else:
-                live.append(change)
+            return why is not None
+
+        current = await self._current(changes)
+        read_at = time.monotonic()
+        live = [c for c in changes if not settle(c, current.get(c.run.id))]
         if not live:
             return
         self._writing(read_at)
-        gone = await self._api.bulk_delete_flow_runs(
-            [c.run.id for c in live], only_if=guard_filter(live)
-        )
+        gone, live = await self._bulk_delete(live, settle)
         left = [c for c in live if c.run.id not in gone]
         now = await self._current(left) if left else {}
         for change in live:
@@ -1225,7 +1244,14 @@ class Executor:
             for round_ in range(DEFERRED_ROUNDS):
                 if not self._deferred or self.stop.is_set():
                     break
-                again = [c for batch, _ in self._deferred for c in batch]
+                # Only what is still to do: a batch can finish some of its runs (gone,
+                # drifted) before the request that was deferred.
+                again = [
+                    c
+                    for batch, _ in self._deferred
+                    for c in batch
+                    if self.outcomes[c.key].status in ("pending", "created")
+                ]
                 self._deferred = []
                 await anyio.sleep(2.0 * (round_ + 1))
                 self._limit = AdaptiveLimit(1, max(1, concurrency // 2))

@@ -403,6 +403,45 @@ async def test_recreates_delete_their_old_runs_in_batches(
     assert 1 <= len(deletes) < 12
 
 
+@pytest.mark.parametrize("action", ["delete", "recreate"])
+async def test_a_bulk_delete_sent_again_reads_its_runs_back_first(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, action: str
+) -> None:
+    """The server answers a bulk delete 503 (the real server cannot be made to: the answer
+    is faked), and meanwhile one of its runs is renamed: the retry, however long it waits,
+    reads the runs back first and leaves the renamed one alone."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    runs = seeder.late_runs(3, flow, deployment=deployment)
+    victim = runs[0]["id"]
+    verb = "delete" if action == "delete" else "{reschedule: {delay: 2h, strategy: recreate}}"
+    plan = await make_plan(
+        settings, playbook(f"{{deployments: '{flow['name']}/{deployment['name']}'}}", verb)
+    )
+    refused: list[str] = []
+
+    class BusyOnce(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/bulk_delete") and not refused:
+                refused.append(request.content.decode())
+                seeder._call("PATCH", f"flow_runs/{victim}", json={"name": "renamed-meanwhile"})
+                return httpx.Response(503, request=request)
+            return await self.inner.handle_async_request(request)
+
+    result = await execute(settings, plan, tmp_path / "j", transport=BusyOnce())
+    assert refused and victim in refused[0]
+    outcome = by_id(result)
+    assert outcome[victim].status == "drifted", outcome[victim]
+    assert "renamed renamed-meanwhile since the plan" in (outcome[victim].detail or "")
+    assert seeder._call("GET", f"flow_runs/{victim}")["name"] == "renamed-meanwhile"
+    for other in runs[1:]:
+        assert outcome[other["id"]].status == "done", outcome[other["id"]]
+        assert state_of(seeder, other["id"]) is None
+
+
 # -- 3. two plans of one recreate converge ---------------------------------------------------
 
 
