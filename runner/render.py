@@ -242,11 +242,14 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
                 lines.append(f"  {note}")
         if step.target == "flow_runs":
             headers = _headers(step)
-            rows = [_row(c, step) for c in step.changes]
-            ops: list[str] = [c.op for c in step.changes]
+            listed = step.changes if max_rows is None else step.changes[:max_rows]
+            shown = [_row(c, step) for c in listed]  # only those shown: a plan can be huge
+            ops: list[str] = [c.op for c in listed]
+            total = len(step.changes)
         else:
             headers, rows, ops = _object_table(step)
-        shown = rows if max_rows is None else rows[:max_rows]
+            shown = rows if max_rows is None else rows[:max_rows]
+            total = len(rows)
         if shown:
             n = len(headers) - 1
             widths = [max(len(headers[i]), *(len(r[i]) for r in shown)) for i in range(n)]
@@ -260,9 +263,9 @@ def to_text(plan: Plan, *, max_rows: int | None = DEFAULT_ROWS, colour: bool = F
                 if colour:
                     text = f"\x1b[{_COLOURS.get(op, '0')}m{text}\x1b[0m"
                 lines.append(text)
-        if len(rows) > len(shown):
+        if total > len(shown):
             lines.append(
-                f"  ... and {len(rows) - len(shown)} more (--full shows every {step.noun};"
+                f"  ... and {total - len(shown)} more (--full shows every {step.noun};"
                 " --format json has them all)"
             )
         lines.append("")
