@@ -106,7 +106,7 @@ class ApplyOptions:
     max_fail_ratio: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per change: 100,000s of them
 class Outcome:
     change: Change | ObjectChange
     status: Literal["done", "drifted", "raced", "failed", "pending", "created"]

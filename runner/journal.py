@@ -93,7 +93,7 @@ class Replaced:
         )
 
 
-@dataclass
+@dataclass(slots=True)  # one per change: 100,000s of them
 class Entry:
     key: str
     status: Status
@@ -175,6 +175,13 @@ def read_journal(
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
     header = _header(path, lines[0], plan_id=plan_id, plan_checksum=plan_checksum)
     state = JournalState(plan_id=str(header.get("plan_id")), started_at=_time(header))
+    # One object for each short text many records repeat ("done", "deleted"): json gives
+    # each record its own, and a resume holds a record per finished change.
+    shared: dict[str, str] = {}
+
+    def common(text: Any) -> Any:
+        return shared.setdefault(text, text) if isinstance(text, str) and len(text) <= 32 else text
+
     for raw in lines[1:]:
         if not raw.strip():
             continue
@@ -187,8 +194,8 @@ def read_journal(
                 continue
             entry = Entry(
                 key=record["key"],
-                status=record["status"],
-                detail=record.get("detail"),
+                status=common(record["status"]),
+                detail=common(record.get("detail")),
                 new_run_id=record.get("new_run_id"),
                 state_after=_text(record.get("sid")),
                 replaced=_replaced(record),
