@@ -337,9 +337,9 @@ async def test_recreate_leaves_an_old_run_that_started_before_its_delete(
     assert result.count("done") == 2
 
 
-@pytest.mark.parametrize("change", ["started", "parameters", "same Late state again"])
+@pytest.mark.parametrize("edit", ["started", "parameters", "same Late state again"])
 async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
-    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, change: str
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, edit: str
 ) -> None:
     """The journal says the new run was created; since then the old run started, or had its
     parameters edited, or was put in a new Late state at the same time (neither of the last
@@ -360,9 +360,9 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
         for change in plan.pending:
             j.record(change.key, "created", detail="new run created", new_run_id=str(change.run.id))
     victim = runs[0]["id"]
-    if change == "started":
+    if edit == "started":
         force_state(seeder, victim, "RUNNING", "Running")
-    elif change == "parameters":
+    elif edit == "parameters":
         seeder._call("PATCH", f"flow_runs/{victim}", json={"parameters": {"edited": True}})
     else:
         scheduled = seeder._call("GET", f"flow_runs/{victim}")["next_scheduled_start_time"]
