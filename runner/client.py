@@ -31,7 +31,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import quote, unquote, urlsplit
 from uuid import UUID
 
@@ -1693,6 +1693,36 @@ class PrefectClient:
             deleted |= {i for i in sending if i not in present}
         return deleted
 
+    @overload
+    async def create_flow_run_from_deployment(
+        self,
+        deployment_id: UUID,
+        *,
+        state: ProposedState | None = ...,
+        parameters: Mapping[str, Any] | None = ...,
+        tags: Iterable[str] | None = ...,
+        idempotency_key: str | None = ...,
+        name: str | None = ...,
+        job_variables: Mapping[str, Any] | None = ...,
+        work_queue_name: str | None = ...,
+        before_retry: None = ...,
+    ) -> FlowRun: ...
+
+    @overload
+    async def create_flow_run_from_deployment(
+        self,
+        deployment_id: UUID,
+        *,
+        state: ProposedState | None = ...,
+        parameters: Mapping[str, Any] | None = ...,
+        tags: Iterable[str] | None = ...,
+        idempotency_key: str | None = ...,
+        name: str | None = ...,
+        job_variables: Mapping[str, Any] | None = ...,
+        work_queue_name: str | None = ...,
+        before_retry: Callable[[], Awaitable[bool]],
+    ) -> FlowRun | None: ...
+
     async def create_flow_run_from_deployment(
         self,
         deployment_id: UUID,
@@ -1704,13 +1734,19 @@ class PrefectClient:
         name: str | None = None,
         job_variables: Mapping[str, Any] | None = None,
         work_queue_name: str | None = None,
-    ) -> FlowRun:
+        before_retry: Callable[[], Awaitable[bool]] | None = None,
+    ) -> FlowRun | None:
         """Create a run of a deployment. The same ``idempotency_key`` returns the same run.
 
         What is not given comes from the deployment (the server merges ``parameters`` into
         the deployment's, and adds the deployment's tags to ``tags``). A ``work_queue_name``
         is a queue of the deployment's work pool (made if missing); the server refuses one
-        for a deployment without a work pool."""
+        for a deployment without a work pool.
+
+        ``before_retry`` runs before each resend (after a failed attempt and its wait, up to
+        minutes): the caller reads again what the create depends on and answers True to send
+        nothing more. The failed attempt may still have made the run (its answer lost): the
+        run the key made is then looked up and returned, else None (nothing was made)."""
         body: dict[str, Any] = {}
         if state is not None:
             body["state"] = state.body(uuid.uuid4())
@@ -1726,10 +1762,49 @@ class PrefectClient:
             body["job_variables"] = dict(job_variables)
         if work_queue_name is not None:
             body["work_queue_name"] = work_queue_name
+        stopped = False
+
+        async def check_again() -> httpx.Response | None:
+            nonlocal stopped
+            if before_retry is not None and await before_retry():
+                stopped = True
+                return httpx.Response(204)
+            return None
+
         response = await self._request(
-            "POST", f"deployments/{deployment_id}/create_flow_run", json=body
+            "POST",
+            f"deployments/{deployment_id}/create_flow_run",
+            json=body,
+            before_retry=check_again,
         )
+        if stopped:
+            if idempotency_key is None:
+                return None
+            return await self.read_run_made_with_key(deployment_id, idempotency_key)
         return self._parse(FlowRun, response)
+
+    async def read_run_made_with_key(
+        self, deployment_id: UUID, idempotency_key: str
+    ) -> FlowRun | None:
+        """The run of deployment ``deployment_id`` made with ``idempotency_key``, if any
+        (checked here on each run the server returns, not trusted to its filter)."""
+        body = {
+            "deployments": {"id": {"any_": [str(deployment_id)]}},
+            "flow_runs": {"idempotency_key": {"any_": [idempotency_key]}},
+        }
+        for item in await self.read_objects("flow_runs/filter", body):
+            if item.get("idempotency_key") == idempotency_key and str(
+                item.get("deployment_id")
+            ) == str(deployment_id):
+                try:
+                    return FlowRun.model_validate(item)
+                except (ValueError, ValidationError, RecursionError) as exc:
+                    raise ServerError(
+                        f"unexpected answer: {type(exc).__name__}",
+                        method="POST",
+                        url=self._url_for("flow_runs/filter"),
+                    ) from None
+        return None
 
     async def create_markdown_artifact(
         self,

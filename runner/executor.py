@@ -807,38 +807,26 @@ class Executor:
         return gone, sending
 
     async def _delete_if_unchanged(
-        self, change: Change, *, checked_at: float | None = None, archive: bool = False
+        self, change: Change, *, archive: bool = False
     ) -> tuple[str, str | None]:
-        """Delete one run if it is still what the plan saw: ("deleted" | "gone" | "drifted",
-        why it drifted). ``checked_at``: the run was read back and found unchanged then; on
-        the bulk route (its filter read and its delete are one transaction) it is not read
-        again. ``archive``: its record is archived first (a delete, not a recreate's)."""
-        if checked_at is not None and self._bulk:
-            read_at = checked_at
-        else:
-            current = await self._read_one(change, before_write=archive)
-            read_at = time.monotonic()
-            if current is None:
-                return "gone", None
-            why = _drift(change, current)
-            if why is not None:
-                self._documents.pop(change.run.id, None)
-                return "drifted", why
-            if archive:
-                moved = (await self._archive([change])).get(change.run.id)
-                if moved is not None:
-                    return "drifted", moved
+        """Delete one run on a server without the bulk routes, if it is still what the plan
+        saw (read back right before: the per-run route checks nothing): ("deleted" | "gone"
+        | "drifted", why it drifted). ``archive``: its record is archived first (a delete,
+        not a recreate's). With the bulk routes, deletes go in batches (:meth:`_delete_bulk`,
+        :meth:`_delete_old`)."""
+        current = await self._read_one(change, before_write=archive)
+        read_at = time.monotonic()
+        if current is None:
+            return "gone", None
+        why = _drift(change, current)
+        if why is not None:
+            self._documents.pop(change.run.id, None)
+            return "drifted", why
+        if archive:
+            moved = (await self._archive([change])).get(change.run.id)
+            if moved is not None:
+                return "drifted", moved
         self._writing(read_at)
-        if self._bulk:
-            gone = await self._api.bulk_delete_flow_runs(
-                [change.run.id], only_if=guard_filter([change])
-            )
-            if change.run.id in gone:
-                return "deleted", None
-            after = await self._read_one(change)
-            if after is None:
-                return "gone", None
-            return "drifted", _drift(change, after) or "the server left it alone"
         deleted = await self._api.delete_flow_run(change.run.id)
         return ("deleted" if deleted else "gone"), None
 
@@ -926,24 +914,72 @@ class Executor:
         """Create the new run (see :meth:`_create_new`), then delete the old run if it is
         still what the plan saw. A resumed half-done recreate checks the old run again before
         deleting it."""
-        checked_at: float | None = None
         if created is None:
-            made = await self._create_new(change)
-            if made is None:
+            created = await self._create_new(change)
+            if created is None:
                 return
-            created, checked_at = made
-        outcome, why = await self._delete_if_unchanged(change, checked_at=checked_at)
+        elif not await self._new_runs_there([change]):
+            return
+        outcome, why = await self._delete_if_unchanged(change)
         self._finish_recreated(change, created, outcome, why)
 
-    async def _create_new(self, change: Change) -> tuple[str, float] | None:
+    async def _new_runs_there(self, changes: Sequence[Change]) -> list[Change]:
+        """Of recreates an earlier apply left half done (new run made, old run not yet
+        deleted), those whose new run still exists. The others are finished failed, their
+        old runs left alone: deleting one would lose the run its new run was to replace."""
+        made = {c.key: UUID(str(self.outcomes[c.key].new_run_id)) for c in changes}
+        there: set[UUID] = set()
+        ids = list(made.values())
+        for start in range(0, len(ids), MAX_BULK_SIZE):
+            there |= await self._api.existing_run_ids(ids[start : start + MAX_BULK_SIZE])
+        kept: list[Change] = []
+        for change in changes:
+            if made[change.key] in there:
+                kept.append(change)
+                continue
+            self._finish(
+                change,
+                "failed",
+                f"its new run {made[change.key]}, made by an earlier apply, is gone: the old"
+                " run was left alone; plan again to recreate it",
+            )
+        return kept
+
+    async def _create_new(self, change: Change) -> str | None:
         """A recreate's new run, made if the old run is still what the plan saw (read back
-        first), idempotent by the key the plan gave it, and journaled as created: its id and
-        when the old run was read back; None when the change was finished without it."""
+        first, and again before a resend), idempotent by the key the plan gave it, and
+        journaled as created: its id; None when the change was finished without it.
+
+        An old run found gone may have been recreated by an earlier apply that stopped
+        before its journal said so: the run its key made is looked for then."""
         assert change.state is not None and change.run.deployment_id is not None
-        checked_at = await self._read_back_one(change)
-        if checked_at is None:
+        deployment_id = change.run.deployment_id
+        current = await self._read_one(change)
+        checked_at = time.monotonic()
+        if current is None and change.idempotency_key is not None:
+            earlier = await self._api.read_run_made_with_key(deployment_id, change.idempotency_key)
+            if earlier is not None:
+                self._finish(
+                    change,
+                    "done",
+                    f"recreated as {earlier.id} by an earlier apply (the old run was already gone)",
+                    new_run_id=str(earlier.id),
+                )
+                return None
+        if self._settled(change, current):
             return None
+        self._writing(checked_at)
         run = change.run
+        drifted: list[str] = []
+
+        async def changed_meanwhile() -> bool:
+            """Before a resend (after up to minutes of waiting): is the old run still what
+            the plan saw?"""
+            why = _drift(change, await self._read_one(change))
+            if why is not None:
+                drifted.append(why)
+            return why is not None
+
         carry = change.carry if change.carry is not None else LEGACY_CARRY
         if "work_queue" in carry:
             pool = await self._pool_of(change.run.deployment_id)
@@ -957,7 +993,7 @@ class Executor:
                 )
                 return None
         new_run = await self._api.create_flow_run_from_deployment(
-            change.run.deployment_id,
+            deployment_id,
             state=_proposed(change.state),
             parameters=run.parameters if "parameters" in carry else None,
             tags=change.tags if "tags" in carry else None,
@@ -965,7 +1001,16 @@ class Executor:
             name=run.name if "name" in carry else None,
             job_variables=run.job_variables if "job_variables" in carry else None,
             work_queue_name=run.work_queue if "work_queue" in carry else None,
+            before_retry=changed_meanwhile,
         )
+        if new_run is None:
+            self._finish(
+                change,
+                "drifted",
+                f"{drifted[-1]} (read again before the create was sent again): no new run"
+                " was made, the old run was left alone",
+            )
+            return None
         mismatch = _not_as_planned(change, new_run)
         if mismatch is not None:
             # The key returned a run an earlier apply made for this change, no longer
@@ -980,7 +1025,7 @@ class Executor:
             return None
         created = str(new_run.id)
         self._finish(change, "created", "new run created", new_run_id=created)
-        return created, checked_at
+        return created
 
     def _finish_recreated(
         self, change: Change, created: str, outcome: str, why: str | None
@@ -1051,6 +1096,7 @@ class Executor:
             since.setdefault(key, time.monotonic())
             ready.setdefault(key, []).append(change)
 
+        resumed = frozenset(c.key for c in half_done)
         for change in half_done:
             made(change)
 
@@ -1073,7 +1119,7 @@ class Executor:
                         del ready[key][: len(batch)]
                         since[key] = time.monotonic()
                         await self._wait_for_slot()
-                        work = functools.partial(self._delete_old, batch)
+                        work = functools.partial(self._delete_old, batch, resumed)
                         deletes.start_soon(self._guarded, batch, work)
                     if not ready.get(key):
                         ready.pop(key, None)
@@ -1088,12 +1134,22 @@ class Executor:
                     creates.start_soon(self._guarded, [change], lambda c=change: create(c))
             await send(waiting=False)
 
-    async def _delete_old(self, changes: Sequence[Change]) -> None:
+    async def _delete_old(
+        self, changes: Sequence[Change], resumed: frozenset[str] = frozenset()
+    ) -> None:
         """Delete the old runs of recreates whose new runs are made, each only if it is still
         what the plan saw: read back together right before (exactly: its state id, tags,
         name, ...; see :func:`_drift`), then one bulk delete of those unchanged, its filter
         holding what they share (see :func:`guard_filter`). A run the server left is read
-        again: gone already, or changed (left alone; both runs exist)."""
+        again: gone already, or changed (left alone; both runs exist). Those made by an
+        earlier apply (keys in ``resumed``) are first checked to still have their new run
+        (see :meth:`_new_runs_there`)."""
+        earlier = [c for c in changes if c.key in resumed]
+        if earlier:
+            kept = {c.key for c in await self._new_runs_there(earlier)}
+            changes = [c for c in changes if c.key not in resumed or c.key in kept]
+            if not changes:
+                return
 
         def settle(change: Change, now: FlowRun | None) -> bool:
             created = self.outcomes[change.key].new_run_id

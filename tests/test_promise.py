@@ -51,6 +51,13 @@ steps:
     return load_text(text, env={})
 
 
+def recreate_book(flow: dict[str, Any], deployment: dict[str, Any]) -> Any:
+    return playbook(
+        f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
+        "{reschedule: {delay: 2h, strategy: recreate}}",
+    )
+
+
 async def make_plan(
     settings: ConnectionSettings, book: Any, transport: httpx.AsyncBaseTransport | None = None
 ) -> Plan:
@@ -307,13 +314,7 @@ async def test_recreate_leaves_an_old_run_that_started_before_its_delete(
     deployment = seeder.deployment(flow)
     runs = seeder.late_runs(3, flow, deployment=deployment)
     victim = runs[0]["id"]
-    plan = await make_plan(
-        settings,
-        playbook(
-            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-            "{reschedule: {delay: 2h, strategy: recreate}}",
-        ),
-    )
+    plan = await make_plan(settings, recreate_book(flow, deployment))
 
     def start_when_deleted(request_text: str) -> None:
         force_state(seeder, victim, "RUNNING", "Running")
@@ -348,13 +349,7 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
     flow = seeder.flow()
     deployment = seeder.deployment(flow)
     runs = seeder.late_runs(2, flow, deployment=deployment)
-    plan = await make_plan(
-        settings,
-        playbook(
-            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-            "{reschedule: {delay: 2h, strategy: recreate}}",
-        ),
-    )
+    plan = await make_plan(settings, recreate_book(flow, deployment))
     journal = tmp_path / "j"
     with Journal(journal, plan_id=plan.id, plan_checksum="test") as j:
         for change in plan.pending:
@@ -377,6 +372,112 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
     assert state_of(seeder, runs[1]["id"]) is None
 
 
+@pytest.mark.parametrize("first_attempt", ["made nothing", "made the run"])
+async def test_a_create_sent_again_reads_its_old_run_back_first(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, first_attempt: str
+) -> None:
+    """The server answers a recreate's create 503 (faked: the real server cannot be made
+    to), after making the run or not, and meanwhile the old run starts. The resend, however
+    long it waited, reads the old run back first: no new run is made for a run that started,
+    and one the first attempt made is found by its key and reported."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    runs = seeder.late_runs(3, flow, deployment=deployment)
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    old_of_key = {c.idempotency_key: str(c.run.id) for c in plan.pending}
+    refused: list[str] = []
+
+    class BusyOnce(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/create_flow_run") and not refused:
+                victim = old_of_key[json.loads(request.content)["idempotency_key"]]
+                refused.append(victim)
+                if first_attempt == "made the run":
+                    await self.inner.handle_async_request(request)
+                force_state(seeder, victim, "RUNNING", "Running")
+                return httpx.Response(503, request=request)
+            return await self.inner.handle_async_request(request)
+
+    result = await execute(settings, plan, tmp_path / "j", transport=BusyOnce())
+    assert refused
+    victim = refused[0]
+    outcome = by_id(result)
+    assert outcome[victim].status == "drifted", outcome[victim]
+    assert state_of(seeder, victim) == "Running"
+    left = {r["id"] for r in seeder.runs_of_flow(flow)}
+    if first_attempt == "made nothing":
+        assert outcome[victim].new_run_id is None
+        assert outcome[victim].detail == (
+            "now Running, planned from Late (read again before the create was sent again):"
+            " no new run was made, the old run was left alone"
+        )
+        assert len(left) == 3  # the victim and two new runs
+    else:
+        assert outcome[victim].new_run_id is not None
+        assert "the old run was left alone, and both exist" in (outcome[victim].detail or "")
+        assert outcome[victim].new_run_id in left
+        assert len(left) == 4  # the victim, its new run and two new runs
+    for other in runs:
+        if other["id"] != victim:
+            assert outcome[other["id"]].status == "done", outcome[other["id"]]
+            assert other["id"] not in left
+
+
+async def test_a_resumed_recreate_whose_new_run_is_gone_keeps_its_old_run(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The journal says a recreate's new run was made; since then someone deleted that new
+    run. The resume leaves the old run alone (else neither would exist) and says why."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    seeder.late_runs(2, flow, deployment=deployment)
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    made = await create_new_runs(settings, plan)
+    kept, lost = plan.pending
+    seeder._call("DELETE", f"flow_runs/{made[1].id}")
+    journal = tmp_path / "j"
+    with Journal(journal, plan_id=plan.id, plan_checksum="test") as j:
+        for change, new_run in zip(plan.pending, made, strict=True):
+            j.record(change.key, "created", detail="new run created", new_run_id=str(new_run.id))
+    result = await execute(settings, plan, journal)
+    outcome = by_id(result)
+    assert outcome[str(lost.run.id)].status == "failed"
+    assert outcome[str(lost.run.id)].detail == (
+        f"its new run {made[1].id}, made by an earlier apply, is gone: the old run was left"
+        " alone; plan again to recreate it"
+    )
+    assert state_of(seeder, str(lost.run.id)) == "Late"
+    assert outcome[str(kept.run.id)].status == "done"
+    assert state_of(seeder, str(kept.run.id)) is None
+    assert {r["id"] for r in seeder.runs_of_flow(flow)} == {str(lost.run.id), str(made[0].id)}
+
+
+async def test_a_recreate_finished_but_not_journaled_is_reported_recreated(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """An apply made a new run and deleted its old run, then died before its journal said
+    so: the resume finds the old run gone, looks up the run the plan's key made, and
+    reports the recreate done (not drifted)."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    seeder.late_runs(2, flow, deployment=deployment)
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    made = await create_new_runs(settings, plan)
+    finished = plan.pending[0]
+    seeder._call("DELETE", f"flow_runs/{finished.run.id}")
+    result = await execute(settings, plan, tmp_path / "j")
+    assert result.complete and result.count("done") == 2
+    outcome = by_id(result)[str(finished.run.id)]
+    assert outcome.new_run_id == str(made[0].id)
+    assert outcome.detail == (
+        f"recreated as {made[0].id} by an earlier apply (the old run was already gone)"
+    )
+    assert {r["id"] for r in seeder.runs_of_flow(flow)} == {str(r.id) for r in made}
+
+
 async def test_recreates_delete_their_old_runs_in_batches(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, is_prefect2: bool
 ) -> None:
@@ -387,13 +488,7 @@ async def test_recreates_delete_their_old_runs_in_batches(
     flow = seeder.flow()
     deployment = seeder.deployment(flow)
     old = seeder.late_runs(12, flow, deployment=deployment)
-    plan = await make_plan(
-        settings,
-        playbook(
-            f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-            "{reschedule: {delay: 2h, strategy: recreate}}",
-        ),
-    )
+    plan = await make_plan(settings, recreate_book(flow, deployment))
     watch = Interfere(set(), lambda run_id: None)  # interferes with nothing: sees the writes
     result = await execute(settings, plan, tmp_path / "j", transport=watch)
     assert result.complete and result.count("done") == 12
@@ -457,10 +552,7 @@ async def test_two_plans_of_one_recreate_make_one_new_run_each(
     flow = seeder.flow()
     deployment = seeder.deployment(flow)
     old = seeder.late_runs(5, flow, deployment=deployment)
-    book = playbook(
-        f"{{deployments: '{flow['name']}/{deployment['name']}'}}",
-        "{reschedule: {delay: 2h, strategy: recreate}}",
-    )
+    book = recreate_book(flow, deployment)
     first, second = await make_plan(settings, book), await make_plan(settings, book)
     assert first.id != second.id
     keys = [c.idempotency_key for c in first.pending]
