@@ -8,10 +8,9 @@ from types import FrameType
 from typing import TextIO
 
 import anyio
-from anyio.abc import TaskStatus
 
-from runner.apply import Applied, ApplyRequest, apply, destructive_kinds, is_destructive
-from runner.commands.interrupt import SIGNALS
+from runner.apply import ApplyRequest, apply, destructive_kinds, is_destructive
+from runner.commands.interrupt import SIGNALS, run_interruptible
 from runner.errors import EXIT_INTERRUPTED
 from runner.plan import Plan
 from runner.words import plural
@@ -23,10 +22,6 @@ class _Interrupted(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _ask(question: str, out: TextIO) -> str:
@@ -67,62 +62,36 @@ def run(request: ApplyRequest, *, yes: bool, interactive: bool, out: TextIO, err
     """Apply. Ctrl-C or SIGTERM before the first write (while loading, planning, at the
     prompt) stop at once; once writing, they stop dispatching, let the requests in flight
     finish, and leave the rest pending for the resume. Either way the exit code is 130."""
+    writing = False
+    stops: list[anyio.Event] = []
 
-    async def main() -> int:
-        stop = anyio.Event()
-        writing = False
-        interrupted: str | None = None
-        applied: Applied | None = None
-        error: Exception | None = None
+    def confirm(plan: Plan) -> bool:
+        nonlocal writing
+        writing = _confirm(plan, yes=yes, interactive=interactive, out=out, err=err)
+        return writing
 
-        def confirm(plan: Plan) -> bool:
-            nonlocal writing
-            writing = _confirm(plan, yes=yes, interactive=interactive, out=out, err=err)
-            return writing
+    def soft_stop(name: str) -> bool:
+        if not writing:  # nothing sent: stop now
+            return False
+        err.write(f"\nrunner: {name}: finishing requests in flight, then stopping\n")
+        stops[0].set()
+        return True
 
-        async with anyio.create_task_group() as group:
-
-            async def watch_signals(*, task_status: TaskStatus[None]) -> None:
-                nonlocal interrupted
-                with anyio.open_signal_receiver(*SIGNALS) as signals:
-                    task_status.started()
-                    async for signum in signals:
-                        name = signal.Signals(signum).name
-                        if not writing:  # nothing sent: stop now
-                            interrupted = name
-                            group.cancel_scope.cancel()
-                            return
-                        err.write(
-                            f"\nrunner: {name}: finishing requests in flight, then stopping\n"
-                        )
-                        stop.set()
-                        break
-                # A second Ctrl-C or SIGTERM stops at once, as a Ctrl-C outside an apply does
-                # (the CLI maps it to 130).
-                for signum in SIGNALS:
-                    signal.signal(signum, _raise_interrupt)
-
-            # Watching before the apply starts: a signal is never missed, whatever the stage.
-            await group.start(watch_signals)
-            try:
-                applied = await apply(request, out=out, err=err, confirm=confirm, stop=stop)
-            except _Interrupted as exc:
-                interrupted = exc.name
-            except Exception as exc:  # raised below as itself, not inside an exception group
-                error = exc
-            finally:
-                group.cancel_scope.cancel()
-        if interrupted is not None and applied is None and error is None:
-            err.write(f"\nrunner: {interrupted}: stopped before anything was sent\n")
-            return EXIT_INTERRUPTED
-        if error is not None:
-            raise error
-        assert applied is not None
+    async def command() -> int | str:
+        stops.append(anyio.Event())
+        try:
+            applied = await apply(request, out=out, err=err, confirm=confirm, stop=stops[0])
+        except _Interrupted as exc:  # at the prompt
+            return exc.name
         return applied.code
 
-    saved = {s: signal.getsignal(s) for s in SIGNALS}
     try:
-        return anyio.run(main)
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        code = run_interruptible(command, soft_stop=soft_stop)
+    except KeyboardInterrupt as exc:
+        if writing or not exc.args:
+            raise  # a second signal (while writing, or unwinding): the CLI maps it to 130
+        code = str(exc)
+    if isinstance(code, str):
+        err.write(f"\nrunner: {code}: stopped before anything was sent\n")
+        return EXIT_INTERRUPTED
+    return code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import TypeVar
 
 import anyio
@@ -20,10 +21,20 @@ T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def run_interruptible(command: Callable[[], Awaitable[T]]) -> T:
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_interruptible(
+    command: Callable[[], Awaitable[T]], *, soft_stop: Callable[[str], bool] | None = None
+) -> T:
     """``command()`` in an event loop. A first Ctrl-C or SIGTERM cancels it and raises
     ``KeyboardInterrupt`` named for the signal (the CLI says so and exits 130); a second one,
-    while it unwinds, raises at once (the handlers in force before are back by then)."""
+    while it unwinds, raises at once (the handlers in force before are back by then).
+
+    ``soft_stop(name)`` is asked first, on the first signal: True when the command stops by
+    itself instead (an apply that has begun writing finishes the requests in flight). It is
+    not cancelled then, and a second signal raises ``KeyboardInterrupt`` at once."""
 
     async def main() -> T:
         interrupted: str | None = None
@@ -36,10 +47,16 @@ def run_interruptible(command: Callable[[], Awaitable[T]]) -> T:
                 with anyio.open_signal_receiver(*SIGNALS) as signals:
                     task_status.started()
                     async for signum in signals:
-                        interrupted = signal.Signals(signum).name
+                        name = signal.Signals(signum).name
+                        if soft_stop is not None and soft_stop(name):
+                            break
+                        interrupted = name
                         group.cancel_scope.cancel()
                         return
+                for signum in SIGNALS:
+                    signal.signal(signum, _raise_interrupt)
 
+            # Watching before the command starts: a signal is never missed, whatever the stage.
             await group.start(watch)
             try:
                 done.append(await command())
