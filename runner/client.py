@@ -204,6 +204,16 @@ def _quiet(task: asyncio.Task[Any]) -> None:
 
 
 @dataclass(frozen=True)
+class NotSentAgain:
+    """A create not sent again because its caller said so before a resend, and no run made
+    with its idempotency key found. ``answer_lost``: an attempt got no answer, so the server
+    may yet carry it out (the run is not found *so far*); else every attempt was refused
+    (429, 503) and nothing was made."""
+
+    answer_lost: bool
+
+
+@dataclass(frozen=True)
 class ProposedState:
     """A state runner asks the server to set on a run."""
 
@@ -693,6 +703,7 @@ class PrefectClient:
         ok: Iterable[int] = (200, 201, 204),
         before_retry: Any = None,
         no_content: bool = False,
+        failures: list[BaseException] | None = None,
     ) -> httpx.Response:
         """Send with retries; map failures to the exception tree. ``no_content``: a POST
         this route answers 204, without a body.
@@ -700,6 +711,7 @@ class PrefectClient:
         ``before_retry`` is an async callable run before every attempt but the first; when it
         returns a response-like value, that value is returned instead of sending again (used to
         recognise a change the server carried out although its answer was lost).
+        ``failures``: each failed attempt's exception is appended to it.
         """
         ok_statuses = set(ok)
         attempts = 0
@@ -713,9 +725,14 @@ class PrefectClient:
                             done = await before_retry()
                             if done is not None:
                                 return done  # type: ignore[no-any-return]
-                    response = await self._send_once(
-                        method, path, json=json, params=params, no_content=no_content
-                    )
+                    try:
+                        response = await self._send_once(
+                            method, path, json=json, params=params, no_content=no_content
+                        )
+                    except Exception as exc:
+                        if failures is not None:
+                            failures.append(exc)
+                        raise
         except RetryableStatus as exc:
             status = exc.response.status_code
             raise ServerError(
@@ -1721,7 +1738,7 @@ class PrefectClient:
         job_variables: Mapping[str, Any] | None = ...,
         work_queue_name: str | None = ...,
         before_retry: Callable[[], Awaitable[bool]],
-    ) -> FlowRun | None: ...
+    ) -> FlowRun | NotSentAgain: ...
 
     async def create_flow_run_from_deployment(
         self,
@@ -1735,7 +1752,7 @@ class PrefectClient:
         job_variables: Mapping[str, Any] | None = None,
         work_queue_name: str | None = None,
         before_retry: Callable[[], Awaitable[bool]] | None = None,
-    ) -> FlowRun | None:
+    ) -> FlowRun | NotSentAgain:
         """Create a run of a deployment. The same ``idempotency_key`` returns the same run.
 
         What is not given comes from the deployment (the server merges ``parameters`` into
@@ -1746,7 +1763,7 @@ class PrefectClient:
         ``before_retry`` runs before each resend (after a failed attempt and its wait, up to
         minutes): the caller reads again what the create depends on and answers True to send
         nothing more. The failed attempt may still have made the run (its answer lost): the
-        run the key made is then looked up and returned, else None (nothing was made)."""
+        run the key made is then looked up and returned, else :class:`NotSentAgain`."""
         body: dict[str, Any] = {}
         if state is not None:
             body["state"] = state.body(uuid.uuid4())
@@ -1771,16 +1788,24 @@ class PrefectClient:
                 return httpx.Response(204)
             return None
 
+        failures: list[BaseException] = []
         response = await self._request(
             "POST",
             f"deployments/{deployment_id}/create_flow_run",
             json=body,
             before_retry=check_again,
+            failures=failures,
         )
         if stopped:
-            if idempotency_key is None:
-                return None
-            return await self.read_run_made_with_key(deployment_id, idempotency_key)
+            made = None
+            if idempotency_key is not None:
+                made = await self.read_run_made_with_key(deployment_id, idempotency_key)
+            if made is not None:
+                return made
+            lost = any(
+                isinstance(f, httpx.TransportError) and not is_no_connection(f) for f in failures
+            )
+            return NotSentAgain(answer_lost=lost)
         return self._parse(FlowRun, response)
 
     async def read_run_made_with_key(

@@ -42,7 +42,7 @@ from uuid import UUID
 import anyio
 
 from runner.archive import ARCHIVE_NAME, ArchiveWriter, archive_record
-from runner.client import MAX_BULK_SIZE, PrefectClient, ProposedState
+from runner.client import MAX_BULK_SIZE, NotSentAgain, PrefectClient, ProposedState
 from runner.concurrency import AdaptiveLimit
 from runner.errors import (
     APIError,
@@ -950,22 +950,15 @@ class Executor:
         first, and again before a resend), idempotent by the key the plan gave it, and
         journaled as created: its id; None when the change was finished without it.
 
-        An old run found gone may have been recreated by an earlier apply that stopped
-        before its journal said so: the run its key made is looked for then."""
+        An old run found gone or changed may have been recreated by an earlier apply that
+        stopped before its journal said so (or whose create's answer was lost): the run its
+        key made is looked for then, and reported."""
         assert change.state is not None and change.run.deployment_id is not None
         deployment_id = change.run.deployment_id
         current = await self._read_one(change)
         checked_at = time.monotonic()
-        if current is None and change.idempotency_key is not None:
-            earlier = await self._api.read_run_made_with_key(deployment_id, change.idempotency_key)
-            if earlier is not None:
-                self._finish(
-                    change,
-                    "done",
-                    f"recreated as {earlier.id} by an earlier apply (the old run was already gone)",
-                    new_run_id=str(earlier.id),
-                )
-                return None
+        if _drift(change, current) is not None and await self._made_earlier(change, current):
+            return None
         if self._settled(change, current):
             return None
         self._writing(checked_at)
@@ -1003,13 +996,30 @@ class Executor:
             work_queue_name=run.work_queue if "work_queue" in carry else None,
             before_retry=changed_meanwhile,
         )
-        if new_run is None:
+        if isinstance(new_run, NotSentAgain):
+            why = f"{drifted[-1]} (read again before the create was sent again)"
+            if new_run.answer_lost:
+                why += (
+                    ": the old run was left alone; an earlier attempt got no answer and no"
+                    f" run made with its idempotency key {change.idempotency_key} is found"
+                    " yet: look for one in its deployment before you plan again"
+                )
+            else:
+                why += ": no new run was made, the old run was left alone"
+            self._finish(change, "drifted", why)
+            return None
+        if new_run.deployment_id != deployment_id:
+            # Prefect keys idempotency by flow, not by deployment.
             self._finish(
                 change,
-                "drifted",
-                f"{drifted[-1]} (read again before the create was sent again): no new run"
-                " was made, the old run was left alone",
+                "failed",
+                f"Prefect returned run {new_run.name} ({new_run.id}) of another deployment"
+                f" ({new_run.deployment_id}) for this change's idempotency key (Prefect keys"
+                " them by flow): no run was made, and the old run was left alone",
             )
+            return None
+        if drifted:  # the old run changed; the create's first attempt made the new run
+            self._finish_recreated(change, str(new_run.id), "drifted", drifted[-1])
             return None
         mismatch = _not_as_planned(change, new_run)
         if mismatch is not None:
@@ -1026,6 +1036,32 @@ class Executor:
         created = str(new_run.id)
         self._finish(change, "created", "new run created", new_run_id=created)
         return created
+
+    async def _made_earlier(self, change: Change, current: FlowRun | None) -> bool:
+        """For a recreate whose old run is gone or changed (``current``): finish it by the
+        run its idempotency key made, when an earlier apply made one (it stopped before its
+        journal said so): done when the old run is gone (that apply deleted it, or someone
+        did), drifted with both runs kept when it changed. False: no such run."""
+        if change.idempotency_key is None or change.run.deployment_id is None:
+            return False
+        made = await self._api.read_run_made_with_key(
+            change.run.deployment_id, change.idempotency_key
+        )
+        if made is None:
+            return False
+        if current is not None:
+            self._finish_recreated(change, str(made.id), "drifted", _drift(change, current))
+            return True
+        since = _not_as_planned(change, made)
+        self._finish(
+            change,
+            "done",
+            f"recreated as {made.id} by an earlier apply (the old run was already gone"
+            + (f"; the new run is {since}" if since else "")
+            + ")",
+            new_run_id=str(made.id),
+        )
+        return True
 
     def _finish_recreated(
         self, change: Change, created: str, outcome: str, why: str | None

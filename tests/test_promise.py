@@ -372,7 +372,7 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
     assert state_of(seeder, runs[1]["id"]) is None
 
 
-@pytest.mark.parametrize("first_attempt", ["made nothing", "made the run"])
+@pytest.mark.parametrize("first_attempt", ["made nothing", "made the run", "got no answer"])
 async def test_a_create_sent_again_reads_its_old_run_back_first(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, first_attempt: str
 ) -> None:
@@ -398,6 +398,8 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
                 if first_attempt == "made the run":
                     await self.inner.handle_async_request(request)
                 force_state(seeder, victim, "RUNNING", "Running")
+                if first_attempt == "got no answer":
+                    raise httpx.ReadTimeout("no answer", request=request)
                 return httpx.Response(503, request=request)
             return await self.inner.handle_async_request(request)
 
@@ -415,6 +417,16 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
             " no new run was made, the old run was left alone"
         )
         assert len(left) == 3  # the victim and two new runs
+    elif first_attempt == "got no answer":
+        # The server might yet carry the lost attempt out: "nothing was made" is not known.
+        key = next(k for k, old in old_of_key.items() if old == victim)
+        assert outcome[victim].detail == (
+            "now Running, planned from Late (read again before the create was sent again):"
+            " the old run was left alone; an earlier attempt got no answer and no run made"
+            f" with its idempotency key {key} is found yet: look for one in its deployment"
+            " before you plan again"
+        )
+        assert len(left) == 3
     else:
         assert outcome[victim].new_run_id is not None
         assert "the old run was left alone, and both exist" in (outcome[victim].detail or "")
@@ -424,6 +436,92 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
         if other["id"] != victim:
             assert outcome[other["id"]].status == "done", outcome[other["id"]]
             assert other["id"] not in left
+
+
+async def test_a_create_whose_old_run_cannot_be_read_again_is_not_lost(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """The create made the run but was answered 503; the old run started; reading the old
+    run again before the resend fails. The change is tried again later, and the new run
+    the first attempt made is found by its key and reported, not lost from the report."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    victim = seeder.late_runs(1, flow, deployment=deployment)[0]["id"]
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    seen: list[str] = []
+
+    class Flaky(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            path = request.url.path
+            if path.endswith("/create_flow_run") and not seen:
+                seen.append("create")
+                await (await self.inner.handle_async_request(request)).aread()
+                force_state(seeder, victim, "RUNNING", "Running")
+                return httpx.Response(503, request=request)
+            if seen == ["create"] and request.method == "GET" and path.endswith(victim):
+                seen.append("read failed")
+                return httpx.Response(500, json={"detail": "boom"}, request=request)
+            return await self.inner.handle_async_request(request)
+
+    result = await execute(settings, plan, tmp_path / "j", transport=Flaky())
+    assert seen == ["create", "read failed"]
+    outcome = by_id(result)[victim]
+    made = [r["id"] for r in seeder.runs_of_flow(flow) if r["id"] != victim]
+    assert len(made) == 1
+    assert outcome.status == "drifted" and outcome.new_run_id == made[0], outcome
+    assert state_of(seeder, victim) == "Running"
+
+
+async def test_a_changed_old_run_with_a_new_run_made_earlier_names_it(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """An apply made the new run and died before its journal said so; then the old run
+    started. The next apply leaves the old run alone and names the new run that exists."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    victim = seeder.late_runs(1, flow, deployment=deployment)[0]["id"]
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    made = await create_new_runs(settings, plan)
+    force_state(seeder, victim, "RUNNING", "Running")
+    result = await execute(settings, plan, tmp_path / "j")
+    outcome = by_id(result)[victim]
+    assert outcome.status == "drifted"
+    assert outcome.new_run_id == str(made[0].id)
+    assert outcome.detail == (
+        f"new run {made[0].id} created, but the old run changed before it was deleted (now"
+        " Running, planned from Late): the old run was left alone, and both exist"
+    )
+    assert state_of(seeder, victim) == "Running"
+
+
+async def test_a_key_held_by_another_deployments_run_deletes_nothing(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Prefect keys idempotency by flow: a run of another deployment of the same flow made
+    with the plan's key is what the create returns. That is no recreate of the old run: it
+    stays, and the change fails saying why."""
+    flow = seeder.flow()
+    deployment, other = seeder.deployment(flow), seeder.deployment(flow)
+    victim = seeder.late_runs(1, flow, deployment=deployment)[0]["id"]
+    plan = await make_plan(settings, recreate_book(flow, deployment))
+    change = plan.pending[0]
+    assert change.state is not None
+    async with PrefectClient(settings) as client:
+        squatter = await client.create_flow_run_from_deployment(
+            UUID(other["id"]), state=_proposed(change.state), idempotency_key=change.idempotency_key
+        )
+    result = await execute(settings, plan, tmp_path / "j")
+    outcome = by_id(result)[victim]
+    assert outcome.status == "failed"
+    assert outcome.detail == (
+        f"Prefect returned run {squatter.name} ({squatter.id}) of another deployment"
+        f" ({other['id']}) for this change's idempotency key (Prefect keys them by flow): no"
+        " run was made, and the old run was left alone"
+    )
+    assert state_of(seeder, victim) == "Late"
 
 
 async def test_a_resumed_recreate_whose_new_run_is_gone_keeps_its_old_run(
