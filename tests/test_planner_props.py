@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -184,6 +185,9 @@ def runs(draw: st.DrawFn) -> list[RunView]:
     return found
 
 
+# Nightly: hypothesis takes about a minute to draw a list of 60 playbooks this large (it
+# draws again while a list overruns its buffer), a twentieth of the CI suite's time.
+@pytest.mark.nightly
 @settings(max_examples=3, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(playbooks(), min_size=60, max_size=60))
 def test_most_generated_playbooks_reach_the_planner(documents: list[dict[str, Any]]) -> None:

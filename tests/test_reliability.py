@@ -40,9 +40,13 @@ CRASH_ITERATIONS = 20 if FULL else 3
 CRASH_RUNS = 2000 if FULL else 160
 BIN = Path(sys.executable).parent
 #: The client's timeout under the fault proxy; its "slow" faults hold answers a second longer.
-REQUEST_TIMEOUT = 5
+REQUEST_TIMEOUT = 3
 SLOW = REQUEST_TIMEOUT + 1
 SEED = int(os.environ.get("RUNNER_RELIABILITY_SEED", "20261122"))
+#: Faults everywhere but, outside the full run, the server lock's acquire: a lost answer
+#: there makes the apply wait out the server's least lease (about 80 s; test_lease.py's
+#: nightly test covers it), which would be most of this file's time.
+FAULTS_WHERE = None if FULL else r"^(?!.*increment-with-lease)"
 
 
 def log_figures(**figures: Any) -> None:
@@ -219,7 +223,12 @@ def test_faults_every_change_done_exactly_once(
     flow, ids, others = setup(prefect_server, seeder, scenario, FAULT_RUNS)
     seed = SEED + SCENARIOS.index(scenario)
     with FaultProxy(
-        prefect_server.api_url, seed=seed, rate=0.1, kinds=(*KINDS, *HOSTILE), slow_seconds=SLOW
+        prefect_server.api_url,
+        seed=seed,
+        rate=0.1,
+        kinds=(*KINDS, *HOSTILE),
+        slow_seconds=SLOW,
+        only=FAULTS_WHERE,
     ) as proxy:
         result = apply(
             playbook(tmp_path, flow, scenario),
