@@ -63,6 +63,8 @@ class ServerQuery:
 
     query: FlowRunQuery | None
     loose: frozenset[str] = frozenset()
+    #: Read by the expected start window alone (:func:`wide_query`).
+    wide: bool = False
 
 
 _WILDCARDS = ("%", "_")
@@ -200,6 +202,50 @@ def build_query(
         else None,
     )
     return ServerQuery(query=query, loose=frozenset(loose))
+
+
+#: Every key :func:`failed_keys` checks but the expected start window: what runner applies
+#: itself when it reads by the window alone (:func:`wide_query`).
+WIDE_LOOSE = frozenset(
+    {
+        "state.type",
+        "state.name",
+        "state.not_type",
+        "state.not_name",
+        "state.since",
+        "flows",
+        "deployments",
+        "deployment_ids",
+        "deployment_like",
+        "tags.all",
+        "tags.any",
+        "tags.none",
+        "work_pools",
+        "work_queues",
+        "name_like",
+        "parent",
+        "parent_id",
+        "parameters",
+        "next_scheduled_start",
+        "start",
+        "end",
+        "created",
+    }
+)
+
+
+def wide_query(select: Select, *, now: datetime) -> ServerQuery:
+    """The *wide read* of ``select``: the server is sent its expected start window alone
+    (none: every run), and runner applies every other key itself (:func:`failed_keys`).
+
+    For a selection that is most of its window. Prefect's SQLite schema has no index that
+    serves a state (or flow) filter sorted by expected start: the server sorts every run of
+    the state in a temporary B-tree for each keyset page, so a read's cost per run grows with
+    the history. The window alone is a range on ``ix_flow_run__expected_start_time_desc``,
+    the same cost per page wherever it starts."""
+    window = _window(select.expected_start, now)
+    flow_runs = FlowRunFilter(expected_start_time=window) if window is not None else None
+    return ServerQuery(query=FlowRunQuery(flow_runs=flow_runs), loose=WIDE_LOOSE, wide=True)
 
 
 def _contains(text: str, part: str) -> bool:

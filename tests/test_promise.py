@@ -102,6 +102,17 @@ async def create_new_runs(settings: ConnectionSettings, plan: Plan) -> list[Any]
         return made
 
 
+async def late_recreate(
+    settings: ConnectionSettings, seeder: Seeder, count: int
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], Plan]:
+    """``count`` Late runs of a new deployment of a new flow, and the plan that recreates
+    them: the flow, the deployment, the runs and the plan."""
+    flow = seeder.flow()
+    deployment = seeder.deployment(flow)
+    runs = seeder.late_runs(count, flow, deployment=deployment)
+    return flow, deployment, runs, await make_plan(settings, recreate_book(flow, deployment))
+
+
 def by_id(result: ApplyResult) -> dict[str, Any]:
     return {str(o.change.run.id): o for o in result.outcomes.values()}
 
@@ -346,10 +357,7 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
     parameters edited, or was put in a new Late state at the same time (neither of the last
     two shows in a bulk delete's filter: only reading the run back sees them). The resume
     does not delete it."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    runs = seeder.late_runs(2, flow, deployment=deployment)
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    _flow, _deployment, runs, plan = await late_recreate(settings, seeder, 2)
     journal = tmp_path / "j"
     with Journal(journal, plan_id=plan.id, plan_checksum="test") as j:
         for change in plan.pending:
@@ -380,10 +388,7 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
     to), after making the run or not, and meanwhile the old run starts. The resend, however
     long it waited, reads the old run back first: no new run is made for a run that started,
     and one the first attempt made is found by its key and reported."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    runs = seeder.late_runs(3, flow, deployment=deployment)
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    flow, _deployment, runs, plan = await late_recreate(settings, seeder, 3)
     old_of_key = {c.idempotency_key: str(c.run.id) for c in plan.pending}
     refused: list[str] = []
 
@@ -444,10 +449,8 @@ async def test_a_create_whose_old_run_cannot_be_read_again_is_not_lost(
     """The create made the run but was answered 503; the old run started; reading the old
     run again before the resend fails. The change is tried again later, and the new run
     the first attempt made is found by its key and reported, not lost from the report."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    victim = seeder.late_runs(1, flow, deployment=deployment)[0]["id"]
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    flow, _deployment, runs, plan = await late_recreate(settings, seeder, 1)
+    victim = runs[0]["id"]
     seen: list[str] = []
 
     class Flaky(httpx.AsyncBaseTransport):
@@ -480,10 +483,8 @@ async def test_a_changed_old_run_with_a_new_run_made_earlier_names_it(
 ) -> None:
     """An apply made the new run and died before its journal said so; then the old run
     started. The next apply leaves the old run alone and names the new run that exists."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    victim = seeder.late_runs(1, flow, deployment=deployment)[0]["id"]
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    _flow, _deployment, runs, plan = await late_recreate(settings, seeder, 1)
+    victim = runs[0]["id"]
     made = await create_new_runs(settings, plan)
     force_state(seeder, victim, "RUNNING", "Running")
     result = await execute(settings, plan, tmp_path / "j")
@@ -529,10 +530,7 @@ async def test_a_resumed_recreate_whose_new_run_is_gone_keeps_its_old_run(
 ) -> None:
     """The journal says a recreate's new run was made; since then someone deleted that new
     run. The resume leaves the old run alone (else neither would exist) and says why."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    seeder.late_runs(2, flow, deployment=deployment)
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    flow, _deployment, _, plan = await late_recreate(settings, seeder, 2)
     made = await create_new_runs(settings, plan)
     kept, lost = plan.pending
     seeder._call("DELETE", f"flow_runs/{made[1].id}")
@@ -559,10 +557,7 @@ async def test_a_recreate_finished_but_not_journaled_is_reported_recreated(
     """An apply made a new run and deleted its old run, then died before its journal said
     so: the resume finds the old run gone, looks up the run the plan's key made, and
     reports the recreate done (not drifted)."""
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    seeder.late_runs(2, flow, deployment=deployment)
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    flow, _deployment, _, plan = await late_recreate(settings, seeder, 2)
     made = await create_new_runs(settings, plan)
     finished = plan.pending[0]
     seeder._call("DELETE", f"flow_runs/{finished.run.id}")
@@ -583,10 +578,7 @@ async def test_recreates_delete_their_old_runs_in_batches(
     are deleted a batch a request (each batch read back first): fewer requests than runs."""
     if is_prefect2:
         pytest.skip("Prefect 2.x has no bulk routes: each old run is deleted on its own")
-    flow = seeder.flow()
-    deployment = seeder.deployment(flow)
-    old = seeder.late_runs(12, flow, deployment=deployment)
-    plan = await make_plan(settings, recreate_book(flow, deployment))
+    flow, _deployment, old, plan = await late_recreate(settings, seeder, 12)
     watch = Interfere(set(), lambda run_id: None)  # interferes with nothing: sees the writes
     result = await execute(settings, plan, tmp_path / "j", transport=watch)
     assert result.complete and result.count("done") == 12

@@ -5,13 +5,15 @@ or reads through task runs (``parent_id``)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import random
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+import runner.observe as observe_module
 from runner.client import PrefectClient
 from runner.errors import PlaybookError
 from runner.loader import load_text
@@ -297,3 +299,47 @@ async def test_a_custom_state_name_no_run_has_had_is_noted_where_the_server_can_
         f" been in a state named 'Awaitng{flow['name']}' (its retained history); did you"
         f" mean 'Awaiting{flow['name']}'?"
     )
+
+
+@pytest.mark.parametrize("share", ["most", "less"])
+async def test_a_selection_that_is_most_of_its_window_is_read_by_the_window_alone(
+    settings: ConnectionSettings, seeder: Seeder, monkeypatch: pytest.MonkeyPatch, share: str
+) -> None:
+    """A selection that is most (80%) of the runs in its expected start window is read by
+    the window alone (SQLite sorts every page of a state filter; a range on the expected
+    start costs the same wherever it starts), and runner applies the rest of the selection
+    itself: the plan holds exactly the runs the selection means, read either way."""
+    monkeypatch.setattr(observe_module, "WIDE_MIN_RUNS", 5)  # 20,000 outside this test
+    flow, other = seeder.flow(), seeder.flow()
+    start = datetime(2090, 1, 1, tzinfo=timezone.utc) + timedelta(
+        days=random.randrange(3000), seconds=random.randrange(86_400)
+    )
+
+    def at(i: int) -> datetime:
+        return start + timedelta(minutes=i)
+
+    wanted = {seeder.run(flow, "Scheduled", scheduled=at(i))["id"] for i in range(8)}
+    seeder.run(other, "Scheduled", scheduled=at(8))  # another flow
+    seeder.run(flow, "Late", scheduled=at(9))  # another state name, the same type
+    if share == "less":
+        for i in range(10, 13):
+            seeder.run(other, "Scheduled", scheduled=at(i))
+    seeder.run(flow, "Scheduled", scheduled=at(60 * 24))  # outside the window
+    window = f"{{after: '{at(0).isoformat()}', before: '{at(30).isoformat()}'}}"
+    plan = await _plan(
+        settings,
+        "version: 1\nsteps:\n  - name: s\n"
+        f"    select: {{flows: [{flow['name']}], state: {{name: Scheduled}},"
+        f" expected_start: {window}}}\n"
+        "    action: delete\n",
+    )
+    assert _ids(plan) == wanted
+    wide = [n for n in plan.notes if "read by its expected start window alone" in n]
+    if share == "most":
+        assert wide == [
+            "step 's': read by its expected start window alone, the selection being most of"
+            " it (the server's own filter sorts every page on SQLite); runner applied the"
+            " rest of select itself: read 10 runs, kept 8"
+        ]
+    else:
+        assert wide == []
