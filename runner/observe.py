@@ -291,19 +291,21 @@ def _uses(select: Select, key: str) -> bool:
     return bool(getattr(select, key)) or any(getattr(e.select, key) for e in select.exclude)
 
 
-async def _widened(
-    client: PrefectClient, select: Select, sq: ServerQuery, *, now: datetime
-) -> ServerQuery:
-    """``sq``, or the wide read of ``select`` when that is the cheaper read (see
+async def _widened(client: PrefectClient, sq: ServerQuery) -> ServerQuery:
+    """``sq``, or its wide read when that is the cheaper read (see
     :data:`WIDE_MIN_RUNS`): two counts decide."""
-    wide = wide_query(select, now=now)
-    if sq.query is None or sq.query == wide.query:
+    if sq.query is None:
+        return sq
+    wide = wide_query(sq)
+    if sq.query == wide.query:
+        return sq
+    # The selection first: a small one costs one count, never a count of the whole window
+    # (on a large history, all of it).
+    selected = await client.count_flow_runs(sq.query)
+    if selected < WIDE_MIN_RUNS * WIDE_SHARE:
         return sq
     total = await client.count_flow_runs(wide.query)
-    if total < WIDE_MIN_RUNS:
-        return sq
-    selected = await client.count_flow_runs(sq.query)
-    return wide if selected >= total * WIDE_SHARE else sq
+    return wide if total >= WIDE_MIN_RUNS and selected >= total * WIDE_SHARE else sq
 
 
 async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -> Observation:
@@ -331,7 +333,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             deployment_ids=[deployment_ids[n] for n in step.select.deployments],
             capabilities=capabilities,
         )
-        sq = await _widened(client, step.select, sq, now=now)
+        sq = await _widened(client, sq)
         queries.append(sq)
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         keep = recreates or _uses(step.select, "parameters")

@@ -204,8 +204,12 @@ def build_query(
     return ServerQuery(query=query, loose=frozenset(loose))
 
 
-#: Every key :func:`failed_keys` checks but the expected start window: what runner applies
-#: itself when it reads by the window alone (:func:`wide_query`).
+#: The keys a wide read (:func:`wide_query`) leaves to runner: those whose check in
+#: :func:`failed_keys` is exactly the server's filter. Kept on the server: the expected
+#: start window, ``name_like`` and ``deployment_like`` (SQLite folds the case of ASCII
+#: letters only, PostgreSQL of every letter: runner's check is a superset of both) and
+#: ``work_queues`` (the server follows a run's link to its queue; a run keeps the name of a
+#: queue deleted since).
 WIDE_LOOSE = frozenset(
     {
         "state.type",
@@ -216,13 +220,10 @@ WIDE_LOOSE = frozenset(
         "flows",
         "deployments",
         "deployment_ids",
-        "deployment_like",
         "tags.all",
         "tags.any",
         "tags.none",
         "work_pools",
-        "work_queues",
-        "name_like",
         "parent",
         "parent_id",
         "parameters",
@@ -234,18 +235,26 @@ WIDE_LOOSE = frozenset(
 )
 
 
-def wide_query(select: Select, *, now: datetime) -> ServerQuery:
-    """The *wide read* of ``select``: the server is sent its expected start window alone
-    (none: every run), and runner applies every other key itself (:func:`failed_keys`).
+def wide_query(sq: ServerQuery) -> ServerQuery:
+    """The *wide read* of the selection ``sq`` was built for: the server is sent its
+    expected start window (none: every run), and the filters runner cannot match exactly
+    itself (see :data:`WIDE_LOOSE`); runner applies every other key (:func:`failed_keys`).
 
     For a selection that is most of its window. Prefect's SQLite schema has no index that
     serves a state (or flow) filter sorted by expected start: the server sorts every run of
     the state in a temporary B-tree for each keyset page, so a read's cost per run grows with
     the history. The window alone is a range on ``ix_flow_run__expected_start_time_desc``,
     the same cost per page wherever it starts."""
-    window = _window(select.expected_start, now)
-    flow_runs = FlowRunFilter(expected_start_time=window) if window is not None else None
-    return ServerQuery(query=FlowRunQuery(flow_runs=flow_runs), loose=WIDE_LOOSE, wide=True)
+    query = sq.query
+    assert query is not None
+    runs = query.flow_runs or FlowRunFilter()
+    kept = FlowRunFilter(expected_start_time=runs.expected_start_time, name=runs.name)
+    wide = FlowRunQuery(
+        flow_runs=kept if kept.model_dump(exclude_none=True) else None,
+        deployments=query.deployments,
+        work_pool_queues=query.work_pool_queues,
+    )
+    return ServerQuery(query=wide, loose=sq.loose | WIDE_LOOSE, wide=True)
 
 
 def _contains(text: str, part: str) -> bool:
@@ -315,9 +324,11 @@ def failed_keys(
             failed.append("state.type")
         if s.name and run.state_name not in s.name:
             failed.append("state.name")
-        if s.not_type and run.state_type in {t.value for t in s.not_type}:
+        # A run without a state matches no state filter (the server's NOT IN leaves it out).
+        not_types = {t.value for t in s.not_type}
+        if s.not_type and (run.state_type is None or run.state_type in not_types):
             failed.append("state.not_type")
-        if s.not_name and run.state_name in s.not_name:
+        if s.not_name and (run.state_name is None or run.state_name in s.not_name):
             failed.append("state.not_name")
         if s.since is not None and not _in_window(run.state_since, _window(s.since, now)):
             failed.append("state.since")

@@ -5,7 +5,9 @@ or reads through task runs (``parent_id``)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from runner.plan import Plan
 from runner.render import to_text
 from runner.settings import ConnectionSettings
 from tests.support.cli import run_cli
+from tests.support.prefect_server import PrefectServer
 from tests.support.seed import Seeder, unique
+from tests.support.seed_db import clone_runs_at
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 
@@ -343,3 +347,108 @@ async def test_a_selection_that_is_most_of_its_window_is_read_by_the_window_alon
         ]
     else:
         assert wide == []
+
+
+async def _read_both_ways(
+    settings: ConnectionSettings, monkeypatch: pytest.MonkeyPatch, select: str
+) -> dict[str, set[str]]:
+    """The names of the runs a delete step with ``select`` plans, read by the whole filter
+    ("narrow") and read wide (forced: no count decides)."""
+    text = f"version: 1\nsteps:\n  - name: s\n    select: {select}\n    action: delete\n"
+    planned: dict[str, set[str]] = {}
+    for way, least in (("narrow", 10**15), ("wide", 0)):
+        monkeypatch.setattr(observe_module, "WIDE_MIN_RUNS", least)
+        monkeypatch.setattr(observe_module, "WIDE_SHARE", 0.0)
+        plan = await _plan(settings, text)
+        wide = any("read by its expected start window alone" in n for n in plan.notes)
+        assert wide == (way == "wide"), plan.notes
+        planned[way] = {c.run.name for c in plan.steps[0].changes}
+    return planned
+
+
+@pytest.mark.parametrize(
+    "case", ["name_like", "deployment_like", "queue deleted", "no state", "tags, parameters"]
+)
+async def test_the_wide_read_plans_what_the_whole_filter_plans(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    prefect_server: PrefectServer,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """Where runner's own check could be looser than the server's filter, the wide read
+    keeps the filter on the server (a pattern: SQLite folds the case of ASCII letters only;
+    a queue: the server follows the run's link, the run keeps a deleted queue's name) or
+    checks as the server does (a run without a state matches no state filter). Found by an
+    adversary round: each case planned one run more read wide."""
+    flow = seeder.flow()
+    start = datetime(2090, 1, 1, tzinfo=timezone.utc) + timedelta(
+        days=random.randrange(3000), seconds=random.randrange(86_400)
+    )
+    window = (
+        f"{{after: '{start.isoformat()}', before: '{(start + timedelta(hours=1)).isoformat()}'}}"
+    )
+    tag = unique("")
+
+    def at(minute: int) -> datetime:
+        return start + timedelta(minutes=minute)
+
+    if case == "name_like":
+        for i in range(3):
+            seeder.run(flow, "Scheduled", scheduled=at(i), name=f"strasse-{i}")
+        seeder.run(flow, "Scheduled", scheduled=at(9), name="Straße-odd")
+        select = f"{{flows: [{flow['name']}], name_like: strasse, expected_start: {window}}}"
+    elif case == "deployment_like":
+        good = seeder.deployment(flow, f"strasse{tag}")
+        odd = seeder.deployment(flow, f"Straße{tag}")
+        for i in range(3):
+            seeder.run(flow, "Scheduled", deployment=good, scheduled=at(i), name=f"good-{i}")
+        seeder.run(flow, "Scheduled", deployment=odd, scheduled=at(9), name="odd")
+        select = (
+            f"{{flows: [{flow['name']}], deployment_like: strasse{tag}, expected_start: {window}}}"
+        )
+    elif case == "queue deleted":
+        queue = unique("crit")
+        pool_a, pool_b = seeder.work_pool(), seeder.work_pool()
+        seeder.work_queue(pool_a["name"], queue)
+        seeder.work_queue(pool_b["name"], queue)
+        dep_a = seeder.deployment(flow, work_pool=pool_a["name"], work_queue=queue)
+        dep_b = seeder.deployment(flow, work_pool=pool_b["name"], work_queue=queue)
+        seeder.run(flow, "Scheduled", deployment=dep_a, scheduled=at(9), name="in-deleted-queue")
+        for i in range(3):
+            seeder.run(flow, "Scheduled", deployment=dep_b, scheduled=at(i), name=f"inq-{i}")
+        seeder._call("DELETE", f"work_pools/{pool_a['name']}/queues/{queue}")
+        select = f"{{flows: [{flow['name']}], work_queues: [{queue}], expected_start: {window}}}"
+    elif case == "no state":
+        for i in range(3):
+            seeder.run(flow, "Scheduled", scheduled=at(i), name=f"s-{i}")
+        template = seeder.run(flow, "Scheduled", scheduled=at(9), name="template")
+        db = prefect_server.home / "prefect.db"
+        (clone,) = clone_runs_at(db, template["id"], [timedelta(seconds=1)], name_prefix="none")
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as connection, connection:
+            connection.execute(
+                "UPDATE flow_run SET state_id = NULL, state_type = NULL, state_name = NULL"
+                " WHERE id = ?",
+                (clone,),
+            )
+        select = (
+            f"{{flows: [{flow['name']}], state: {{not_type: [COMPLETED]}},"
+            f" expected_start: {window}}}"
+        )
+    else:
+        for i in range(4):
+            seeder.run(
+                flow,
+                "Scheduled",
+                scheduled=at(i),
+                name=f"t-{i}",
+                tags=["a"] if i % 2 else ["b", "keep"],
+                parameters={"n": i % 3},
+            )
+        select = (
+            f"{{flows: [{flow['name']}], tags: {{any: [a, b]}}, parameters: {{n: 1}},"
+            f" expected_start: {window}, exclude: [{{tags: {{any: [keep]}}}}]}}"
+        )
+    planned = await _read_both_ways(settings, monkeypatch, select)
+    assert planned["wide"] == planned["narrow"]
+    assert planned["narrow"], "the case selects something"
