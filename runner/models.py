@@ -67,6 +67,10 @@ class FlowRun(_Model):
     end_time: datetime | None = None
     created: datetime | None = None
     updated: datetime | None = None
+    #: The run's ``state_type`` and ``state_name`` columns, as the server sends them beside
+    #: ``state``: what its state filter reads (set only where the answer has them).
+    column_state_type: str | None = Field(default=None, alias="state_type")
+    column_state_name: str | None = Field(default=None, alias="state_name")
 
     @property
     def state_type(self) -> StateType | None:

@@ -28,6 +28,7 @@ from runner.selection import (
     build_query,
     failed_keys,
     matching_exclusions,
+    state_failed,
     wide_query,
 )
 from runner.states import PREFECT_STATE_NAMES
@@ -291,6 +292,16 @@ def _uses(select: Select, key: str) -> bool:
     return bool(getattr(select, key)) or any(getattr(e.select, key) for e in select.exclude)
 
 
+def _left_out_by_columns(select: Select, run: FlowRun) -> bool:
+    """Whether the server's state filter, not sent in a wide read, would have left ``run``
+    out: it reads the run's state columns, which the answer has beside its state record.
+    A run that passes them is checked against its record as in any read (a disagreement
+    then stops the plan, as the narrow read's would)."""
+    if select.state is None or "column_state_type" not in run.model_fields_set:
+        return False
+    return bool(state_failed(select.state, run.column_state_type, run.column_state_name))
+
+
 async def _widened(client: PrefectClient, sq: ServerQuery) -> ServerQuery:
     """``sq``, or its wide read when that is the cheaper read (see
     :data:`WIDE_MIN_RUNS`): two counts decide."""
@@ -317,6 +328,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     state_notes = await check_custom_states(client, playbook)
     # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
     raw_steps: list[list[RunView | None]] = []
+    fetched: list[int] = []  # runs read from the server, a step each
     queries: list[ServerQuery | None] = []
     flow_ids: set[UUID] = set()
     dep_ids: set[UUID] = set()
@@ -326,6 +338,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         if step.target != "flow_runs":
             queries.append(None)
             raw_steps.append([])
+            fetched.append(0)
             continue
         sq = build_query(
             step.select,
@@ -339,9 +352,13 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         keep = recreates or _uses(step.select, "parameters")
         wants_parents = _uses(step.select, "parent_id")
         views: list[RunView | None] = []
+        fetched_here = 0
         if sq.query is not None:
             async for page in client.iter_flow_runs(sq.query, concurrency=READ_CONCURRENCY):
+                fetched_here += len(page)
                 for run in page:
+                    if sq.wide and _left_out_by_columns(step.select, run):
+                        continue
                     flow_ids.add(run.flow_id)
                     if run.deployment_id:
                         dep_ids.add(run.deployment_id)
@@ -349,6 +366,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                         parent_tasks.add(run.parent_task_run_id)
                     views.append(run_view(run, keep, shared))
         raw_steps.append(views)
+        fetched.append(fetched_here)
     flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
     deployments = {
         d.id: f"{flows.get(d.flow_id, d.flow_id)}/{d.name}"
@@ -367,7 +385,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         sq = maybe_sq
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         matched = {e.label: 0 for e in step.select.exclude}
-        read = len(views)
+        read = fetched[index]
         # In place: each view is replaced by its named copy, so the two never both exist.
         for i, view in enumerate(views):
             assert view is not None

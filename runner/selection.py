@@ -32,7 +32,7 @@ from runner.filters import (
     WorkQueueFilter,
 )
 from runner.plan import RunView
-from runner.playbook import Exclusion, JSONValue, Select, Window
+from runner.playbook import Exclusion, JSONValue, Select, StateSelect, Window
 
 
 @dataclass(frozen=True)
@@ -209,13 +209,11 @@ def build_query(
 #: start window, ``name_like`` and ``deployment_like`` (SQLite folds the case of ASCII
 #: letters only, PostgreSQL of every letter: runner's check is a superset of both) and
 #: ``work_queues`` (the server follows a run's link to its queue; a run keeps the name of a
-#: queue deleted since).
+#: queue deleted since). State type and name are not sent but stay trusted: runner first
+#: reads them from the run's state columns as the server's filter would
+#: (:func:`state_failed`), then checks its state record as for any read.
 WIDE_LOOSE = frozenset(
     {
-        "state.type",
-        "state.name",
-        "state.not_type",
-        "state.not_name",
         "state.since",
         "flows",
         "deployments",
@@ -300,6 +298,23 @@ def _parameters_match(wanted: Sequence[tuple[str, JSONValue]], run: RunView) -> 
     return all(json_equal(parameter_at(run.parameters, k), v) for k, v in wanted)
 
 
+def state_failed(state: StateSelect, state_type: str | None, state_name: str | None) -> list[str]:
+    """The keys of ``state`` (type, name, not_type, not_name; not ``since``) a run in the
+    state ``state_type``/``state_name`` fails, as the server's filter reads them: a run
+    without a state matches none of them (SQL's ``NOT IN`` leaves it out too)."""
+    failed: list[str] = []
+    if state.type and state_type not in {t.value for t in state.type}:
+        failed.append("state.type")
+    if state.name and state_name not in state.name:
+        failed.append("state.name")
+    not_types = {t.value for t in state.not_type}
+    if state.not_type and (state_type is None or state_type in not_types):
+        failed.append("state.not_type")
+    if state.not_name and (state_name is None or state_name in state.not_name):
+        failed.append("state.not_name")
+    return failed
+
+
 def failed_keys(
     select: Select,
     run: RunView,
@@ -320,16 +335,7 @@ def failed_keys(
     failed: list[str] = []
     s = select.state
     if s is not None:
-        if s.type and run.state_type not in {t.value for t in s.type}:
-            failed.append("state.type")
-        if s.name and run.state_name not in s.name:
-            failed.append("state.name")
-        # A run without a state matches no state filter (the server's NOT IN leaves it out).
-        not_types = {t.value for t in s.not_type}
-        if s.not_type and (run.state_type is None or run.state_type in not_types):
-            failed.append("state.not_type")
-        if s.not_name and (run.state_name is None or run.state_name in s.not_name):
-            failed.append("state.not_name")
+        failed += state_failed(s, run.state_type, run.state_name)
         if s.since is not None and not _in_window(run.state_since, _window(s.since, now)):
             failed.append("state.since")
     if select.flows and run.flow not in select.flows:
