@@ -401,7 +401,9 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
                 victim = old_of_key[json.loads(request.content)["idempotency_key"]]
                 refused.append(victim)
                 if first_attempt == "made the run":
-                    await self.inner.handle_async_request(request)
+                    # Read to the end: an answer dropped unread can cancel the server's
+                    # handler before it commits (then nothing was made after all).
+                    await (await self.inner.handle_async_request(request)).aread()
                 force_state(seeder, victim, "RUNNING", "Running")
                 if first_attempt == "got no answer":
                     raise httpx.ReadTimeout("no answer", request=request)
