@@ -206,11 +206,20 @@ def _quiet(task: asyncio.Task[Any]) -> None:
 @dataclass(frozen=True)
 class NotSentAgain:
     """A create not sent again because its caller said so before a resend, and no run made
-    with its idempotency key found. ``answer_lost``: an attempt got no answer, so the server
-    may yet carry it out (the run is not found *so far*); else every attempt was refused
-    (429, 503) and nothing was made."""
+    with its idempotency key found. ``maybe_made``: an attempt may still be carried out (no
+    answer, or an answer a proxy may give while the server goes on: 5xx), so the run is not
+    found *so far*; else every attempt was refused unread (429) or never connected, and
+    nothing was made."""
 
-    answer_lost: bool
+    maybe_made: bool
+
+
+def _not_carried_out(failure: BaseException) -> bool:
+    """Whether a failed attempt surely made nothing: it never connected, or was answered
+    429 (a rate limit refuses before the request is read)."""
+    if is_no_connection(failure):
+        return True
+    return isinstance(failure, RetryableStatus) and failure.response.status_code == 429
 
 
 @dataclass(frozen=True)
@@ -1802,10 +1811,7 @@ class PrefectClient:
                 made = await self.read_run_made_with_key(deployment_id, idempotency_key)
             if made is not None:
                 return made
-            lost = any(
-                isinstance(f, httpx.TransportError) and not is_no_connection(f) for f in failures
-            )
-            return NotSentAgain(answer_lost=lost)
+            return NotSentAgain(maybe_made=not all(_not_carried_out(f) for f in failures))
         return self._parse(FlowRun, response)
 
     async def read_run_made_with_key(

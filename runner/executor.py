@@ -998,11 +998,12 @@ class Executor:
         )
         if isinstance(new_run, NotSentAgain):
             why = f"{drifted[-1]} (read again before the create was sent again)"
-            if new_run.answer_lost:
+            if new_run.maybe_made:
                 why += (
-                    ": the old run was left alone; an earlier attempt got no answer and no"
-                    f" run made with its idempotency key {change.idempotency_key} is found"
-                    " yet: look for one in its deployment before you plan again"
+                    ": the old run was left alone; an earlier attempt may yet be carried out"
+                    " (no answer, or a 5xx) and no run made with its idempotency key"
+                    f" {change.idempotency_key} is found so far: look for one in its"
+                    " deployment before you plan again"
                 )
             else:
                 why += ": no new run was made, the old run was left alone"

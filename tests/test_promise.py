@@ -384,8 +384,9 @@ async def test_a_resumed_half_done_recreate_checks_the_old_run_first(
 async def test_a_create_sent_again_reads_its_old_run_back_first(
     settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, first_attempt: str
 ) -> None:
-    """The server answers a recreate's create 503 (faked: the real server cannot be made
-    to), after making the run or not, and meanwhile the old run starts. The resend, however
+    """The server answers a recreate's create 429 (made nothing), 503 after making the run,
+    or not at all (faked: the real server cannot be made to), and meanwhile the old run
+    starts. The resend, however
     long it waited, reads the old run back first: no new run is made for a run that started,
     and one the first attempt made is found by its key and reported."""
     flow, _deployment, runs, plan = await late_recreate(settings, seeder, 3)
@@ -407,6 +408,8 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
                 force_state(seeder, victim, "RUNNING", "Running")
                 if first_attempt == "got no answer":
                     raise httpx.ReadTimeout("no answer", request=request)
+                if first_attempt == "made nothing":  # a rate limit: refused unread
+                    return httpx.Response(429, headers={"Retry-After": "0.1"}, request=request)
                 return httpx.Response(503, request=request)
             return await self.inner.handle_async_request(request)
 
@@ -429,9 +432,9 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
         key = next(k for k, old in old_of_key.items() if old == victim)
         assert outcome[victim].detail == (
             "now Running, planned from Late (read again before the create was sent again):"
-            " the old run was left alone; an earlier attempt got no answer and no run made"
-            f" with its idempotency key {key} is found yet: look for one in its deployment"
-            " before you plan again"
+            " the old run was left alone; an earlier attempt may yet be carried out (no"
+            f" answer, or a 5xx) and no run made with its idempotency key {key} is found so"
+            " far: look for one in its deployment before you plan again"
         )
         assert len(left) == 3
     else:
