@@ -113,6 +113,18 @@ async def late_recreate(
     return flow, deployment, runs, await make_plan(settings, recreate_book(flow, deployment))
 
 
+async def forward_until_made(inner: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
+    """Send a create on to the real server until it is made, its answer read to the end
+    (dropped unread, the server's handler can be cancelled before it commits; a busy SQLite
+    server answers 503 and makes nothing)."""
+    for _ in range(50):
+        answer = await inner.handle_async_request(request)
+        await answer.aread()
+        if answer.status_code < 300:
+            return
+    raise AssertionError(f"the server did not make the run: HTTP {answer.status_code}")
+
+
 def by_id(result: ApplyResult) -> dict[str, Any]:
     return {str(o.change.run.id): o for o in result.outcomes.values()}
 
@@ -402,9 +414,7 @@ async def test_a_create_sent_again_reads_its_old_run_back_first(
                 victim = old_of_key[json.loads(request.content)["idempotency_key"]]
                 refused.append(victim)
                 if first_attempt == "made the run":
-                    # Read to the end: an answer dropped unread can cancel the server's
-                    # handler before it commits (then nothing was made after all).
-                    await (await self.inner.handle_async_request(request)).aread()
+                    await forward_until_made(self.inner, request)
                 force_state(seeder, victim, "RUNNING", "Running")
                 if first_attempt == "got no answer":
                     raise httpx.ReadTimeout("no answer", request=request)
@@ -466,7 +476,7 @@ async def test_a_create_whose_old_run_cannot_be_read_again_is_not_lost(
             path = request.url.path
             if path.endswith("/create_flow_run") and not seen:
                 seen.append("create")
-                await (await self.inner.handle_async_request(request)).aread()
+                await forward_until_made(self.inner, request)
                 force_state(seeder, victim, "RUNNING", "Running")
                 return httpx.Response(503, request=request)
             if seen == ["create"] and request.method == "GET" and path.endswith(victim):
