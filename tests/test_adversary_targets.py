@@ -21,9 +21,9 @@ from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.plan import Plan
 from runner.planfile import plan_from_json, plan_to_json
-from runner.retry import RetryPolicy
 from runner.settings import ConnectionSettings
 from tests.support.cli import run_cli
+from tests.support.retry import BUSY_SERVER
 from tests.support.seed import Seeder, unique
 
 SCHEDULES = [{"schedule": {"interval": 3600}, "active": True}]
@@ -36,7 +36,7 @@ async def _plan(settings: ConnectionSettings, text: str) -> Plan:
 
 async def _execute(settings: ConnectionSettings, plan: Plan, journal_path: Path) -> ApplyResult:
     previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
-    retry = RetryPolicy(max_attempts=1)
+    retry = BUSY_SERVER
     async with PrefectClient(settings, retry=retry) as client:
         with Journal(journal_path, plan_id=plan.id, plan_checksum="test") as journal:
             return await Executor(client, plan, journal, previous=previous, retry=retry).run()
@@ -485,7 +485,7 @@ steps:
     first = await _execute(settings, plan, tmp_path / "a.jsonl")
     assert first.count("done") == 2
     counting = CountPatches()
-    retry = RetryPolicy(max_attempts=1)
+    retry = BUSY_SERVER
     async with PrefectClient(settings, transport=counting, retry=retry) as client:
         with Journal(tmp_path / "b.jsonl", plan_id=plan.id, plan_checksum="test") as journal:
             second = await Executor(client, plan, journal, retry=retry).run()

@@ -21,9 +21,9 @@ from runner.journal import Journal, read_journal
 from runner.loader import load_text
 from runner.observe import plan_playbook
 from runner.plan import Plan
-from runner.retry import RetryPolicy
 from runner.settings import ConnectionSettings
 from tests.support.cli import run_cli
+from tests.support.retry import BUSY_SERVER
 from tests.support.seed import Seeder, unique
 
 ROOT = Path(__file__).parent.parent
@@ -144,7 +144,7 @@ def _targets_playbook(pool: str, extra: str = "") -> Any:
         f"""
 version: 1
 name: targets
-defaults: {{retry: {{max_attempts: 1}}}}
+defaults: {{retry: {{max_attempts: 6, backoff: 1s, max_backoff: 2s}}}}
 steps:
   - name: pause queues
     target: work_queues
@@ -171,7 +171,7 @@ async def _execute(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ApplyResult:
     previous = read_journal(journal_path, plan_id=plan.id) if journal_path.exists() else None
-    retry = RetryPolicy(max_attempts=1)
+    retry = BUSY_SERVER
     async with PrefectClient(settings, transport=transport, retry=retry) as client:
         with Journal(journal_path, plan_id=plan.id, plan_checksum="test") as journal:
             return await Executor(client, plan, journal, previous=previous, retry=retry).run()
