@@ -49,13 +49,22 @@ WORKLOADS = {
     "cancel": ("Late", False, "cancel", ["per-run", "bulk", "rate-10"]),
     # The ceiling keeps no copy of what it deletes: runner is measured like for like, without
     # its archive (whose cost bench/archive_cost.py measures).
-    "delete": ("Completed", False, "{delete: {archive: false}}", ["per-run", "bulk"]),
+    # bulk-no-events: the same apply with --no-events, beside it, to show what runner's events
+    # cost the server (never the row a target is judged on: runner runs with its events).
+    "delete": (
+        "Completed",
+        False,
+        "{delete: {archive: false}}",
+        ["per-run", "bulk", "bulk-no-events"],
+    ),
     "reschedule": ("Late", True, "{reschedule: {delay: 6h}}", ["per-run"]),
     "recreate": ("Late", True, "{reschedule: {delay: 6h, strategy: recreate}}", ["per-run"]),
     "plan": ("Completed", False, "delete", ["plan"]),
 }
 SELECTS = {"Late": "{name: Late}", "Completed": "{type: COMPLETED}"}
 SWEEP = [1, 4, 16, 64]
+#: A runner variant run with --no-events: measured, never judged against a target.
+NO_EVENTS = "-no-events"
 
 
 @dataclass
@@ -264,6 +273,8 @@ def run_system(
             ]
             if variant == "rate-10":
                 command += ["--rate", "10"]
+            elif variant.endswith(NO_EVENTS):
+                command += ["--strategy", variant.removesuffix(NO_EVENTS), "--no-events"]
             else:
                 command += ["--strategy", variant]
     result = measured(command, env, tmp)
@@ -438,7 +449,10 @@ def write_results(
             runner_rows = {
                 k[2]: v
                 for k, v in summary.items()
-                if k[0] == backend and k[1] == workload and k[2].startswith("runner")
+                if k[0] == backend
+                and k[1] == workload
+                and k[2].startswith("runner")
+                and not k[2].endswith(NO_EVENTS)
             }
             if not runner_rows:
                 continue
@@ -475,6 +489,18 @@ def write_results(
             )
         per_run = summary.get((backend, "delete", "runner-per-run"))
         bulk = summary.get((backend, "delete", "runner-bulk"))
+        quiet = summary.get((backend, "delete", f"runner-bulk{NO_EVENTS}"))
+        ceiling = summary.get((backend, "delete", "ceiling"))
+        if bulk and quiet and ceiling and ceiling["ops_per_s"] and quiet["ops_per_s"]:
+            # What the apply's events cost: the same bulk delete without them. Not a target's
+            # row (runner runs with its events), the measure of where the rest of the gap is.
+            events_s = bulk["wall_s"] - quiet["wall_s"]
+            lines.append(
+                f"| {backend} | delete, --no-events | {quiet['ops_per_s']:.1f}"
+                f" (runner-bulk{NO_EVENTS}) | {quiet['ops_per_s'] / ceiling['ops_per_s']:.2f}x | - |"
+                f" not a target: its events cost {events_s:.1f} s of the {bulk['wall_s']:.1f} s"
+                f" bulk delete ({1000 * events_s / bulk['runs']:.1f} ms a run) |"
+            )
         if per_run and bulk and bulk["requests"]:
             fewer = per_run["requests"] / bulk["requests"]
             lines.append(

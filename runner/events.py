@@ -306,9 +306,19 @@ class EventFeed:
         plan = self.plan
         if status not in ("done", "raced") or plan is None or not self.enabled:
             return
+        self._queue_event(self.change_event(plan, change, status, detail, new_run_id), urgent=False)
+
+    def change_event(
+        self,
+        plan: Plan,
+        change: Change | ObjectChange,
+        status: str,
+        detail: str | None,
+        new_run_id: str | None,
+    ) -> dict[str, Any]:
+        """The event of a change of ``plan`` that ended ``status`` (done or raced)."""
         if isinstance(change, ObjectChange):
-            self._queue_event(self._object_event(plan, change, status, detail), urgent=False)
-            return
+            return self._object_event(plan, change, status, detail)
         run = change.run
         step = plan.steps[change.step]
         related: list[dict[str, str]] = []
@@ -325,7 +335,7 @@ class EventFeed:
             related.append(_run_resource(new_run_id, None, "new-flow-run"))
         resource = _run_resource(run.id, run.name)
         resource["runner.flow"] = run.flow
-        event = {
+        return {
             "id": str(change_event_id(plan.id, change.key)),
             "occurred": _now(),
             "event": event_name(plan, change),
@@ -343,7 +353,6 @@ class EventFeed:
                 "step": {"index": step.index + 1, "name": step.name},
             },
         }
-        self._queue_event(event, urgent=False)
 
     def _object_event(
         self, plan: Plan, change: ObjectChange, status: str, detail: str | None

@@ -42,6 +42,13 @@ def is_prefect2(server_version: str) -> bool:
     return server_version.startswith("2.")
 
 
+@pytest.fixture(scope="session")
+def server_minor(server_version: str) -> tuple[int, int]:
+    """The server's (major, minor) version: (3, 9) for 3.9.1."""
+    major, minor = server_version.split(".")[:2]
+    return int(major), int(minor)
+
+
 @pytest.fixture
 def api_url(prefect_server: PrefectServer) -> str:
     return prefect_server.api_url

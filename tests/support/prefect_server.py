@@ -35,6 +35,9 @@ HEALTH_TIMEOUT = 180.0
 REQUIREMENTS = {
     "3.9.1": ["prefect==3.9.1"],
     "3.8.8": ["prefect==3.8.8", "fastapi<0.150"],
+    # The oldest 3.x with the bulk routes. Its workers import importlib_metadata, which its
+    # requirements no longer pull in: without it `prefect server start` dies at import.
+    "3.6.16": ["prefect==3.6.16", "fastapi<0.130", "importlib_metadata"],
     "2": ["prefect==2.20.26"],
     "2.20.26": ["prefect==2.20.26"],
 }
