@@ -68,6 +68,10 @@ def incident(seeder: Seeder) -> Iterator[dict[str, Any]]:
     live = seeder.deployment(flow, work_pool=pool, work_queue="q", schedules=SCHEDULES)
     kept = seeder.deployment(flow, work_pool=pool, tags=["keep-paused"], paused=True)
     elsewhere = seeder.deployment(flow, work_pool=other, schedules=SCHEDULES)
+    # The scheduler's own runs (its min_runs, 3), made now: its loop, whenever it runs, makes
+    # no more, so none appears between a plan and its apply (the pause would then be drift).
+    for deployment in (live, elsewhere):
+        seeder._call("POST", f"deployments/{deployment['id']}/schedule", json={"max_runs": 3})
     yield {
         "pool": pool,
         "other": other,
