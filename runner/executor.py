@@ -957,7 +957,8 @@ class Executor:
         deployment_id = change.run.deployment_id
         current = await self._read_one(change)
         checked_at = time.monotonic()
-        if _drift(change, current) is not None and await self._made_earlier(change, current):
+        why = _drift(change, current)
+        if why is not None and await self._made_earlier(change, current, why):
             return None
         if self._settled(change, current):
             return None
@@ -1038,11 +1039,12 @@ class Executor:
         self._finish(change, "created", "new run created", new_run_id=created)
         return created
 
-    async def _made_earlier(self, change: Change, current: FlowRun | None) -> bool:
-        """For a recreate whose old run is gone or changed (``current``): finish it by the
-        run its idempotency key made, when an earlier apply made one (it stopped before its
-        journal said so): done when the old run is gone (that apply deleted it, or someone
-        did), drifted with both runs kept when it changed. False: no such run."""
+    async def _made_earlier(self, change: Change, current: FlowRun | None, why: str) -> bool:
+        """For a recreate whose old run is gone or changed (``current``; ``why``, its drift):
+        finish it by the run its idempotency key made, when an earlier apply made one (it
+        stopped before its journal said so): done when the old run is gone (that apply
+        deleted it, or someone did), drifted with both runs kept when it changed. False: no
+        such run."""
         if change.idempotency_key is None or change.run.deployment_id is None:
             return False
         made = await self._api.read_run_made_with_key(
@@ -1051,7 +1053,7 @@ class Executor:
         if made is None:
             return False
         if current is not None:
-            self._finish_recreated(change, str(made.id), "drifted", _drift(change, current))
+            self._finish_recreated(change, str(made.id), "drifted", why)
             return True
         since = _not_as_planned(change, made)
         self._finish(
