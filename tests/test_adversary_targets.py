@@ -380,7 +380,12 @@ steps:
         "done",
         f"paused (was active); the server deleted its {len(auto)} scheduled runs: {names}",
     )
-    assert _runs_of(seeder, dep["id"]) == [str(by_hand["id"])]
+    # The runs the server deleted are gone; the run made by hand stays. Prefect 2.x's scheduler
+    # loop, having read the deployment before the pause, can make its runs anew just after it
+    # (seen in a fresh-clone CI): new runs, the server's own, after runner's write.
+    left = _runs_of(seeder, dep["id"])
+    assert str(by_hand["id"]) in left and not set(auto) & set(left)
+    assert set(left) - {str(by_hand["id"])} <= set(_auto_scheduled(seeder, dep["id"]))
     assert result.archive is not None
     from runner.archive import read_archive
 
