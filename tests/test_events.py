@@ -32,6 +32,7 @@ from tests.support.prefect_server import PrefectServer
 from tests.support.seed import Seeder, unique, utcnow
 
 KEY = "pnu_not-a-real-key-0123456789"
+PAGE = 50  # events read by one request of read_events
 
 
 def read_events(
@@ -46,15 +47,17 @@ def read_events(
             "any_resource": {"id": [resource_id]},
             "order": "ASC",
         },
-        "limit": 50,
+        "limit": PAGE,
     }
     deadline = time.monotonic() + 60  # a busy CI machine: the persister lags
     while True:
         page = httpx.post(f"{api_url}/events/filter", json=body, timeout=30).json()
-        named = any(e["event"] == name for e in page["events"]) if name else True
-        if (page["total"] >= expected and named) or time.monotonic() > deadline:
-            found = list(page["events"])
-            assert page["total"] == len(found), "more than a page: the test reads one"
+        found = list(page["events"])
+        named = any(e["event"] == name for e in found) if name else True
+        if (len(found) >= expected and named) or time.monotonic() > deadline:
+            # Not ``total``: the server counts in a query of its own, and the persister can
+            # write between the two (a fresh-clone CI read total 1 beside 3 events).
+            assert len(found) < PAGE, "a whole page: the test reads one"
             return found
         time.sleep(0.1)
 
