@@ -13,10 +13,12 @@ import base64
 import contextlib
 import copy
 import functools
+import importlib.util
 import json as json_module
 import logging
 import re
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import (
@@ -88,6 +90,22 @@ from runner.retry import (
 )
 from runner.settings import ConnectionSettings, resolve_settings
 from runner.words import plural
+
+
+def _record_sniffio_missing() -> None:
+    """httpcore imports ``sniffio`` inside ``current_async_library()``, which it calls for
+    every lock and semaphore it makes (about four a request). Without sniffio installed
+    (neither httpx 0.28 nor anyio 4 needs it), each of those imports searched ``sys.path``
+    again before falling back to asyncio: 9,326 searches for 2,170 requests, about 0.3 ms of
+    client CPU a request (1,000 recreates on PostgreSQL: 5.9 and 6.3 s of CPU before, 5.5 and
+    5.2 s after). Recorded as missing, the import fails at once, as it would anyway. A process
+    that has sniffio installed keeps it."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+_record_sniffio_missing()
+
 
 log = logging.getLogger("runner.client")
 

@@ -191,6 +191,36 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Sun, 22 Nov 2026 12:00:10 GMT", now=1795348800.0) == 10.0
 
 
+async def test_httpcore_asks_for_sniffio_without_searching_the_path_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpcore imports sniffio for every lock it makes; runner.client records it missing
+    (or it is installed): either way, no request makes the import system search again."""
+    import importlib.machinery
+
+    from httpcore._synchronization import current_async_library
+
+    import runner.client  # noqa: F401  (imported above too: the record is made on import)
+
+    searches: list[str] = []
+    find_spec = importlib.machinery.PathFinder.find_spec
+
+    def counted(name: str, *args: object, **kwargs: object) -> object:
+        searches.append(name)
+        return find_spec(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", counted)
+    assert [current_async_library() for _ in range(100)] == ["asyncio"] * 100
+    assert [name for name in searches if name == "sniffio"] == []
+
+
+def test_the_default_retries_wait_about_45_seconds_from_the_first_try_to_the_last() -> None:
+    policy = RetryPolicy()
+    waits = [min(policy.max_backoff, policy.initial_backoff * 2**n) for n in range(10)]
+    assert (policy.max_attempts, policy.initial_backoff) == (11, 0.05)
+    assert 45 <= sum(waits) <= 46
+
+
 def test_backoff_doubles_and_its_jitter_never_adds_more_than_half() -> None:
     policy = RetryPolicy(initial_backoff=0.25, max_backoff=20.0, jitter=0.5)
     for failed, base in [(1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0), (9, 20.0)]:
