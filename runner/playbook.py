@@ -34,8 +34,8 @@ SOURCE = {"source": True}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    max_attempts: int = 10
-    backoff: timedelta = timedelta(seconds=0.1)
+    max_attempts: int = 11
+    backoff: timedelta = timedelta(seconds=0.05)
     max_backoff: timedelta = timedelta(seconds=20)
 
 

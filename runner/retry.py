@@ -35,8 +35,8 @@ class RetryPolicy:
     answered before and then drops gets the whole policy.
     """
 
-    max_attempts: int = 10
-    initial_backoff: float = 0.1
+    max_attempts: int = 11
+    initial_backoff: float = 0.05
     max_backoff: float = 20.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
