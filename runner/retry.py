@@ -15,6 +15,9 @@ import tenacity
 
 from runner.playbook import Retry
 
+#: The playbook's default ``retry`` (docs/playbooks.md): the policy's defaults are its own.
+_DEFAULT = Retry()
+
 #: Answers that mean "not now": the request was not carried out and may be sent again.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -35,9 +38,9 @@ class RetryPolicy:
     answered before and then drops gets the whole policy.
     """
 
-    max_attempts: int = 11
-    initial_backoff: float = 0.05
-    max_backoff: float = 20.0
+    max_attempts: int = _DEFAULT.max_attempts
+    initial_backoff: float = _DEFAULT.backoff.total_seconds()
+    max_backoff: float = _DEFAULT.max_backoff.total_seconds()
     jitter: float = 0.5
     max_retry_after: float = 120.0
     statuses: frozenset[int] = RETRY_STATUSES

@@ -348,7 +348,7 @@ async def test_pausing_a_deployment_lists_archives_and_reports_the_runs_the_serv
     pool = seeder.work_pool()["name"]
     flow = seeder.flow()
     dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
-    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
+    seeder.schedule_runs(dep)
     by_hand = seeder.run(flow, "Scheduled", deployment=dep)  # not by the scheduler
     auto = _auto_scheduled(seeder, dep["id"])
     assert len(auto) >= 2
@@ -406,7 +406,7 @@ async def test_a_scheduled_run_made_after_the_plan_leaves_the_deployment_alone(
     flow = seeder.flow()
     dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
     # The scheduler's own 3 (its min_runs): the same runs whether or not it ran meanwhile.
-    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
+    seeder.schedule_runs(dep)
     plan = await _plan(
         settings,
         f"""
@@ -421,7 +421,7 @@ steps:
     (change,) = plan.pending_objects
     planned = {str(r.id) for r in change.object.scheduled_runs}
     assert len(planned) == 3
-    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"min_runs": 4, "max_runs": 4})
+    seeder.schedule_runs(dep, max_runs=4, min_runs=4)
     before = _runs_of(seeder, dep["id"])
     assert len(before) == 4
     (made,) = [
@@ -470,7 +470,7 @@ async def test_a_plan_applied_twice_from_two_state_dirs_sends_nothing_the_second
     flow = seeder.flow()
     dep = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
     # The scheduler's own 3 runs, made now: none appears between the plan and the apply.
-    seeder._call("POST", f"deployments/{dep['id']}/schedule", json={"max_runs": 3})
+    seeder.schedule_runs(dep)
     plan = await _plan(
         settings,
         f"""

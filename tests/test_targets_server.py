@@ -71,7 +71,7 @@ def incident(seeder: Seeder) -> Iterator[dict[str, Any]]:
     # The scheduler's own runs (its min_runs, 3), made now: its loop, whenever it runs, makes
     # no more, so none appears between a plan and its apply (the pause would then be drift).
     for deployment in (live, elsewhere):
-        seeder._call("POST", f"deployments/{deployment['id']}/schedule", json={"max_runs": 3})
+        seeder.schedule_runs(deployment)
     yield {
         "pool": pool,
         "other": other,
@@ -192,7 +192,7 @@ async def test_a_paused_flag_or_schedule_changed_after_the_plan_is_drift(
     untouched = seeder.deployment(flow, work_pool=pool, schedules=SCHEDULES)
     # The scheduler's own runs (its min_runs, 3), made now: the same whether or not its loop
     # ran meanwhile, so none appears between the plan and the apply (that would be drift).
-    seeder._call("POST", f"deployments/{untouched['id']}/schedule", json={"max_runs": 3})
+    seeder.schedule_runs(untouched)
     plan = await _plan(settings, _targets_playbook(pool))
     assert [c.op for c in plan.pending_objects] == ["pause"] * 4
     (deleted,) = [

@@ -75,6 +75,17 @@ class Seeder:
             self._call("POST", f"work_pools/{pool}/queues", json={"name": name or unique("q")})
         )
 
+    def schedule_runs(
+        self, deployment: dict[str, Any], max_runs: int = 3, min_runs: int | None = None
+    ) -> None:
+        """Have the server make a scheduled deployment's runs now (``POST
+        /deployments/{id}/schedule``, as its scheduler loop does): afterwards the loop makes
+        no more, so none appears between a plan and its apply."""
+        body: dict[str, int] = {"max_runs": max_runs}
+        if min_runs is not None:
+            body["min_runs"] = min_runs
+        self._call("POST", f"deployments/{deployment['id']}/schedule", json=body)
+
     def deployment(
         self,
         flow: dict[str, Any],
