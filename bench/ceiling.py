@@ -1,7 +1,7 @@
 """The ceiling: the same REST calls runner makes, from a bare httpx.AsyncClient, no checks, no
 journal. What the server can take at a given concurrency.
 
-    python bench/ceiling.py OP --flow NAME --state STATE --concurrency N [--bulk]
+    python bench/ceiling.py OP --flow NAME --state STATE --concurrency N [--bulk] [--checked]
 
 It finds its runs the way runner does (the flow's runs in STATE: a state name such as Late, or
 a type such as COMPLETED; pages of 200, read concurrently), then acts on them.
@@ -10,6 +10,11 @@ OP: cancel (Late -> Cancelled), delete, reschedule (in place, +6h), recreate (cr
 the deployment, then delete), plan (read every page of a flow's runs, pages concurrently).
 Retries 429/502/503/504 and dropped connections (a busy SQLite server answers those) with a
 short backoff, so the figure is what gets done, not what got refused.
+
+``--checked``: the checked ceiling. Each write is sent right after a read of exactly what it
+writes (a bulk write after one ``flow_runs/filter`` of its ids; a one-run write, and a
+recreate's create, after ``GET flow_runs/{id}``), the least a tool that never writes over a
+run it has not just seen must send. It judges nothing it reads: the read's cost alone.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ async def main() -> None:
     parser.add_argument("op")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--bulk", action="store_true")
+    parser.add_argument("--checked", action="store_true")
     parser.add_argument("--flow", required=True)
     parser.add_argument("--state", default="")
     args = parser.parse_args()
@@ -82,6 +88,8 @@ async def main() -> None:
         async def one(run: dict[str, str]) -> None:
             nonlocal done
             async with gate:
+                if args.checked:
+                    await send(client, "GET", f"flow_runs/{run['id']}")
                 if args.op == "cancel":
                     await send(
                         client,
@@ -115,6 +123,8 @@ async def main() -> None:
             ids = [r["id"] for r in chunk]
             body: dict[str, object] = {"flow_runs": {"id": {"any_": ids}}, "limit": len(ids)}
             async with gate:
+                if args.checked:
+                    await send(client, "POST", "flow_runs/filter", json=dict(body))
                 if args.op == "delete":
                     await send(client, "POST", "flow_runs/bulk_delete", json=body)
                 else:
