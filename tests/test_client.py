@@ -47,7 +47,8 @@ async def collect(client: PrefectClient, query: FlowRunQuery, **kwargs: Any) -> 
 
 class LoseAnswers(httpx.AsyncBaseTransport):
     """Forwards to the real server, then drops the answer of chosen requests: the change is
-    made on the server but the client sees a broken connection."""
+    made on the server but the client sees a broken connection. Only an answer of a change
+    made is dropped: one a busy SQLite refused (503) reaches the client, which sends it again."""
 
     def __init__(self, should_drop: Callable[[httpx.Request], bool]) -> None:
         self.inner = httpx.AsyncHTTPTransport()
@@ -56,7 +57,7 @@ class LoseAnswers(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
-        if self.should_drop(request):
+        if response.status_code < 300 and self.should_drop(request):
             await response.aread()
             await response.aclose()
             self.dropped += 1
