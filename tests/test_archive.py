@@ -117,8 +117,9 @@ class ArchiveWatch(httpx.AsyncBaseTransport):
 class RefuseDeletes(httpx.AsyncBaseTransport):
     """Passes the first ``allowed`` runs' deletes; answers every later delete 422 (nothing
     deleted, the change failed: what a crash between the archive and the delete leaves).
-    Only a delete the server carried out counts: one it answered 503 (SQLite busy) goes
-    again and must pass again."""
+    A delete takes its runs from the allowance as it is sent (one-run deletes go several at
+    a time) and gives them back when the server did not carry it out (503: SQLite busy), so
+    that the delete sent again passes."""
 
     def __init__(self, allowed: int) -> None:
         self.inner = httpx.AsyncHTTPTransport()
@@ -126,11 +127,13 @@ class RefuseDeletes(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ids = delete_ids(request)
-        if ids and self.allowed < len(ids):
-            return httpx.Response(422, json={"detail": "refused by the test"})
-        response = await self.inner.handle_async_request(request)
-        if ids and response.status_code < 300:
+        if ids:
+            if self.allowed < len(ids):
+                return httpx.Response(422, json={"detail": "refused by the test"})
             self.allowed -= len(ids)
+        response = await self.inner.handle_async_request(request)
+        if ids and response.status_code >= 500:
+            self.allowed += len(ids)
         return response
 
 
