@@ -124,7 +124,7 @@ async def main() -> None:
             body: dict[str, object] = {"flow_runs": {"id": {"any_": ids}}, "limit": len(ids)}
             async with gate:
                 if args.checked:
-                    await send(client, "POST", "flow_runs/filter", json=dict(body))
+                    await send(client, "POST", "flow_runs/filter", json=body)
                 if args.op == "delete":
                     await send(client, "POST", "flow_runs/bulk_delete", json=body)
                 else:

@@ -315,6 +315,17 @@ def cell_from(
     )
 
 
+def workload_systems(workload: str, best: str) -> list[tuple[str, str, str]]:
+    """What a workload's cells measure, as (system, variant, note): the recipe, the ceiling at
+    the sweep's ``best``, the checked ceiling (apply workloads) and runner's variants."""
+    systems = [("recipe", "", ""), ("ceiling", best, f"best of sweep: {best}")]
+    if workload != "plan":
+        # The same calls, each write after a read of what it writes: the least that
+        # runner's promise (read back right before) costs.
+        systems.append((CHECKED, f"{best}/checked", f"{best}, each write read first"))
+    return systems + [(f"runner-{v}", v, "") for v in WORKLOADS[workload][3]]
+
+
 def sweep(
     backend: Backend,
     workload: str,
@@ -383,6 +394,13 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB RAM, {platform.system()}"
         f" {platform.release()}, Python {platform.python_version()} (client)"
     )
+
+
+def against_checked(row: dict[str, Any], checked: dict[str, Any] | None) -> str:
+    """A runner row's ops/s over the checked ceiling's, for the ratios table ("-": none)."""
+    if not checked or not checked["ops_per_s"]:
+        return "-"
+    return f"{row['ops_per_s'] / checked['ops_per_s']:.2f}x"
 
 
 def write_results(
@@ -468,12 +486,7 @@ def write_results(
             to_recipe = (
                 best["ops_per_s"] / recipe["ops_per_s"] if recipe and recipe["ops_per_s"] else 0
             )
-            checked = summary.get((backend, workload, CHECKED))
-            to_checked = (
-                f"{best['ops_per_s'] / checked['ops_per_s']:.2f}x"
-                if checked and checked["ops_per_s"]
-                else "-"
-            )
+            to_checked = against_checked(best, summary.get((backend, workload, CHECKED)))
             target = ">= 0.9x ceiling" + (", >= 10x recipe" if workload == "delete" else "")
             met = to_ceiling >= 0.9 and (workload != "delete" or to_recipe >= 10)
             lines.append(
@@ -505,12 +518,7 @@ def write_results(
             # What the apply's events cost: the same bulk delete without them. Not a target's
             # row (runner runs with its events), the measure of where the rest of the gap is.
             events_s = bulk["wall_s"] - quiet["wall_s"]
-            checked = summary.get((backend, "delete", CHECKED))
-            quiet_checked = (
-                f"{quiet['ops_per_s'] / checked['ops_per_s']:.2f}x"
-                if checked and checked["ops_per_s"]
-                else "-"
-            )
+            quiet_checked = against_checked(quiet, summary.get((backend, "delete", CHECKED)))
             lines.append(
                 f"| {backend} | delete, --no-events | {quiet['ops_per_s']:.1f}"
                 f" (runner-bulk{NO_EVENTS}) | {quiet['ops_per_s'] / ceiling['ops_per_s']:.2f}x |"
@@ -623,7 +631,6 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp_name:
                 tmp = Path(tmp_name)
                 for workload in args.workloads.split(","):
-                    _, _, _, variants = WORKLOADS[workload]
                     if complete(args, cells, sweeps, name, workload):
                         print(f"  {name} {workload}: measured before, kept", flush=True)
                         continue
@@ -642,13 +649,7 @@ def main() -> None:
                         quick=args.quick,
                     )
                     sweeps[f"{name} {workload}"] = (best, tried)
-                    systems = [("recipe", "", "")]
-                    systems += [("ceiling", best, f"best of sweep: {best}")]
-                    if workload != "plan":
-                        # The same calls, each write after a read of what it writes: the
-                        # least that runner's promise (read back right before) costs.
-                        systems += [(CHECKED, f"{best}/checked", f"{best}, each write read first")]
-                    systems += [(f"runner-{v}", v, "") for v in variants]
+                    systems = workload_systems(workload, best)
                     shared = shared_recipe(cells, name, workload)
                     for repeat in range(args.repeats):
                         for system, variant, note in systems:
@@ -825,9 +826,7 @@ def complete(
         return "plan" not in args.workloads or any(
             c.backend == backend and c.workload == "plan-curve" and c.runs == largest for c in cells
         )
-    # recipe, ceiling, the checked ceiling (not for plan) and runner's variants
-    systems = 2 + (workload != "plan") + len(WORKLOADS[workload][3])
-    expected = args.repeats * systems
+    expected = args.repeats * len(workload_systems(workload, ""))
     found = sum(1 for c in cells if c.backend == backend and c.workload == workload)
     return f"{backend} {workload}" in sweeps and found == expected
 
