@@ -22,7 +22,9 @@ from runner.plan import ObjectView, Observation, Plan, RunView, StepObservation
 from runner.planner import make_plan
 from runner.playbook import Playbook, Reschedule, Select, Step
 from runner.selection import (
+    DEFAULT_SORT,
     LOCAL_KEYS,
+    SORT_KEYS,
     Capabilities,
     ServerQuery,
     build_query,
@@ -31,6 +33,7 @@ from runner.selection import (
     state_failed,
     wide_query,
 )
+from runner.spool import Spool
 from runner.states import PREFECT_STATE_NAMES
 from runner.targets import (
     FILTER_ROUTES,
@@ -326,8 +329,9 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await check_names(client, playbook)
     state_notes = await check_custom_states(client, playbook)
-    # Each page becomes slim views at once: holding 100,000 pydantic runs costs gigabytes.
-    raw_steps: list[list[RunView | None]] = []
+    # Each page becomes slim views at once (holding 100,000 pydantic runs costs gigabytes),
+    # spooled: a large selection's views go to disk a chunk at a time (runner.spool).
+    raw_steps: list[Spool[RunView]] = []
     fetched: list[int] = []  # runs read from the server, a step each
     queries: list[ServerQuery | None] = []
     flow_ids: set[UUID] = set()
@@ -337,7 +341,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     for step in playbook.steps:
         if step.target != "flow_runs":
             queries.append(None)
-            raw_steps.append([])
+            raw_steps.append(Spool())
             fetched.append(0)
             continue
         sq = build_query(
@@ -351,7 +355,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         keep = recreates or _uses(step.select, "parameters")
         wants_parents = _uses(step.select, "parent_id")
-        views: list[RunView | None] = []
+        views: Spool[RunView] = Spool()
         fetched_here = 0
         if sq.query is not None:
             async for page in client.iter_flow_runs(sq.query, concurrency=READ_CONCURRENCY):
@@ -386,9 +390,10 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         matched = {e.label: 0 for e in step.select.exclude}
         read = fetched[index]
-        # In place: each view is replaced by its named copy, so the two never both exist.
-        for i, view in enumerate(views):
-            assert view is not None
+        # A view at a time: the unnamed views are read back from their spool, and each kept
+        # one, named, goes to the step's own.
+        kept_views: Spool[RunView] = Spool(order=SORT_KEYS[step.select.sort or DEFAULT_SORT])
+        for view in views:
             named = named_view(view, flows, deployments)
             excluded = check_run(
                 step.select,
@@ -407,9 +412,10 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                 named = dataclasses.replace(named, idempotency_key=None)
             # A run failing only conditions that runner applies itself (ServerQuery.loose),
             # or matching an exclusion, is not selected.
-            views[i] = None if excluded is None or excluded else named
-        kept = tuple(v for v in views if v is not None)
-        views.clear()
+            if excluded is not None and not excluded:
+                kept_views.append(named)
+        views.close()
+        kept = kept_views.seal()
         if sq.wide:
             notes.append(
                 f"step {step.name!r}: read by its expected start window alone, the selection"

@@ -7,10 +7,15 @@ No I/O here. The plan's JSON document (writing, reading, checksum, applicability
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
+
+from runner.spool import chained, where
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
 #: The action of the steps of a plan ``runner undo`` made (:mod:`runner.undo`), and the ops
@@ -213,7 +218,8 @@ class StepPlan:
     name: str
     action: str
     selected: int
-    changes: tuple[Change, ...]
+    #: A tuple; for a large plan, a sealed :class:`runner.spool.Spool` read from disk.
+    changes: Sequence[Change]
     concurrency: int
     rate_limit: float | None
     max_attempts: int
@@ -232,8 +238,8 @@ class StepPlan:
     objects: tuple[ObjectChange, ...] = ()
 
     @property
-    def pending(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if not c.is_noop)
+    def pending(self) -> Sequence[Change]:
+        return where(self.changes, is_pending)
 
     @property
     def pending_objects(self) -> tuple[ObjectChange, ...]:
@@ -247,8 +253,18 @@ class StepPlan:
         )
 
     @property
-    def noops(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.is_noop)
+    def noops(self) -> Sequence[Change]:
+        return where(self.changes, is_noop)
+
+
+def is_pending(change: Change) -> bool:
+    """Whether the apply sends something for ``change`` (the filter of ``pending``)."""
+    return not change.is_noop
+
+
+def is_noop(change: Change) -> bool:
+    """The filter of ``noops`` (a spool counts each filter once, by its identity)."""
+    return change.is_noop
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,12 +282,12 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
     @property
-    def changes(self) -> tuple[Change, ...]:
-        return tuple(c for s in self.steps for c in s.changes)
+    def changes(self) -> Sequence[Change]:
+        return chained(s.changes for s in self.steps)
 
     @property
-    def pending(self) -> tuple[Change, ...]:
-        return tuple(c for s in self.steps for c in s.pending)
+    def pending(self) -> Sequence[Change]:
+        return chained(s.pending for s in self.steps)
 
     @property
     def pending_objects(self) -> tuple[ObjectChange, ...]:
@@ -279,10 +295,11 @@ class Plan:
         return tuple(c for s in self.steps for c in s.pending_objects)
 
     @property
-    def work(self) -> tuple[Change | ObjectChange, ...]:
+    def work(self) -> Sequence[Change | ObjectChange]:
         """Every change an apply sends something for: the runs', then the objects', each
         known by its ``key`` in checkpoints, reports and ``runner status``."""
-        return (*self.pending, *self.pending_objects)
+        parts: list[Sequence[Change | ObjectChange]] = [self.pending, self.pending_objects]
+        return chained(parts)
 
     @property
     def has_changes(self) -> bool:
@@ -305,8 +322,8 @@ class Plan:
 @dataclass(frozen=True)
 class StepObservation:
     #: Every run the step's selection matched, by run id (before claims and limit), less
-    #: the runs its exclusions left out.
-    runs: tuple[RunView, ...]
+    #: the runs its exclusions left out (a spool, for a large selection).
+    runs: Sequence[RunView]
     #: Each exclusion's label and how many of the matched runs it left out.
     exclusions: tuple[tuple[str, int], ...] = ()
     #: A step whose target is not flow runs: every object its selection matched.
@@ -322,3 +339,19 @@ class Observation:
     server_version: str | None
     steps: tuple[StepObservation, ...]
     notes: tuple[str, ...] = ()
+
+
+def _pickled_by_fields(cls: type) -> None:
+    """Pickle ``cls`` as its constructor and its field values: a large plan's views and
+    changes pass through :mod:`runner.spool` several times, and a slotted dataclass's own
+    pickling (a ``fields()`` call per object, each way) took three times as long."""
+    get = operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))
+
+    def reduce(self: object) -> tuple[type, tuple[Any, ...]]:
+        return (cls, get(self))
+
+    setattr(cls, "__reduce__", reduce)  # noqa: B010 (a method of a frozen, slotted class)
+
+
+for _spooled in (RunView, TargetState, Change):
+    _pickled_by_fields(_spooled)

@@ -9,10 +9,11 @@ never applied.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
+from runner import spool
 from runner.plan import (
     CARRIED,
     ArchiveSpec,
@@ -24,6 +25,8 @@ from runner.plan import (
     StepObservation,
     StepPlan,
     TargetState,
+    is_noop,
+    is_pending,
 )
 from runner.playbook import (
     Cancel,
@@ -37,7 +40,8 @@ from runner.playbook import (
     Step,
     Tag,
 )
-from runner.selection import order
+from runner.selection import DEFAULT_SORT, SORT_KEYS
+from runner.spool import Spool
 from runner.targets import plan_change
 from runner.words import plural
 
@@ -103,7 +107,7 @@ def _reschedule_target(action: Reschedule, run: RunView, now: datetime) -> datet
     return None if base is None else base + action.delay
 
 
-def _reschedule_slots(action: Reschedule, selected: list[RunView]) -> dict[UUID, int]:
+def _reschedule_slots(action: Reschedule, selected: Sequence[RunView]) -> dict[UUID, int]:
     """With ``spread``, each run's place in the stagger (0 for the first): the runs the step
     can give a new time, in the step's sort order. A run found already at its time keeps its
     place, so a plan made again after an apply finds every run where it was put."""
@@ -149,7 +153,7 @@ def _carry(run: RunView) -> tuple[Carried, ...]:
 
 
 def _make_reschedule(
-    now: datetime, action: Reschedule, selected: list[RunView]
+    now: datetime, action: Reschedule, selected: Sequence[RunView]
 ) -> Callable[[int, Step, RunView, str, str], Change]:
     slots = _reschedule_slots(action, selected)
 
@@ -192,7 +196,7 @@ def _make_reschedule(
 
 
 def _finishing_recreates(
-    plan_one: Callable[[int, Step, RunView, str, str], Change], selected: list[RunView]
+    plan_one: Callable[[int, Step, RunView, str, str], Change], selected: Sequence[RunView]
 ) -> Callable[[int, Step, RunView, str, str], Change]:
     """A run made by an unfinished recreate of another run this step selects is left alone:
     recreating it too would delete the run that carries the other's idempotency key, and the
@@ -201,8 +205,10 @@ def _finishing_recreates(
     Matched by the old run's id in the key, whatever state it names: the old run may have
     moved since (marked Late, say), and then gets a key of its own; its new run is still
     the one made for it."""
-    by_id = {str(run.id): run for run in selected}
-    made = {_replaced_run(run.idempotency_key): run for run in selected}
+    # Only the runs that carry a recreate's key, and the runs they replace, are kept: not
+    # every selected run (a large step's are read from disk).
+    made = {old: run for run in selected if (old := _replaced_run(run.idempotency_key)) != ""}
+    by_id = {str(run.id): run for run in selected if str(run.id) in made} if made else {}
 
     def plan(index: int, step: Step, run: RunView, message: str, plan_id: str) -> Change:
         old = by_id.get(_replaced_run(run.idempotency_key))
@@ -312,19 +318,49 @@ def _exclusion_notes(index: int, step: Step, unmatched: list[str]) -> list[str]:
     ]
 
 
+class _Tally:
+    """What a step's guards look at, counted change by change as the planner makes them (a
+    large step's changes then go to disk, never held together): the pending changes, the
+    active runs they would delete or force a state on, the times they put in the past."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.pending = 0
+        self.risky = 0
+        self.risky_states: set[str] = set()
+        self.past = 0
+        self.earliest: datetime | None = None
+
+    def add(self, change: Change) -> None:
+        if change.is_noop:
+            return
+        self.pending += 1
+        state = change.state
+        if change.run.state_type in ACTIVE_STATE_TYPES and (
+            change.op == "delete" or (state is not None and state.force)
+        ):
+            self.risky += 1
+            self.risky_states.add(_state_label(change.run))
+        when = state.scheduled_time if state is not None else None
+        if when is not None and when < self.now:
+            self.past += 1
+            self.earliest = when if self.earliest is None else min(self.earliest, when)
+
+
 def _step_violations(
     index: int,
     step: Step,
     guards: Guards,
     selected: int,
-    changes: list[Change],
+    tally: _Tally,
     unmatched: list[str],
     *,
     now: datetime,
 ) -> list[str]:
     label = f"step {index + 1} ({step.name!r})"
     violations = []
-    pending = [c for c in changes if not c.is_noop]
+    pending, risky, risky_states = tally.pending, tally.risky, tally.risky_states
+    past, earliest = tally.past, tally.earliest
     if "non_empty" in guards.expect and selected == 0:
         violations.append(
             f"{label} selected no runs, and its guards expect some (expect: non_empty)"
@@ -336,44 +372,30 @@ def _step_violations(
         )
     if step.guards and step.guards.max_affected is not None:
         limit = step.guards.max_affected
-        if len(pending) > limit:
+        if pending > limit:
             violations.append(
-                f"{label} would change {plural(len(pending), 'run')}, more than its"
+                f"{label} would change {plural(pending, 'run')}, more than its"
                 f" max_affected ({limit})"
             )
-    if not guards.allow_active:
-        risky = [
-            c
-            for c in pending
-            if c.run.state_type in ACTIVE_STATE_TYPES
-            and (c.op == "delete" or (c.state is not None and c.state.force))
-        ]
-        if risky:
-            what = "delete" if isinstance(step.action, Delete) else "force a state on"
-            states = sorted({_state_label(c.run) for c in risky})
-            violations.append(
-                f"{label} would {what} {len(risky)} active runs ({', '.join(states)}) whose"
-                " infrastructure may still run; cancel them first, or set guards.allow_active: true"
-            )
-    if isinstance(step.action, Reschedule) and not step.action.allow_past:
-        past = [
-            c.state.scheduled_time
-            for c in pending
-            if c.state is not None
-            and c.state.scheduled_time is not None
-            and c.state.scheduled_time < now
-        ]
-        if past:
-            later = (
-                "choose a later 'at'"
-                if step.action.at is not None
-                else "count the delay from now (from: now)"
-            )
-            violations.append(
-                f"{label} would schedule {len(past)} runs in the past (earliest"
-                f" {_utc(min(past))}; the plan was made at {_utc(now)}), so they would start"
-                f" at once; {later}, or set allow_past: true"
-            )
+    if not guards.allow_active and risky:
+        what = "delete" if isinstance(step.action, Delete) else "force a state on"
+        violations.append(
+            f"{label} would {what} {risky} active runs ({', '.join(sorted(risky_states))})"
+            " whose infrastructure may still run; cancel them first, or set"
+            " guards.allow_active: true"
+        )
+    action = step.action
+    if isinstance(action, Reschedule) and not action.allow_past and earliest is not None:
+        later = (
+            "choose a later 'at'"
+            if action.at is not None
+            else "count the delay from now (from: now)"
+        )
+        violations.append(
+            f"{label} would schedule {past} runs in the past (earliest"
+            f" {_utc(earliest)}; the plan was made at {_utc(now)}), so they would start"
+            f" at once; {later}, or set allow_past: true"
+        )
     return violations
 
 
@@ -434,6 +456,27 @@ def _deleted_runs(step: StepPlan) -> int:
     return sum(len(c.object.scheduled_runs) for c in step.pending_objects)
 
 
+def _select(
+    runs: Sequence[RunView], claimed: set[UUID], sort: str | None, limit: int | None
+) -> Sequence[RunView]:
+    """A step's runs, in its order and within its limit, less the runs an earlier step
+    selected (a spool stays one: a large selection is never held whole)."""
+    key = SORT_KEYS[sort or DEFAULT_SORT]
+    candidates: Sequence[RunView] = runs
+    if claimed:
+        kept: Spool[RunView] = Spool(order=key)
+        kept.extend(run for run in runs if run.id not in claimed)
+        candidates = kept.seal()
+    selected = spool.sort(candidates, key)
+    return selected if limit is None else spool.head(selected, limit)
+
+
+def _claims_matter(playbook: Playbook, index: int) -> bool:
+    """Whether a later step selects flow runs (then this step's runs are claimed: a run is
+    one step's at most). Spares a large last step a set of every run id it selects."""
+    return any(step.target == "flow_runs" for step in playbook.steps[index + 1 :])
+
+
 def _utc(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -483,11 +526,9 @@ def make_plan(
             )
             steps.append(step_plan)
             continue
-        candidates = [run for run in seen.runs if run.id not in claimed]
-        selected = order(candidates, step.select.sort)
-        if step.select.limit is not None:
-            selected = selected[: step.select.limit]
-        claimed.update(run.id for run in selected)
+        selected = _select(seen.runs, claimed, step.select.sort, step.select.limit)
+        if _claims_matter(playbook, index):
+            claimed.update(run.id for run in selected)
         override = getattr(step.action, "message", None)
         message = playbook.message_for(step, override)
         if isinstance(step.action, Reschedule):
@@ -496,11 +537,19 @@ def make_plan(
                 plan_one = _finishing_recreates(plan_one, selected)
         else:
             plan_one = planners[type(step.action)]
-        changes = [plan_one(index, step, run, message, plan_id) for run in selected]
+        # One pass: each change is spooled (a large step's go to disk), counted and
+        # tallied for the guards as it is made.
+        made: Spool[Change] = Spool(counts=(is_pending, is_noop))
+        tally = _Tally(now)
+        for run in selected:
+            change = plan_one(index, step, run, message, plan_id)
+            tally.add(change)
+            made.append(change)
+        changes = made.seal()
         unmatched = _unmatched_exclusions(step, seen)
         notes += _exclusion_notes(index, step, unmatched)
         violations += _step_violations(
-            index, step, _guards_for(playbook, step), len(selected), changes, unmatched, now=now
+            index, step, _guards_for(playbook, step), len(selected), tally, unmatched, now=now
         )
         retry = step.retry or playbook.defaults.retry
         steps.append(
@@ -509,7 +558,7 @@ def make_plan(
                 name=step.name,
                 action=step.action.kind,
                 selected=len(selected),
-                changes=tuple(changes),
+                changes=changes,
                 concurrency=step.concurrency or playbook.defaults.concurrency,
                 rate_limit=step.rate_limit or playbook.defaults.rate_limit,
                 max_attempts=retry.max_attempts,

@@ -433,7 +433,12 @@ SORT_KEYS: dict[str, Callable[[RunView], tuple[object, ...]]] = {
 }
 
 
+#: A step's order when it names none: oldest expected start first (the order a reviewer reads
+#: best).
+DEFAULT_SORT = "EXPECTED_START_TIME_ASC"
+
+
 def order(runs: Iterable[RunView], sort: str | None) -> list[RunView]:
     """Runs in the step's order: ``sort`` (Prefect's meaning, run id breaking ties), or
-    oldest expected start first when the step names none (the order a reviewer reads best)."""
-    return sorted(runs, key=SORT_KEYS[sort or "EXPECTED_START_TIME_ASC"])
+    :data:`DEFAULT_SORT` when the step names none."""
+    return sorted(runs, key=SORT_KEYS[sort or DEFAULT_SORT])

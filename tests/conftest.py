@@ -100,3 +100,15 @@ def _hypothesis_profiles() -> None:
 
 
 _hypothesis_profiles()
+
+
+@pytest.fixture(autouse=True)
+def _spill_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RUNNER_TEST_SPILL=1``: every spool in the test's own process goes to disk from its
+    first item, two items a chunk (the large-plan path, run by the whole suite)."""
+    if os.environ.get("RUNNER_TEST_SPILL") == "1":
+        from runner import spool
+
+        monkeypatch.setattr(spool, "SPILL_AT", 0)
+        monkeypatch.setattr(spool, "CHUNK", 2)
+        monkeypatch.setattr(spool, "SORT_RUN", 3)

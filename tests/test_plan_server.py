@@ -3,20 +3,26 @@ saved plans. Runs on Prefect 3.x and (marker prefect2) 2.x."""
 
 from __future__ import annotations
 
+import io
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 
+from runner import spool
+from runner.apply import ApplyRequest, apply
 from runner.client import PrefectClient
 from runner.errors import PlanFileError, PlaybookError
 from runner.loader import load_text
 from runner.observe import plan_playbook
+from runner.plan import Plan
 from runner.planfile import check_applicable, read_plan, write_plan
 from runner.settings import ConnectionSettings
+from runner.spool import is_spooled
 from tests.support.cli import run_cli
 from tests.support.seed import Seeder, unique
 
@@ -225,3 +231,58 @@ steps:
     async with PrefectClient(settings, bulk=False) as client:
         plan = await plan_playbook(playbook, client)
     assert sorted(str(c.run.id) for c in plan.changes) == sorted([a["id"], b["id"]])
+
+
+def _rows(plan: Plan) -> list[list[tuple[str, str, object]]]:
+    return [
+        [(c.key, c.op, c.state and c.state.scheduled_time) for c in step.changes]
+        for step in plan.steps
+    ]
+
+
+async def test_a_plan_held_on_disk_is_the_plan_held_in_memory_and_applies_as_reviewed(
+    settings: ConnectionSettings, seeder: Seeder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large plan's runs go through spools on disk (runner.spool): made here with every
+    spool on disk from its first run, two runs a chunk, so the reads, the claims between the
+    steps, the descending sort (merged on disk from runs of three) and the limit all take the
+    large-plan path. The plan is the one made in memory, and its apply does exactly it."""
+    s = seed_scenario(seeder)
+    name = f"{s['flow']['name']}/healthcheck-storage-test"
+    text = reschedule_playbook(name)
+    playbook = load_text(text, name="reschedule-late.yaml", env={})
+    async with PrefectClient(settings, bulk=False) as client:
+        held = await plan_playbook(playbook, client, now=datetime.now(timezone.utc))
+        monkeypatch.setattr(spool, "SPILL_AT", 0)
+        monkeypatch.setattr(spool, "CHUNK", 2)
+        monkeypatch.setattr(spool, "SORT_RUN", 3)
+        spooled = await plan_playbook(playbook, client, now=held.created_at)
+    assert [is_spooled(step.changes) for step in spooled.steps] == [True, True]
+    assert not any(is_spooled(step.changes) for step in held.steps)
+    assert _rows(spooled) == _rows(held)
+    assert [c.run.id for c in spooled.steps[0].changes] == [UUID(r["id"]) for r in s["late"][:3]]
+    assert (spooled.violations, spooled.notes) == (held.violations, held.notes)
+    assert spooled.counts() == held.counts() == {"reschedule": 3, "delete": 9, "unchanged": 0}
+
+    path = tmp_path / "reschedule-late.yaml"
+    path.write_text(text)
+    untouched = {s["running"]["id"], *(r["id"] for r in s["other_late"])}
+    before = {r["id"]: r for r in seeder.runs_of_flow(s["flow"]) if r["id"] in untouched}
+    applied = await apply(
+        ApplyRequest(target=str(path), settings=settings, state_dir=tmp_path / "state"),
+        out=io.StringIO(),
+        err=(err := io.StringIO()),
+    )
+    assert applied.code == 0, err.getvalue()
+    assert applied.plan is not None and is_spooled(applied.plan.steps[1].changes)
+    after = {r["id"]: r for r in seeder.runs_of_flow(s["flow"])}
+    for run in s["late"][:3]:
+        expected = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00"))
+        moved = after[run["id"]]
+        assert moved["state"]["name"] == "Scheduled"
+        when = datetime.fromisoformat(moved["next_scheduled_start_time"].replace("Z", "+00:00"))
+        assert when == expected + timedelta(hours=6)
+    assert not {r["id"] for r in s["late"][3:]} & set(after)
+    assert {i: after[i]["state"]["id"] for i in untouched} == {
+        i: before[i]["state"]["id"] for i in untouched
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
+from runner import spool
 from runner.loader import load_text
 from runner.plan import Observation, RunView, StepObservation
 from runner.planner import make_plan
 from runner.render import carried_line, describe_after, describe_before
+from runner.spool import Spool, is_spooled
 from tests.support.seed import STATES
 
 CASES = Path(__file__).parent / "planner_cases"
@@ -68,14 +71,27 @@ def view(raw: dict[str, Any]) -> RunView:
     )
 
 
+def spooled(runs: list[RunView]) -> Sequence[RunView]:
+    held: Spool[RunView] = Spool()
+    held.extend(runs)
+    return held.seal()
+
+
+@pytest.mark.parametrize("spilled", [False, True], ids=["in-memory", "spooled"])
 @pytest.mark.parametrize("case", sorted(p.stem for p in CASES.glob("*.yaml")))
-def test_planner_case(case: str) -> None:
+def test_planner_case(case: str, spilled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case twice: as plans are held in memory, and as a large plan is held, every
+    spool on disk from its first item (two items a chunk, sorts merged from runs of three)."""
+    if spilled:
+        monkeypatch.setattr(spool, "SPILL_AT", 0)
+        monkeypatch.setattr(spool, "CHUNK", 2)
+        monkeypatch.setattr(spool, "SORT_RUN", 3)
     data = yaml.safe_load((CASES / f"{case}.yaml").read_text())
     playbook = load_text(yaml.safe_dump(data["playbook"]), name=f"{case}.yaml", env={})
     runs = [view(r) for r in data["runs"]]
     matches = {r["name"]: r["match"] for r in data["runs"]}
     steps = tuple(
-        StepObservation(runs=tuple(r for r in runs if i in matches[r.name]))
+        StepObservation(runs=spooled([r for r in runs if i in matches[r.name]]))
         for i in range(len(playbook.steps))
     )
     now = _dt(data["now"])
@@ -84,6 +100,8 @@ def test_planner_case(case: str) -> None:
         now=now, server_url="http://server/api", server_version="3.8.8", steps=steps
     )
     plan = make_plan(playbook, observation, plan_id="PLAN")
+    for step in plan.steps:
+        assert is_spooled(step.changes) == (spilled and bool(step.changes))
 
     got = [[[c.run.name, c.op, describe_after(c)] for c in step.changes] for step in plan.steps]
     assert got == data["expected"]
