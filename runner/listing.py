@@ -34,7 +34,7 @@ from runner.client import PrefectClient
 from runner.errors import PlaybookError
 from runner.loader import SELECT_OPTION, select_error
 from runner.models import FlowRun
-from runner.observe import READ_CONCURRENCY, check_names, check_run, named_view, run_view
+from runner.observe import READ_CONCURRENCY, Names, check_names, check_run, read_parents, run_view
 from runner.plan import RunView
 from runner.playbook import Playbook, Select
 from runner.render import _printable, _tag, _time
@@ -93,31 +93,6 @@ class Capped:
 
 
 Listed = StepStarted | Rows | StepDone | Capped
-
-
-class _Names:
-    """Flow and deployment names by id, read as pages bring new ids and kept (there are as
-    many as the server has flows and deployments, whatever the number of runs)."""
-
-    def __init__(self, client: PrefectClient) -> None:
-        self.client = client
-        self.flows: dict[UUID, str] = {}
-        self.deployments: dict[UUID, str] = {}
-        self.asked: set[UUID] = set()  # gone ones too: named by their id, not asked again
-
-    async def learn(self, page: Sequence[FlowRun]) -> None:
-        new_deployments = sorted({r.deployment_id for r in page if r.deployment_id} - self.asked)
-        found = await self.client.read_deployments(new_deployments) if new_deployments else []
-        new_flows = sorted(({r.flow_id for r in page} | {d.flow_id for d in found}) - self.asked)
-        if new_flows:
-            self.flows.update((f.id, f.name) for f in await self.client.read_flows(new_flows))
-        for deployment in found:
-            flow = self.flows.get(deployment.flow_id, str(deployment.flow_id))
-            self.deployments[deployment.id] = f"{flow}/{deployment.name}"
-        self.asked.update(new_deployments, new_flows)
-
-    def name(self, view: RunView) -> RunView:
-        return named_view(view, self.flows, self.deployments)
 
 
 class _Best:
@@ -190,7 +165,7 @@ async def list_selections(
     info = await client.server_info()
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await _deployment_ids(client, playbook)
-    names = _Names(client)
+    names = Names(client)
     claimed: set[int] = set()  # run ids as ints: half the memory of UUIDs
     cap = _Cap(limit)
     last = len(playbook.steps) - 1
@@ -218,10 +193,10 @@ async def list_selections(
             async with contextlib.aclosing(pages):
                 async for page in pages:
                     await names.learn(page)
-                    parents = await _parents(client, page) if wants_parents else {}
+                    parents = await read_parents(client, page) if wants_parents else {}
                     kept: list[RunView] = []
                     for run in page:
-                        view = names.name(run_view(run, keep_parameters=True))
+                        view = run_view(run, keep_parameters=True, names=names)
                         excluded = check_run(
                             select,
                             sq,
@@ -287,11 +262,6 @@ def _where(playbook: Playbook, index: int) -> str:
     if playbook.path == SELECT_OPTION:
         return SELECT_OPTION
     return f"steps[{index}] ({playbook.steps[index].name!r})"
-
-
-async def _parents(client: PrefectClient, page: Sequence[FlowRun]) -> dict[UUID, UUID]:
-    tasks = sorted({r.parent_task_run_id for r in page if r.parent_task_run_id})
-    return await client.read_parent_runs(tasks) if tasks else {}
 
 
 class _Counts:

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TypeVar
 from uuid import UUID
@@ -250,6 +250,40 @@ class _Unshared(_Shared):
         return value
 
 
+class Names:
+    """Flow and deployment names by id, read as pages bring new ids and kept (there are as
+    many as the server has flows and deployments, whatever the number of runs)."""
+
+    def __init__(self, client: PrefectClient) -> None:
+        self.client = client
+        self.flows: dict[UUID, str] = {}
+        self.deployments: dict[UUID, str] = {}
+        self.asked: set[UUID] = set()  # gone ones too: named by their id, not asked again
+
+    async def learn(self, page: Sequence[FlowRun]) -> None:
+        new_deployments = sorted({r.deployment_id for r in page if r.deployment_id} - self.asked)
+        found = await self.client.read_deployments(new_deployments) if new_deployments else []
+        new_flows = sorted(({r.flow_id for r in page} | {d.flow_id for d in found}) - self.asked)
+        if new_flows:
+            self.flows.update((f.id, f.name) for f in await self.client.read_flows(new_flows))
+        for deployment in found:
+            flow = self.flows.get(deployment.flow_id, str(deployment.flow_id))
+            self.deployments[deployment.id] = f"{flow}/{deployment.name}"
+        self.asked.update(new_deployments, new_flows)
+
+    def flow(self, flow_id: UUID) -> str:
+        return self.flows.get(flow_id, str(flow_id))
+
+    def deployment(self, deployment_id: UUID | None) -> str | None:
+        return self.deployments.get(deployment_id) if deployment_id else None
+
+
+async def read_parents(client: PrefectClient, page: Sequence[FlowRun]) -> dict[UUID, UUID]:
+    """The parent flow run of each subflow run of ``page``, by its parent task run."""
+    tasks = sorted({r.parent_task_run_id for r in page if r.parent_task_run_id})
+    return await client.read_parent_runs(tasks) if tasks else {}
+
+
 def _state_time(run: FlowRun) -> datetime | None:
     """The time of the run's Scheduled-type state, where ``next_scheduled_start_time`` does
     not already say it (Prefect copies it there on every move into such a state)."""
@@ -259,14 +293,20 @@ def _state_time(run: FlowRun) -> datetime | None:
     return None if when == run.next_scheduled_start_time else when
 
 
-def run_view(run: FlowRun, keep_parameters: bool, same: _Shared | None = None) -> RunView:
-    """A slim view of ``run`` (``same`` shares the values many runs repeat); its flow and
-    deployment are named later (:func:`named_view`)."""
+def run_view(
+    run: FlowRun,
+    keep_parameters: bool,
+    same: _Shared | None = None,
+    names: Names | None = None,
+) -> RunView:
+    """A slim view of ``run`` (``same`` shares the values many runs repeat), its flow and
+    deployment named by ``names`` (without: its flow's id, and no deployment name)."""
     same = same or _Unshared()
     return RunView(
         id=run.id,
         name=run.name,
-        flow=same(str(run.flow_id)),
+        flow=names.flow(run.flow_id) if names else same(str(run.flow_id)),
+        deployment=names.deployment(run.deployment_id) if names else None,
         deployment_id=same(run.deployment_id),
         state_type=run.state.type.value if run.state else None,
         state_name=same(run.state.name) if run.state else None,
@@ -329,20 +369,16 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
     capabilities = Capabilities.for_version(info.version)
     deployment_ids = await check_names(client, playbook)
     state_notes = await check_custom_states(client, playbook)
-    # Each page becomes slim views at once (holding 100,000 pydantic runs costs gigabytes),
-    # spooled: a large selection's views go to disk a chunk at a time (runner.spool).
-    raw_steps: list[Spool[RunView]] = []
-    fetched: list[int] = []  # runs read from the server, a step each
-    queries: list[ServerQuery | None] = []
-    flow_ids: set[UUID] = set()
-    dep_ids: set[UUID] = set()
-    parent_tasks: set[UUID] = set()
+    # Each page becomes slim, named views at once (holding 100,000 pydantic runs costs
+    # gigabytes), checked against the whole selection, and the kept ones spooled: a large
+    # selection's views go to disk a chunk at a time (runner.spool). Names are read as pages
+    # bring new flows and deployments.
+    names = Names(client)
     shared = _Shared()
-    for step in playbook.steps:
+    read: list[tuple[ServerQuery, Sequence[RunView], int, dict[str, int]] | None] = []
+    for index, step in enumerate(playbook.steps):
         if step.target != "flow_runs":
-            queries.append(None)
-            raw_steps.append(Spool())
-            fetched.append(0)
+            read.append(None)
             continue
         sq = build_query(
             step.select,
@@ -351,76 +387,56 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             capabilities=capabilities,
         )
         sq = await _widened(client, sq)
-        queries.append(sq)
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         keep = recreates or _uses(step.select, "parameters")
         wants_parents = _uses(step.select, "parent_id")
-        views: Spool[RunView] = Spool()
-        fetched_here = 0
+        matched = {e.label: 0 for e in step.select.exclude}
+        spooled: Spool[RunView] = Spool(order=SORT_KEYS[step.select.sort or DEFAULT_SORT])
+        fetched = 0
+        where = f"steps[{index}] ({step.name!r})"
         if sq.query is not None:
             async for page in client.iter_flow_runs(sq.query, concurrency=READ_CONCURRENCY):
-                fetched_here += len(page)
+                fetched += len(page)
+                if sq.wide:
+                    page = [run for run in page if not _left_out_by_columns(step.select, run)]
+                await names.learn(page)
+                parents = await read_parents(client, page) if wants_parents else {}
                 for run in page:
-                    if sq.wide and _left_out_by_columns(step.select, run):
-                        continue
-                    flow_ids.add(run.flow_id)
-                    if run.deployment_id:
-                        dep_ids.add(run.deployment_id)
-                    if wants_parents and run.parent_task_run_id:
-                        parent_tasks.add(run.parent_task_run_id)
-                    views.append(run_view(run, keep, shared))
-        raw_steps.append(views)
-        fetched.append(fetched_here)
-    flows = {f.id: f.name for f in await client.read_flows(sorted(flow_ids))}
-    deployments = {
-        d.id: f"{flows.get(d.flow_id, d.flow_id)}/{d.name}"
-        for d in await client.read_deployments(sorted(dep_ids))
-    }
-    parents = await client.read_parent_runs(sorted(parent_tasks)) if parent_tasks else {}
+                    view = run_view(run, keep, shared, names)
+                    excluded = check_run(
+                        step.select,
+                        sq,
+                        view,
+                        where=where,
+                        now=now,
+                        deployment_ids=deployment_ids,
+                        parents=parents,
+                        version=info.version,
+                    )
+                    for label in excluded or ():
+                        matched[label] += 1
+                    if view.idempotency_key is not None and not recreates:
+                        # Parameters stay (they guard the change: drift); the key is
+                        # recreate's.
+                        view = dataclasses.replace(view, idempotency_key=None)
+                    # A run failing only conditions that runner applies itself
+                    # (ServerQuery.loose), or matching an exclusion, is not selected.
+                    if excluded is not None and not excluded:
+                        spooled.append(view)
+        read.append((sq, spooled.seal(), fetched, matched))
     steps: list[StepObservation] = []
     notes: list[str] = []
-    for index, (step, maybe_sq, views) in enumerate(
-        zip(playbook.steps, queries, raw_steps, strict=True)
-    ):
-        if maybe_sq is None:
+    for index, (step, seen) in enumerate(zip(playbook.steps, read, strict=True)):
+        if seen is None:
             objects, left_out = await _observe_objects(client, step, index, info.version, now=now)
             steps.append(StepObservation(runs=(), objects=objects, exclusions=left_out))
             continue
-        sq = maybe_sq
-        recreates = isinstance(step.action, Reschedule) and step.action.recreates
-        matched = {e.label: 0 for e in step.select.exclude}
-        read = fetched[index]
-        # A view at a time: the unnamed views are read back from their spool, and each kept
-        # one, named, goes to the step's own.
-        kept_views: Spool[RunView] = Spool(order=SORT_KEYS[step.select.sort or DEFAULT_SORT])
-        for view in views:
-            named = named_view(view, flows, deployments)
-            excluded = check_run(
-                step.select,
-                sq,
-                named,
-                where=f"steps[{index}] ({step.name!r})",
-                now=now,
-                deployment_ids=deployment_ids,
-                parents=parents,
-                version=info.version,
-            )
-            for label in excluded or ():
-                matched[label] += 1
-            if named.idempotency_key is not None and not recreates:
-                # Parameters stay (they guard the change: drift); the key is recreate's.
-                named = dataclasses.replace(named, idempotency_key=None)
-            # A run failing only conditions that runner applies itself (ServerQuery.loose),
-            # or matching an exclusion, is not selected.
-            if excluded is not None and not excluded:
-                kept_views.append(named)
-        views.close()
-        kept = kept_views.seal()
+        sq, kept, fetched, matched = seen
         if sq.wide:
             notes.append(
                 f"step {step.name!r}: read by its expected start window alone, the selection"
                 " being most of it (the server's own filter sorts every page on SQLite);"
-                f" runner applied the rest of select itself: read {read} runs, kept {len(kept)}"
+                f" runner applied the rest of select itself: read {fetched} runs, kept {len(kept)}"
             )
             steps.append(StepObservation(runs=kept, exclusions=tuple(matched.items())))
             continue
@@ -435,7 +451,7 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
             )
             notes.append(
                 f"step {step.name!r}: runner applied select.{', select.'.join(local)} itself"
-                f" ({why}): read {read} runs, kept {len(kept)}"
+                f" ({why}): read {fetched} runs, kept {len(kept)}"
             )
         steps.append(StepObservation(runs=kept, exclusions=tuple(matched.items())))
     return Observation(
@@ -519,7 +535,7 @@ def check_run(
     """runner's own check of a run the server returned for ``select`` (sent as ``sq``):
     None when it fails a key runner applies itself (``sq.loose``: it is not selected),
     else the labels of the exclusions it matches (empty: it is selected). ``run`` must be
-    named (:func:`named_view`); ``deployment_ids`` are every named deployment's id.
+    named (:func:`run_view` with ``names``); ``deployment_ids`` are every named deployment's id.
 
     A run failing a key the server was trusted with raises :class:`SelectionError` (the
     server ignored or mis-read that filter), saying ``where`` the selection is, and then
@@ -548,16 +564,6 @@ def _ignored_filter(where: str, run: RunView, keys: list[str], version: str | No
         f" which does not match select.{', select.'.join(keys)}: the server"
         f" (Prefect {version or 'unknown version'}) ignored or mis-read that filter."
     )
-
-
-def named_view(
-    view: RunView,
-    flows: dict[UUID, str],
-    deployments: dict[UUID, str],
-) -> RunView:
-    flow_name = flows.get(UUID(view.flow), view.flow)
-    deployment = deployments.get(view.deployment_id) if view.deployment_id else None
-    return dataclasses.replace(view, flow=flow_name, deployment=deployment)
 
 
 def new_plan_id() -> str:
