@@ -34,7 +34,7 @@ from runner.client import PrefectClient
 from runner.errors import PlaybookError
 from runner.loader import SELECT_OPTION, select_error
 from runner.models import FlowRun
-from runner.observe import READ_CONCURRENCY, Names, check_names, check_run, read_parents, run_view
+from runner.observe import READ_CONCURRENCY, Names, check_names, checked_views
 from runner.plan import RunView
 from runner.playbook import Playbook, Select
 from runner.render import _printable, _tag, _time
@@ -130,10 +130,6 @@ class _Reversed:
         return bool(other.key < self.key)
 
 
-def _uses(select: Select, key: str) -> bool:
-    return bool(getattr(select, key)) or any(getattr(e.select, key) for e in select.exclude)
-
-
 async def _deployment_ids(client: PrefectClient, playbook: Playbook) -> dict[str, UUID]:
     """:func:`~runner.observe.check_names`; an ad-hoc selection's problems at its keys."""
     try:
@@ -182,7 +178,6 @@ async def list_selections(
         )
         best = _Best(select.limit, select.sort) if select.limit is not None else None
         counts = _Counts(select)
-        wants_parents = _uses(select, "parent_id")
         where = _where(playbook, index)
         if sq.query is not None:
             # An async generator: closed at once when the listing stops early (--limit).
@@ -192,22 +187,21 @@ async def list_selections(
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    await names.learn(page)
-                    parents = await read_parents(client, page) if wants_parents else {}
+                    checked = await checked_views(
+                        client,
+                        names,
+                        page,
+                        select,
+                        sq,
+                        keep_parameters=True,
+                        where=where,
+                        now=moment,
+                        deployment_ids=deployment_ids,
+                        version=info.version,
+                        outcome=STOPPED,
+                    )
                     kept: list[RunView] = []
-                    for run in page:
-                        view = run_view(run, keep_parameters=True, names=names)
-                        excluded = check_run(
-                            select,
-                            sq,
-                            view,
-                            where=where,
-                            now=moment,
-                            deployment_ids=deployment_ids,
-                            parents=parents,
-                            version=info.version,
-                            outcome=STOPPED,
-                        )
+                    for view, excluded in checked:
                         if not counts.selects(view, excluded, claimed):
                             continue
                         if best is not None:

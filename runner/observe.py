@@ -389,7 +389,6 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
         sq = await _widened(client, sq)
         recreates = isinstance(step.action, Reschedule) and step.action.recreates
         keep = recreates or _uses(step.select, "parameters")
-        wants_parents = _uses(step.select, "parent_id")
         matched = {e.label: 0 for e in step.select.exclude}
         spooled: Spool[RunView] = Spool(order=SORT_KEYS[step.select.sort or DEFAULT_SORT])
         fetched = 0
@@ -399,20 +398,20 @@ async def observe(client: PrefectClient, playbook: Playbook, *, now: datetime) -
                 fetched += len(page)
                 if sq.wide:
                     page = [run for run in page if not _left_out_by_columns(step.select, run)]
-                await names.learn(page)
-                parents = await read_parents(client, page) if wants_parents else {}
-                for run in page:
-                    view = run_view(run, keep, shared, names)
-                    excluded = check_run(
-                        step.select,
-                        sq,
-                        view,
-                        where=where,
-                        now=now,
-                        deployment_ids=deployment_ids,
-                        parents=parents,
-                        version=info.version,
-                    )
+                checked = await checked_views(
+                    client,
+                    names,
+                    page,
+                    step.select,
+                    sq,
+                    keep_parameters=keep,
+                    where=where,
+                    now=now,
+                    deployment_ids=deployment_ids,
+                    version=info.version,
+                    same=shared,
+                )
+                for view, excluded in checked:
                     for label in excluded or ():
                         matched[label] += 1
                     if view.idempotency_key is not None and not recreates:
@@ -520,6 +519,47 @@ async def _observe_objects(
     return tuple(sorted(views, key=lambda v: (v.name, v.id.int))), counts
 
 
+#: What a plan's selection error ends with.
+NOTHING_SENT = "Nothing was planned and nothing was sent."
+
+
+async def checked_views(
+    client: PrefectClient,
+    names: Names,
+    page: Sequence[FlowRun],
+    select: Select,
+    sq: ServerQuery,
+    *,
+    keep_parameters: bool,
+    where: str,
+    now: datetime,
+    deployment_ids: Mapping[str, UUID],
+    version: str | None,
+    same: _Shared | None = None,
+    outcome: str = NOTHING_SENT,
+) -> list[tuple[RunView, list[str] | None]]:
+    """Each run of a page the server returned for ``select``: its view, named (new flows
+    and deployments read first), and :func:`check_run`'s verdict on it."""
+    await names.learn(page)
+    parents = await read_parents(client, page) if _uses(select, "parent_id") else {}
+    checked = []
+    for run in page:
+        view = run_view(run, keep_parameters, same, names)
+        verdict = check_run(
+            select,
+            sq,
+            view,
+            where=where,
+            now=now,
+            deployment_ids=deployment_ids,
+            parents=parents,
+            version=version,
+            outcome=outcome,
+        )
+        checked.append((view, verdict))
+    return checked
+
+
 def check_run(
     select: Select,
     sq: ServerQuery,
@@ -530,7 +570,7 @@ def check_run(
     deployment_ids: Mapping[str, UUID],
     parents: Mapping[UUID, UUID],
     version: str | None,
-    outcome: str = "Nothing was planned and nothing was sent.",
+    outcome: str = NOTHING_SENT,
 ) -> list[str] | None:
     """runner's own check of a run the server returned for ``select`` (sent as ``sq``):
     None when it fails a key runner applies itself (``sq.loose``: it is not selected),

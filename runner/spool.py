@@ -31,7 +31,40 @@ CHUNK = 1_000
 SORT_RUN = 20_000
 
 
-class Spool(Sequence[_T], Generic[_T]):
+class _Sequence(Sequence[_T], Generic[_T]):
+    """What the spool's sequences share: slices read in order, indices found by
+    :meth:`_at`, equality with any sequence of the same items, no hash."""
+
+    def _at(self, index: int) -> _T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return list(itertools.islice(self, start, max(start, stop)))
+            return list(self)[index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("index out of range")
+        return self._at(index)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Spool(_Sequence[_T]):
     """Items appended in order; read back in that order, as often as asked."""
 
     def __init__(
@@ -155,22 +188,7 @@ class Spool(Sequence[_T], Generic[_T]):
     def __bool__(self) -> bool:
         return self._length > 0
 
-    @overload
-    def __getitem__(self, index: int) -> _T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[_T]: ...
-
-    def __getitem__(self, index: int | slice) -> _T | list[_T]:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self._length)
-            if step == 1:
-                return list(itertools.islice(self, start, max(start, stop)))
-            return list(self)[index]
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError("spool index out of range")
+    def _at(self, index: int) -> _T:
         if self._file is None:
             return self._buffer[index]
         if index >= self._on_disk:
@@ -194,18 +212,11 @@ class Spool(Sequence[_T], Generic[_T]):
     def where(self, keep: Callable[[_T], bool]) -> Filtered[_T]:
         return Filtered(self, keep)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return f"Spool({self._length} items{', on disk' if self.spilled else ''})"
 
 
-class Filtered(Sequence[_T], Generic[_T]):
+class Filtered(_Sequence[_T]):
     """The items of a spool that ``keep`` keeps, read from it as they are asked for."""
 
     def __init__(self, source: Spool[_T], keep: Callable[[_T], bool]) -> None:
@@ -221,34 +232,11 @@ class Filtered(Sequence[_T], Generic[_T]):
     def __bool__(self) -> bool:
         return any(True for _ in self)
 
-    @overload
-    def __getitem__(self, index: int) -> _T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[_T]: ...
-
-    def __getitem__(self, index: int | slice) -> _T | list[_T]:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step == 1:
-                return list(itertools.islice(self, start, max(start, stop)))
-            return list(self)[index]
-        if index < 0:
-            index += len(self)
-        for i, item in enumerate(self):
-            if i == index:
-                return item
-        raise IndexError("index out of range")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
+    def _at(self, index: int) -> _T:
+        return next(itertools.islice(self, index, None))
 
 
-class Chained(Sequence[_T], Generic[_T]):
+class Chained(_Sequence[_T]):
     """Sequences read one after another (a plan's changes, step by step)."""
 
     def __init__(self, parts: Iterable[Sequence[_T]]) -> None:
@@ -263,32 +251,12 @@ class Chained(Sequence[_T], Generic[_T]):
     def __bool__(self) -> bool:
         return any(part for part in self._parts)
 
-    @overload
-    def __getitem__(self, index: int) -> _T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[_T]: ...
-
-    def __getitem__(self, index: int | slice) -> _T | list[_T]:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step == 1:
-                return list(itertools.islice(self, start, max(start, stop)))
-            return list(self)[index]
-        if index < 0:
-            index += len(self)
+    def _at(self, index: int) -> _T:
         for part in self._parts:
-            if 0 <= index < len(part):
+            if index < len(part):
                 return part[index]
             index -= len(part)
         raise IndexError("index out of range")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def is_spooled(items: Sequence[Any]) -> bool:
