@@ -319,6 +319,7 @@ async def apply(
         journal_path: Path | None = None
         previous: JournalState | None = None
         if not request.dry_run:
+            plan = plan.held()  # the executor holds every change: read a spooled plan once
             workdir = workdir or _workdir(request.state_dir, plan)
             journal_path = workdir / "checkpoint.jsonl"
             if journal_path in journals:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from runner.spool import chained, where
+from runner.spool import chained, is_spooled, where
 
 Op = Literal["delete", "set_state", "recreate", "resume", "tag", "noop"]
 #: The action of the steps of a plan ``runner undo`` made (:mod:`runner.undo`), and the ops
@@ -304,6 +304,16 @@ class Plan:
     @property
     def has_changes(self) -> bool:
         return any(s.pending or s.pending_objects for s in self.steps)
+
+    def held(self) -> Plan:
+        """This plan with every step's changes in memory, read from its spools once. For an
+        apply, which keeps each change's outcome anyway: each change is then one object
+        wherever the apply holds it, where every read of a spool makes new ones (an apply
+        of 100,000 spooled changes had grown to 360 MB when stopped; 195 MB in memory)."""
+        if not any(is_spooled(step.changes) for step in self.steps):
+            return self
+        steps = tuple(dataclasses.replace(s, changes=tuple(s.changes)) for s in self.steps)
+        return dataclasses.replace(self, steps=steps)
 
     def counts(self) -> dict[str, int]:
         """How many runs (or objects) each action will change, and how many stay
