@@ -157,29 +157,23 @@ class Spool(_Sequence[_T]):
 
     # Reading.
 
-    def _chunk(self, index: int) -> list[_T]:
-        if self._cached is not None and self._cached[0] == index:
-            return self._cached[1]
+    def _load(self, index: int) -> list[_T]:
+        """Chunk ``index`` read from the file."""
         assert self._file is not None
         offset, size, _ = self._chunks[index]
         self._file.seek(offset)
         items: list[_T] = pickle.loads(self._file.read(size))
-        self._cached = (index, items)
         return items
 
-    def _chunks_from(self, first: int) -> Iterator[list[_T]]:
-        assert self._file is not None
-        for index in range(first, len(self._chunks)):
-            offset, size, _ = self._chunks[index]
-            self._file.seek(offset)
-            yield pickle.loads(self._file.read(size))
+    def _chunk(self, index: int) -> list[_T]:
+        """Chunk ``index``, kept for the next index into it."""
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self._load(index))
+        return self._cached[1]
 
     def __iter__(self) -> Iterator[_T]:
-        if self._file is None:
-            yield from list(self._buffer)
-            return
-        for chunk in self._chunks_from(0):
-            yield from chunk
+        for index in range(len(self._chunks)):
+            yield from self._load(index)
         yield from list(self._buffer)
 
     def __len__(self) -> int:
