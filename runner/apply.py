@@ -9,17 +9,20 @@ here) -> summary, report, artifact -> release the lock. Each apply keeps its pla
 checkpoint in ``<state-dir>/<plan-id>/``; applying the same playbook again resumes an
 unfinished one.
 
-Prompting and signals are the caller's: ``confirm`` is asked before anything is written, and
-setting ``stop`` ends the apply after the requests in flight.
+Prompting and signals are the caller's: ``confirm`` is asked before anything is written (a
+function or a coroutine function; a prompt that awaits the answer keeps the event loop, and
+with it the lock's renewals and the caller's signal watch, running), and setting ``stop``
+ends the apply after the requests in flight.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -264,7 +267,7 @@ async def apply(
     *,
     out: TextIO,
     err: TextIO,
-    confirm: Callable[[Plan], bool] = lambda plan: True,
+    confirm: Callable[[Plan], bool | Awaitable[bool]] = lambda plan: True,
     stop: anyio.Event | None = None,
 ) -> Applied:
     """Plan (or read the saved plan), show it, confirm, apply with the journal, report.
@@ -349,7 +352,8 @@ async def apply(
         if not left:
             out.write("Nothing to do.\n")
             return _nothing_sent(request, plan, previous, None, err)
-        if not confirm(plan):
+        answer = confirm(plan)  # a prompt may wait in the event loop: the lease is renewed
+        if not (await answer if inspect.isawaitable(answer) else answer):
             return Applied(EXIT_ERROR, plan)
         try:
             workdir.mkdir(parents=True, exist_ok=True)

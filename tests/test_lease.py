@@ -489,6 +489,45 @@ async def test_a_lease_lost_while_the_prompt_held_the_event_loop_up_sends_nothin
     assert histories(seeder, runs) == {("Running",)}
 
 
+@pytest.mark.anyio
+async def test_a_prompt_that_awaits_its_answer_keeps_the_lease_renewed(
+    settings: ConnectionSettings,
+    seeder: Seeder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI's prompt awaits the terminal in the event loop: the lease is renewed while the
+    operator thinks (a blocking prompt held every renewal up), and the apply goes on."""
+    monkeypatch.setattr(lease, "RENEW_SECONDS", 0.2)
+    renewals: list[float] = []
+    renew = PrefectClient.renew_concurrency_lease
+
+    async def spy(self: PrefectClient, *args: Any, **kwargs: Any) -> bool:
+        renewed = await renew(self, *args, **kwargs)
+        renewals.append(time.monotonic())
+        return renewed
+
+    monkeypatch.setattr(PrefectClient, "renew_concurrency_lease", spy)
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Running")
+    path = write_playbook(tmp_path, flow, unique("lock"))
+    during: list[int] = []
+
+    async def thinking(plan: Any) -> bool:
+        asked = len(renewals)
+        deadline = time.monotonic() + 30
+        while len(renewals) < asked + 3 and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+        during.append(len(renewals) - asked)
+        return True
+
+    request = ApplyRequest(target=str(path), settings=settings, state_dir=tmp_path / "s")
+    applied = await apply(request, out=io.StringIO(), err=io.StringIO(), confirm=thinking)
+    assert during == [3]
+    assert applied.code == 0
+    assert histories(seeder, runs) == {("Running", "Cancelling")}
+
+
 class FirstOnly(FaultProxy):
     """Faults the first request it may, then none."""
 
