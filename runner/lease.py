@@ -199,7 +199,10 @@ class ServerLock:
             await self._release_left_behind(resuming)
         else:
             await self._release_left_behind(*self._machine_record())
-        deadline = time.monotonic() + self.wait
+        started = time.monotonic()
+        deadline = started + self.wait
+        # Set on the first refusal, to when this apply began asking: "still after 2s" is
+        # never less than the wait asked for, however long the first answer took.
         waiting_since: float | None = None
         orphaned = 0  # refusals after a lost answer: waited for, up to ORPHANS_WAITED_FOR
         made = False
@@ -232,7 +235,7 @@ class ServerLock:
                     orphaned += 1
                     until = now + self.lease_seconds + REPOSSESS_SECONDS
                     if until > deadline:
-                        deadline, waiting_since = until, waiting_since or now
+                        deadline, waiting_since = until, waiting_since or started
                         self.err.write(
                             f"runner: the answer to a request for the server lock {name!r} was"
                             " lost, and the lock is taken: by that request, perhaps; waiting up"
@@ -243,7 +246,7 @@ class ServerLock:
                 if left <= 0:
                     raise LockError(self._taken(playbook, name, orphaned > 0, waiting_since))
                 if waiting_since is None:
-                    waiting_since = now
+                    waiting_since = started
                     self.err.write(
                         f"runner: another apply of playbook {playbook!r} holds the server lock"
                         f" {name!r}; waiting up to {_seconds(self.wait)} for it"
