@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import time
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,47 @@ def test_a_signal_while_planning_exits_130(
     assert len(seeder.runs_of_flow(flow)) == 2
 
 
+def at_the_prompt(
+    api_url: str, path: Path, cwd: Path, *, raw: bool = False, ahead: bytes = b""
+) -> tuple[subprocess.Popen[str], int]:
+    """``runner apply PATH`` at a terminal (in raw mode if ``raw``), ``ahead`` typed as soon
+    as it starts, and waited for until it asks: the process and the terminal's other end."""
+    terminal, side = pty.openpty()  # a terminal: runner asks before it applies
+    if raw:
+        tty.setraw(side)
+    process = subprocess.Popen(
+        [RUNNER, "apply", str(path)],
+        stdin=side,
+        stdout=side,
+        stderr=subprocess.PIPE,
+        env=cli_env(api_url, DUMP_ON_ABORT),
+        cwd=cwd,
+        text=True,
+    )
+    os.close(side)
+    if ahead:
+        os.write(terminal, ahead)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"? [y/N] " not in shown:
+            assert time.monotonic() < deadline and process.poll() is None, shown.decode()
+            if select.select([terminal], [], [], 0.1)[0]:
+                shown += os.read(terminal, 65536)
+        assert f"Apply 2 changes to {api_url}? [y/N] ".encode() in shown
+    except BaseException:
+        end(process, terminal)
+        raise
+    return process, terminal
+
+
+def end(process: subprocess.Popen[str], terminal: int) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
+    os.close(terminal)
+
+
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_at_the_prompt_exits_130(
     api_url: str, seeder: Seeder, tmp_path: Path, signum: signal.Signals
@@ -103,34 +145,74 @@ def test_a_signal_at_the_prompt_exits_130(
     40 on a loaded machine, and in CI): the prompt now waits in the event loop."""
     flow = seeder.flow()
     seeder.runs(2, flow, "Completed")
-    path = playbook(tmp_path, flow)
-    terminal, side = pty.openpty()  # a terminal: runner asks before it applies
-    process = subprocess.Popen(
-        [RUNNER, "apply", str(path)],
-        stdin=side,
-        stdout=side,
-        stderr=subprocess.PIPE,
-        env=cli_env(api_url, DUMP_ON_ABORT),
-        cwd=tmp_path,
-        text=True,
-    )
-    os.close(side)
-    shown = b""
+    process, terminal = at_the_prompt(api_url, playbook(tmp_path, flow), tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while b"? [y/N] " not in shown:
-            assert time.monotonic() < deadline and process.poll() is None, shown.decode()
-            if select.select([terminal], [], [], 0.1)[0]:
-                shown += os.read(terminal, 65536)
-        assert f"Apply 2 changes to {api_url}? [y/N] ".encode() in shown
         process.send_signal(signum)
         _, err = communicate_or_dump(process, timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        os.close(terminal)
+        end(process, terminal)
     assert process.returncode == 130, err
     assert err == f"\nrunner: {signum.name}: stopped before anything was sent\n"
     assert not (tmp_path / ".runner").exists()
     assert len(seeder.runs_of_flow(flow)) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "typed"),
+    [(False, b"y\x04"), (True, b"y")],
+    ids=["y then Ctrl-D", "y in raw mode"],
+)
+def test_a_signal_after_part_of_an_answer_exits_130(
+    api_url: str, seeder: Seeder, tmp_path: Path, raw: bool, typed: bytes
+) -> None:
+    """Part of a line is there (Ctrl-D hands over a line without its end; a raw terminal
+    hands over each key): the prompt waits for the rest in the event loop, and a signal
+    stops it. A blocking read of the line heard no signal, and held the lease's renewals up."""
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    process, terminal = at_the_prompt(api_url, playbook(tmp_path, flow), tmp_path, raw=raw)
+    try:
+        os.write(terminal, typed)
+        process.send_signal(signal.SIGINT)
+        _, err = communicate_or_dump(process, timeout=30)
+    finally:
+        end(process, terminal)
+    assert process.returncode == 130, err
+    assert err == "\nrunner: SIGINT: stopped before anything was sent\n"
+    assert len(seeder.runs_of_flow(flow)) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "ahead", "typed", "applied"),
+    [
+        (False, b"", b" Yes \n", True),
+        (True, b"", b"y\r", True),  # Enter in raw mode is a carriage return
+        (False, b"", b"yy\n", False),
+        (False, b"", b"\n", False),
+        (False, b"", b"y\x04\x04", False),  # the end of input before Enter
+        (False, b"y\n", b"n\n", False),  # a y typed before the question answers nothing
+    ],
+    ids=["yes", "y in raw mode", "yy", "enter", "y then the end", "typed ahead"],
+)
+def test_only_y_or_yes_and_enter_at_the_prompt_applies(
+    api_url: str,
+    seeder: Seeder,
+    tmp_path: Path,
+    raw: bool,
+    ahead: bytes,
+    typed: bytes,
+    applied: bool,
+) -> None:
+    flow = seeder.flow()
+    seeder.runs(2, flow, "Completed")
+    path = playbook(tmp_path, flow)
+    process, terminal = at_the_prompt(api_url, path, tmp_path, raw=raw, ahead=ahead)
+    try:
+        os.write(terminal, typed)
+        _, err = communicate_or_dump(process, timeout=120)
+    finally:
+        end(process, terminal)
+    assert process.returncode == (0 if applied else 1), err
+    assert len(seeder.runs_of_flow(flow)) == (0 if applied else 2)
+    if not applied:
+        assert (err, (tmp_path / ".runner").exists()) == ("", False)

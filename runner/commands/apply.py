@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
+import termios
 from typing import TextIO
 
 import anyio
@@ -13,20 +17,44 @@ from runner.errors import EXIT_INTERRUPTED
 from runner.plan import Plan
 from runner.words import plural
 
+#: Where an answer ends: Enter (a newline; a carriage return from a terminal in raw mode).
+_LINE_END = re.compile(rb"[\r\n]")
+#: The most of an answer kept (the rest of a longer line is read and dropped).
+_ANSWER_BYTES = 1024
+
 
 async def _ask(question: str, out: TextIO) -> str:
-    """Ask, and read one line from the terminal once the event loop says it is there.
+    """Ask, and read one line from the terminal, in the event loop; ``""`` at the end of input
+    or when the terminal is gone.
 
     The loop, which watches for Ctrl-C and SIGTERM (:func:`run_interruptible`), keeps
     running while the operator thinks: a signal at the prompt cancels the apply before
-    anything is sent, and the server lock's lease is renewed meanwhile. A blocking read here
-    would miss a signal that arrived between the question and the read: Python runs a
-    handler between two steps of its own, and a read that has begun waits for the next
-    signal (measured: 1 prompt in 40 never stopped, on a loaded machine)."""
+    anything is sent, and the server lock's lease is renewed meanwhile. So the terminal is
+    read only as far as it has bytes (``os.read`` once it is readable), never by a blocking
+    read: one of those missed a signal that came between the question and the read
+    (measured: 1 prompt in 40 never stopped, on a loaded machine), and one waiting for the
+    rest of a line (a ``y`` then Ctrl-D; a raw-mode terminal) heard no signal at all.
+
+    What was typed before the question shows is dropped (``tcflush``): a ``y`` typed while
+    the plan was being made answers nothing the operator has seen."""
+    fd = sys.stdin.fileno()
+    with contextlib.suppress(termios.error, OSError):
+        termios.tcflush(fd, termios.TCIFLUSH)
     out.write(question)
     out.flush()
-    await anyio.wait_readable(sys.stdin.fileno())
-    return sys.stdin.readline()
+    answer = bytearray()
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the terminal hung up
+            return ""
+        if not chunk:  # the end of input before Enter: no answer
+            return ""
+        end = _LINE_END.search(chunk)
+        answer += chunk[: end.start() if end else len(chunk)][: _ANSWER_BYTES - len(answer)]
+        if end:
+            return answer.decode(errors="replace")
 
 
 async def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err: TextIO) -> bool:
