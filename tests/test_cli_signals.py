@@ -191,8 +191,23 @@ def test_a_signal_after_part_of_an_answer_exits_130(
         (False, b"", b"\n", False),
         (False, b"", b"y\x04\x04", False),  # the end of input before Enter
         (False, b"y\n", b"n\n", False),  # a y typed before the question answers nothing
+        (False, b"", b"y" + b" " * 1100 + b"no\n", False),  # longer than an answer is read
+        (False, b"", "y\u00a0\n".encode(), False),  # a no-break space is not a space here
+        (True, b"", b"y\x1f\r", False),  # nor a control character str.strip() takes
+        (False, b"", b"\ty \n", True),
     ],
-    ids=["yes", "y in raw mode", "yy", "enter", "y then the end", "typed ahead"],
+    ids=[
+        "yes",
+        "y in raw mode",
+        "yy",
+        "enter",
+        "y then the end",
+        "typed ahead",
+        "y and a long no",
+        "y and a no-break space",
+        "y and a control character",
+        "y between a tab and a space",
+    ],
 )
 def test_only_y_or_yes_and_enter_at_the_prompt_applies(
     api_url: str,

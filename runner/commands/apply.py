@@ -19,7 +19,8 @@ from runner.words import plural
 
 #: Where an answer ends: Enter (a newline; a carriage return from a terminal in raw mode).
 _LINE_END = re.compile(rb"[\r\n]")
-#: The most of an answer kept (the rest of a longer line is read and dropped).
+#: The longest answer read as one: a longer line is read to its end and answers nothing
+#: (never its first part alone: ``y``, a thousand spaces and ``no`` is not a yes).
 _ANSWER_BYTES = 1024
 
 
@@ -43,6 +44,7 @@ async def _ask(question: str, out: TextIO) -> str:
     out.write(question)
     out.flush()
     answer = bytearray()
+    too_long = False
     while True:
         await anyio.wait_readable(fd)
         try:
@@ -52,9 +54,12 @@ async def _ask(question: str, out: TextIO) -> str:
         if not chunk:  # the end of input before Enter: no answer
             return ""
         end = _LINE_END.search(chunk)
-        answer += chunk[: end.start() if end else len(chunk)][: _ANSWER_BYTES - len(answer)]
+        part = chunk[: end.start() if end else len(chunk)]
+        too_long = too_long or len(answer) + len(part) > _ANSWER_BYTES
+        if not too_long:
+            answer += part
         if end:
-            return answer.decode(errors="replace")
+            return "" if too_long else answer.decode(errors="replace")
 
 
 async def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err: TextIO) -> bool:
@@ -70,7 +75,9 @@ async def _confirm(plan: Plan, *, yes: bool, interactive: bool, out: TextIO, err
         return True
     question = f"Apply {plural(len(plan.work), 'change')} to {plan.server_url}? [y/N] "
     answer = await _ask(question, out)
-    return answer.strip().lower() in ("y", "yes")
+    # Spaces and tabs around, nothing else: str.strip() would take a no-break space or a
+    # control character (0x1c-0x1f, 0x85) for one, and that is not an explicit yes.
+    return answer.strip(" \t").lower() in ("y", "yes")
 
 
 def run(request: ApplyRequest, *, yes: bool, interactive: bool, out: TextIO, err: TextIO) -> int:
