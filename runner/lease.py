@@ -201,9 +201,9 @@ class ServerLock:
             await self._release_left_behind(*self._machine_record())
         started = time.monotonic()
         deadline = started + self.wait
-        # Set on the first refusal, to when this apply began asking: "still after 2s" is
-        # never less than the wait asked for, however long the first answer took.
-        waiting_since: float | None = None
+        # Waits are counted from when this apply began asking: "still after 2s" is never
+        # less than the wait asked for, however long the first answer took.
+        waited = False
         orphaned = 0  # refusals after a lost answer: waited for, up to ORPHANS_WAITED_FOR
         made = False
         while True:
@@ -235,7 +235,7 @@ class ServerLock:
                     orphaned += 1
                     until = now + self.lease_seconds + REPOSSESS_SECONDS
                     if until > deadline:
-                        deadline, waiting_since = until, waiting_since or started
+                        deadline, waited = until, True
                         self.err.write(
                             f"runner: the answer to a request for the server lock {name!r} was"
                             " lost, and the lock is taken: by that request, perhaps; waiting up"
@@ -244,9 +244,10 @@ class ServerLock:
                         self.err.flush()
                 left = deadline - now
                 if left <= 0:
-                    raise LockError(self._taken(playbook, name, orphaned > 0, waiting_since))
-                if waiting_since is None:
-                    waiting_since = started
+                    since = started if waited else None
+                    raise LockError(self._taken(playbook, name, orphaned > 0, since))
+                if not waited:
+                    waited = True
                     self.err.write(
                         f"runner: another apply of playbook {playbook!r} holds the server lock"
                         f" {name!r}; waiting up to {_seconds(self.wait)} for it"
@@ -277,10 +278,10 @@ class ServerLock:
                     f" keeps nothing apart: enable it (prefect gcl enable {name}), delete it"
                     " (runner makes it again), or apply with --no-server-lock"
                 )
-            if waiting_since is not None:
+            if waited:
                 self.err.write(
                     f"runner: took the server lock {name!r} after"
-                    f" {_seconds(time.monotonic() - waiting_since)}\n"
+                    f" {_seconds(time.monotonic() - started)}\n"
                 )
             self._group.start_soon(self._keep_renewed)
             return
