@@ -383,7 +383,7 @@ async def test_a_resume_sends_nothing_for_changes_made_before(
     since = utcnow() - timedelta(seconds=1)
     flow = seeder.flow()
     runs = seeder.runs(6, flow, "Running", tags=["stuck"])
-    path = playbook(tmp_path, flow, unique("resume"), rate=4)
+    path = playbook(tmp_path, flow, unique("resume"), rate=2)
     request = ApplyRequest(
         target=str(path),
         settings=settings,
