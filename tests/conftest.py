@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -84,38 +82,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason="nightly: run by bash scripts/nightly"))
 
 
-class _Shards:
-    """``RUNNER_TEST_SHARD=I/N``: only the test files of shard I (tests/support/shards.py).
-    ``RUNNER_TEST_DURATIONS=FILE``: each test's seconds written there at the end."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @pytest.hookimpl(trylast=True)  # after -m and -k: the shards split what is left
-    def pytest_collection_modifyitems(
-        self, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        value = os.environ.get("RUNNER_TEST_SHARD")
-        if not value:
-            return
-        index, count = shards.parse(value)
-        tests = [(item.location[0], item.nodeid) for item in items]
-        version = os.environ.get("RUNNER_TEST_PREFECT", "3")
-        mine = shards.assign(tests, count, shards.load(shards.leg(version)))[index]
-        config.hook.pytest_deselected(items=[i for i in items if i.location[0] not in mine])
-        items[:] = [i for i in items if i.location[0] in mine]
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
-
-    def pytest_sessionfinish(self) -> None:
-        out = os.environ.get("RUNNER_TEST_DURATIONS")
-        if out:
-            Path(out).write_text(json.dumps(self.seconds, indent=0) + "\n")
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(_Shards(), "runner-shards")
+    config.pluginmanager.register(shards.Plugin(), "runner-shards")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
