@@ -59,18 +59,24 @@ def leg(version: str) -> str:
     return "prefect2" if version.split(".")[0] == "2" else "prefect3"
 
 
+def weigh(tests: Iterable[tuple[str, str]], seconds: Mapping[str, float]) -> dict[str, float]:
+    """Each file's seconds (the sum of its tests'), the heaviest first (ties: by name)."""
+    work: dict[str, float] = {}
+    for file, test in tests:
+        work[file] = work.get(file, 0.0) + seconds.get(test, UNKNOWN_SECONDS)
+    return {f: work[f] for f in sorted(work, key=lambda f: (-work[f], f))}
+
+
 def assign(
     tests: Iterable[tuple[str, str]], count: int, seconds: Mapping[str, float]
 ) -> list[set[str]]:
     """The files of ``tests`` (pairs of file, test id) in ``count`` shards of about equal
     work: the longest file first, each to the shard with the least so far (ties: the
     lowest shard, then the file's name, so every shard computes the same split)."""
-    work: dict[str, float] = {}
-    for file, test in tests:
-        work[file] = work.get(file, 0.0) + seconds.get(test, UNKNOWN_SECONDS)
+    work = weigh(tests, seconds)
     shards: list[set[str]] = [set() for _ in range(count)]
     totals = [0.0] * count
-    for file in sorted(work, key=lambda f: (-work[f], f)):
+    for file in work:
         lightest = min(range(count), key=lambda i: (totals[i], i))
         shards[lightest].add(file)
         totals[lightest] += work[file]
@@ -80,10 +86,7 @@ def assign(
 def order(tests: Iterable[tuple[str, str]], seconds: Mapping[str, float]) -> list[str]:
     """The files of ``tests`` (pairs of file, test id), the heaviest first (ties: by name):
     the order every shard walks when they are dealt as the run goes."""
-    work: dict[str, float] = {}
-    for file, test in tests:
-        work[file] = work.get(file, 0.0) + seconds.get(test, UNKNOWN_SECONDS)
-    return sorted(work, key=lambda f: (-work[f], f))
+    return list(weigh(tests, seconds))
 
 
 class Queue:
