@@ -14,6 +14,7 @@ the spool is). Pickle is safe here: nothing reads a chunk but the spool that wro
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import pickle
@@ -77,12 +78,20 @@ class Spool(_Sequence[_T]):
     ) -> None:
         """``order``: a sort key whose order the spool notes as items come (see
         :meth:`sorted_by`); ``counts``: filters it counts as items come (see
-        :meth:`count_where`). Each spares a pass over the file later."""
+        :meth:`count_where`). Each spares a pass over the file later.
+
+        A spool given an ``order`` keeps its items in that order when they come nearly in
+        it: an item that comes before items still in memory (not yet in the file) is put in
+        its place among them, after those with an equal key. A server's page order differs
+        from runner's only among runs sharing a time (runner breaks ties by id, the server
+        does not), and one such pair otherwise costs a sort of the whole spool on disk."""
         self._spill_at = SPILL_AT if spill_at is None else spill_at
         self._chunk_size = CHUNK
         self._order = order
         self._ordered = True
         self._last: Any = None
+        #: With ``order``, the key of the last item in the file (none comes before it now).
+        self._floor: Any = None
         self._buffer: list[_T] = []
         self._file: IO[bytes] | None = None
         #: Each chunk's (offset, length in bytes, items) in the file.
@@ -99,14 +108,24 @@ class Spool(_Sequence[_T]):
     def append(self, item: _T) -> None:
         if self._sealed:
             raise ValueError("a sealed spool takes no more items")
-        if self._order is not None and self._ordered:
-            key = self._order(item)
-            self._ordered = self._length == 0 or not key < self._last
-            self._last = key
         for keep in self._counts:
             self._counts[keep] += bool(keep(item))
+        if self._order is not None and self._ordered:
+            key = self._order(item)
+            if self._length and key < self._last:
+                if self._floor is None or not key < self._floor:
+                    place = bisect.bisect_right(self._buffer, key, key=self._order)
+                    self._buffer.insert(place, item)
+                    self._length += 1
+                    self._spill_or_flush()
+                    return
+                self._ordered = False
+            self._last = key
         self._buffer.append(item)
         self._length += 1
+        self._spill_or_flush()
+
+    def _spill_or_flush(self) -> None:
         if self._file is None:
             if len(self._buffer) > self._spill_at:
                 # Held open for the spool's life, closed by close() or with the spool.
@@ -132,6 +151,8 @@ class Spool(_Sequence[_T]):
             self._file.write(data)
             self._chunks.append((offset, len(data), len(part)))
             written += len(part)
+            if self._order is not None and self._ordered:
+                self._floor = self._order(part[-1])
         self._on_disk += written
         del self._buffer[:written]
 
