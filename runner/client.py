@@ -283,6 +283,12 @@ def _auth_headers(settings: ConnectionSettings) -> dict[str, str]:
 _PARSED = "runner.parsed_json"
 
 
+@functools.cache
+def _list_of(model: type[M]) -> TypeAdapter[list[M]]:
+    """The validator of a list of ``model`` (made once: a page of runs asked for it anew)."""
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
 def _body(response: httpx.Response) -> Any:
     """The answer's JSON: the copy ``_send_once`` already parsed, else parsed now."""
     if _PARSED in response.extensions:
@@ -881,7 +887,7 @@ class PrefectClient:
 
     def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
         try:
-            return TypeAdapter(list[model]).validate_python(_body(response))  # type: ignore[valid-type]
+            return _list_of(model).validate_python(_body(response))
         except (ValueError, ValidationError, RecursionError) as exc:
             raise ServerError(
                 f"unexpected answer: {type(exc).__name__}", **self._where(response)

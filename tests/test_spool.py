@@ -14,7 +14,7 @@ import pytest
 
 from runner import spool
 from runner.loader import load_text
-from runner.plan import Observation, RunView, StepObservation
+from runner.plan import Change, Observation, RunView, StepObservation
 from runner.planfile import write_document
 from runner.planner import make_plan
 from runner.spool import Spool, chained, head, is_spooled, sort, where
@@ -249,3 +249,39 @@ def test_a_large_plan_is_made_and_written_in_memory_that_does_not_grow_with_it(
     peak, size = _plan_and_write(10_000)
     assert size > 10_000 * 200  # every change was written
     assert peak < 4 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_spooled_view_and_change_come_back_equal_their_ids_carried_as_numbers() -> None:
+    import pickle
+
+    ids = iter(uuid.UUID(int=n) for n in range(1, 10))
+    view = RunView(
+        id=next(ids),
+        name="r",
+        flow="f",
+        deployment="f/d",
+        deployment_id=next(ids),
+        state_type="SCHEDULED",
+        state_name="Late",
+        state_id=next(ids),
+        state_since=BASE,
+        expected_start=BASE,
+        next_scheduled_start=BASE,
+        state_scheduled_time=BASE,
+        start=BASE,
+        end=BASE,
+        created=BASE,
+        tags=("a",),
+        work_queue="q",
+        work_pool="p",
+        parent_task_run_id=next(ids),
+        parameters={"x": 1},
+        job_variables={},
+        idempotency_key="k",
+    )
+    change = Change(step=0, run=view, op="delete")
+    _, (_, _, values) = view.__reduce__()  # type: ignore[str-unpack]
+    assert not any(isinstance(value, uuid.UUID) for value in values)
+    back = pickle.loads(pickle.dumps([view, change], protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == [view, change]
+    assert all(isinstance(getattr(back[0], f), uuid.UUID) for f in ("id", "state_id"))
