@@ -211,6 +211,22 @@ async def test_read_one_run_and_not_found(client: PrefectClient, seeder: Seeder)
     assert info.value.status_code == 404
 
 
+async def test_a_page_holding_parameters_nested_past_the_fast_parser_is_read(
+    client: PrefectClient, seeder: Seeder
+) -> None:
+    """pydantic's parser, tried first, stops at a depth of 200; json reads on to ~1,000, and a
+    run's parameters are the user's own data: such a page is read all the same, not refused.
+    (230 levels: the server itself refuses parameters past about 250, an HTTP 500.)"""
+    deep: Any = "bottom"
+    for _ in range(230):
+        deep = [deep]
+    flow = seeder.flow()
+    made = [seeder.run(flow, "Late"), seeder.run(flow, "Late", parameters={"deep": deep})]
+    runs = await collect(client, of_flow(flow))
+    assert sorted(str(r.id) for r in runs) == sorted(r["id"] for r in made)
+    assert client.stats.malformed == 0
+
+
 async def test_invalid_request_carries_the_server_detail(client: PrefectClient) -> None:
     with pytest.raises(InvalidRequest) as info:
         await client.read_flow_runs(offset=-1)
