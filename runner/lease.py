@@ -195,10 +195,12 @@ class ServerLock:
         if self.name is not None:
             return
         name = self.name = limit_name(playbook)
+        # A dead apply leaves its lease in the machine's record until its plan's folder has
+        # it: killed after writing its plan, before that, the folder holds no lease.
+        await self._release_left_behind(*self._machine_record())
         if resuming is not None:
+            self._drop_record()  # this apply records its lease in the plan's folder
             await self._release_left_behind(resuming)
-        else:
-            await self._release_left_behind(*self._machine_record())
         started = time.monotonic()
         deadline = started + self.wait
         # Waits are counted from when this apply began asking: "still after 2s" is never

@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,57 @@ def test_a_resume_from_the_same_state_dir_takes_over_a_killed_applys_lock(
     assert "Resuming unfinished plan" in resumed.stdout
     assert f"ended without releasing the server lock 'runner:{name}': its lease is released" in (
         resumed.stderr
+    )
+    assert histories(seeder, runs) == {("Running", "Cancelling")}
+    limit = read_limit(api_url, f"runner:{name}")
+    assert limit is not None and limit["active_slots"] == 0
+
+
+#: ``runner ARGS``, killed (SIGKILL, by itself) where a kill is most awkward: its plan and
+#: journal written, the lease still recorded only in the machine's record, not yet in the
+#: plan's folder (the moment ``hold_for_writing`` moves it there).
+DIES_BEFORE_RECORDING_IN_ITS_FOLDER = """
+import os, signal, sys
+from runner import lease
+async def die(self, playbook, folder):
+    os.kill(os.getpid(), signal.SIGKILL)
+lease.ServerLock.hold_for_writing = die
+from runner.cli import main
+sys.argv = ["runner", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_resume_releases_a_lease_its_dead_apply_left_in_the_machines_record(
+    api_url: str, seeder: Seeder, tmp_path: Path
+) -> None:
+    """Killed after writing its plan, before its lease was recorded in the plan's folder:
+    the resume of that plan (which takes the lock by its folder) releases the lease the
+    machine's record still holds, and finishes at once. It used to be refused until the
+    lease ran out (seen in CI: test_reliability's random SIGKILL hit that moment)."""
+    flow = seeder.flow()
+    runs = seeder.runs(3, flow, "Running")
+    name = unique("lock")
+    path = write_playbook(tmp_path, flow, name)
+    first = subprocess.run(
+        [sys.executable, "-c", DIES_BEFORE_RECORDING_IN_ITS_FOLDER, *apply_args(path, tmp_path)],
+        capture_output=True,
+        text=True,
+        env=cli_env(api_url),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    assert len(list(tmp_path.glob("*/plan.json"))) == 1  # its plan written, nothing applied
+    limit = read_limit(api_url, f"runner:{name}")
+    assert limit is not None and limit["active_slots"] == 1  # the dead apply's lease
+
+    resumed = run_cli(*apply_args(path, tmp_path), api_url=api_url, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming unfinished plan" in resumed.stdout
+    assert resumed.stderr.startswith("runner: an apply on this machine (pid "), resumed.stderr
+    assert resumed.stderr.endswith(
+        f") ended without releasing the server lock 'runner:{name}': its lease is released\n"
     )
     assert histories(seeder, runs) == {("Running", "Cancelling")}
     limit = read_limit(api_url, f"runner:{name}")
