@@ -85,6 +85,25 @@ def histories(seeder: Seeder, runs: list[dict[str, Any]]) -> set[tuple[str, ...]
     return found
 
 
+def released_from_the_machines_record(
+    result: subprocess.CompletedProcess[str],
+    api_url: str,
+    name: str,
+    seeder: Seeder,
+    runs: list[dict[str, Any]],
+) -> None:
+    """The apply found a dead apply's lease in the machine's record, released it (said so,
+    word for word), cancelled ``runs`` and left the lock free."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.startswith("runner: an apply on this machine (pid "), result.stderr
+    assert result.stderr.endswith(
+        f") ended without releasing the server lock 'runner:{name}': its lease is released\n"
+    )
+    assert histories(seeder, runs) == {("Running", "Cancelling")}
+    limit = read_limit(api_url, f"runner:{name}")
+    assert limit is not None and limit["active_slots"] == 0
+
+
 def journal_records(state_dir: Path) -> int:
     return sum(
         max(0, len(f.read_bytes().splitlines()) - 1) for f in state_dir.glob("*/checkpoint.jsonl")
@@ -280,15 +299,8 @@ def test_a_resume_releases_a_lease_its_dead_apply_left_in_the_machines_record(
     assert limit is not None and limit["active_slots"] == 1  # the dead apply's lease
 
     resumed = run_cli(*apply_args(path, tmp_path), api_url=api_url, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming unfinished plan" in resumed.stdout
-    assert resumed.stderr.startswith("runner: an apply on this machine (pid "), resumed.stderr
-    assert resumed.stderr.endswith(
-        f") ended without releasing the server lock 'runner:{name}': its lease is released\n"
-    )
-    assert histories(seeder, runs) == {("Running", "Cancelling")}
-    limit = read_limit(api_url, f"runner:{name}")
-    assert limit is not None and limit["active_slots"] == 0
+    released_from_the_machines_record(resumed, api_url, name, seeder, runs)
 
 
 @pytest.mark.nightly  # waits ~80 s for the server to free the slot
@@ -687,11 +699,4 @@ def test_an_apply_killed_before_it_wrote_leaves_its_lease_to_the_next_on_this_ma
     assert limit is not None and limit["active_slots"] == 1  # the dead apply's lease
 
     second = run_cli(*apply_args(path, tmp_path / "s2"), api_url=api_url, cwd=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert second.stderr.startswith("runner: an apply on this machine (pid "), second.stderr
-    assert second.stderr.endswith(
-        f") ended without releasing the server lock 'runner:{name}': its lease is released\n"
-    )
-    assert histories(seeder, runs) == {("Running", "Cancelling")}
-    limit = read_limit(api_url, f"runner:{name}")
-    assert limit is not None and limit["active_slots"] == 0
+    released_from_the_machines_record(second, api_url, name, seeder, runs)
