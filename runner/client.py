@@ -1171,6 +1171,8 @@ class PrefectClient:
                 await queue.put(exc)
 
         def start(index: int) -> None:
+            # A page the server filled for a slice before shows its cap for this one too.
+            cursors[index].filled = max(cursor.filled for cursor in cursors)
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_PAGES_AHEAD)
             queues.append(queue)
             producers.append(asyncio.ensure_future(produce(cursors[index], queue)))

@@ -21,8 +21,10 @@ time come back in any order), no ``is_null_`` on the expected start.
   run: it must begin at or above the last id read, else a run deleted there meanwhile moved
   the offset on and the read steps back a page (:data:`MAX_BACKOFFS`); then on from the next
   microsecond.
-- **A page shorter than asked ends nothing** (a proxy may cap pages): the read ends on an
-  empty page. A page longer than asked, or naming a run twice, is refused.
+- **A page shorter than asked ends the read only once the server has filled one** as large:
+  a server or proxy may cap pages below the size asked without saying so, and a page that
+  came back full shows the cap is no lower. Until then the read goes on from the page's last
+  run and ends on an empty page. A page longer than asked, or naming a run twice, is refused.
 - **Runs without an expected start** (Prefect's API makes none; a database may hold them) match
   no time bound, and sort first one way and last the other (SQLite first ascending,
   PostgreSQL first descending). Two one-run reads, one each way, find them; then they are read
@@ -160,6 +162,9 @@ class Keyset:
     #: The sort that puts runs without an expected start first, once a probe found one.
     nulls_sort: FlowRunSort | None = None
     null_ids: list[UUID] = field(default_factory=list)
+    #: The largest page the server answered in full: it caps pages no lower, so a page asked
+    #: for at most this many that comes back shorter holds every run left (0: none yet).
+    filled: int = 0
     #: What the last request asked for, to check its answer against.
     _low: datetime | None = None
     _high: datetime | None = None
@@ -232,9 +237,10 @@ class Keyset:
         past the runs without an expected start). Raises :class:`PagingError` when the page
         contradicts its request.
 
-        A page shorter than asked ends nothing by itself (a server or proxy may cap pages
-        below the size asked without saying so): the read ends on an empty page, or on a
-        page that goes past what it reads (the runs without an expected start)."""
+        A page shorter than asked ends the read only when the server has answered a page
+        at least as large in full (a server or proxy may cap pages below the size asked
+        without saying so): else the read ends on an empty page, or on a page that goes past
+        what it reads (the runs without an expected start)."""
         if len(keys) > sent:
             raise PagingError(f"the page has {len(keys)} runs, more than the {sent} asked for")
         named: set[UUID] = set()
@@ -244,6 +250,8 @@ class Keyset:
             if key.id in named:
                 raise PagingError(f"run {key.id} is twice in the page")
             named.add(key.id)
+        if keys and len(keys) == sent:
+            self.filled = max(self.filled, sent)
         if self.phase is Phase.NULLS:
             return self._advance_nulls(keys, sent)
         self._check_times(keys)
@@ -255,12 +263,17 @@ class Keyset:
             if last != self.at:
                 self.at, self.at_ids = last, set()
             self.at_ids.update(k.id for k in keys if k.time == last)
-        if not keys:
+        if not keys or self._last_page(keys, sent):
             self.phase = Phase.NULLS if self.nulls_sort is not None else Phase.DONE
         elif len(self.at_ids) > MAX_EXCLUDED:
             self.phase, self.offset, self.cluster_last = Phase.CLUSTER, 0, None
             self.cluster_excluded = tuple(self.at_ids)
         return len(keys)
+
+    def _last_page(self, keys: list[Key], sent: int) -> bool:
+        """Whether a page holds every run left to read: shorter than asked, where the server
+        has filled a page at least as large (so no cap cut it)."""
+        return len(keys) < sent <= self.filled
 
     def _check_times(self, keys: list[Key]) -> None:
         previous: datetime | None = None
@@ -320,7 +333,7 @@ class Keyset:
         while leading < len(keys) and keys[leading].time is None:
             leading += 1
         self.null_ids.extend(k.id for k in keys[:leading])
-        if leading < len(keys) or not keys:
+        if leading < len(keys) or not keys or self._last_page(keys, sent):
             self.phase = Phase.DONE
         elif len(self.null_ids) > MAX_EXCLUDED:
             self.phase = Phase.OFFSET

@@ -49,6 +49,8 @@ class Recorder(httpx.AsyncBaseTransport):
         self.inner = httpx.AsyncHTTPTransport()
         self.bodies: list[dict[str, Any]] = []
         self.returned: Counter[str] = Counter()
+        #: Each page's size asked and runs answered (one-run reads left out).
+        self.pages: list[tuple[int, int]] = []
         self.on_filter: Any = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -64,6 +66,7 @@ class Recorder(httpx.AsyncBaseTransport):
             # A page by time, or one of runs without a time (past them: not read from it).
             timed = "expected_start_time" in (body.get("flow_runs") or {})
             runs = json.loads(content)
+            self.pages.append((body["limit"], len(runs)))
             self.returned.update(r["id"] for r in runs if timed or r["expected_start_time"] is None)
         headers = {
             k: v
@@ -166,6 +169,23 @@ async def test_every_run_once_across_ties_and_runs_without_a_time(
         # The old path, by offset and id, reads the same runs (nothing is written meanwhile).
         by_id = await read(client, of_flow(flow), sort=FlowRunSort.ID_DESC, concurrency=4)
         assert sorted(r.id for r in by_id) == sorted(r.id for r in runs)
+
+
+@pytest.mark.parametrize("width", [1, 4])
+async def test_a_short_page_after_a_full_one_ends_the_read_without_an_empty_page(
+    settings: ConnectionSettings, seed: Seed, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """333 runs, pages of 50: read by one cursor, six full pages and one of 33; in four
+    slices of about 83 runs (two pages a slice), a full page and a short one each. No page
+    comes back empty: the short page after a full one is the end."""
+    monkeypatch.setattr(paging, "PAGES_PER_SLICE", 2)
+    flow, ids = seed([timedelta(seconds=i) for i in range(1, 333)])
+    recorder = Recorder()
+    async with PrefectClient(settings, transport=recorder, page_size=PAGE) as client:
+        runs = await read(client, of_flow(flow), concurrency=width)
+    assert Counter(str(r.id) for r in runs) == Counter(ids)
+    assert len(recorder.pages) == (7 if width == 1 else 8)
+    assert all(answered for _, answered in recorder.pages)
 
 
 async def test_past_the_id_list_a_time_is_read_by_id_and_timeless_runs_by_offset(
@@ -452,6 +472,36 @@ def test_a_short_page_ends_nothing_an_empty_one_ends_the_read() -> None:
     cursor.advance(_keys(1), 3)
     assert cursor.request() is not None  # on from the last time read
     cursor.advance([], 3)
+    assert cursor.request() is None
+
+
+def test_after_a_full_page_a_short_page_ends_the_read() -> None:
+    """A page the server answered in full shows no cap below its size: a later page asked
+    for at most as many that comes back shorter holds every run left (no empty page to
+    confirm it). Asked for more than was ever answered in full, a short page ends nothing."""
+    at = datetime(2030, 1, 1).astimezone()
+    cursor = paging.Keyset(FlowRunQuery(), descending=False, size=3)
+    assert cursor.request() is not None
+    cursor.advance(_keys(1, 2, 3, at=at), 3)
+    assert cursor.filled == 3
+    assert cursor.request() is not None
+    cursor.advance(_keys(4, 5, at=at + timedelta(seconds=1)), 3)
+    assert cursor.request() is None and cursor.phase is paging.Phase.DONE
+
+    capped = paging.Keyset(FlowRunQuery(), descending=False, size=3)
+    assert capped.request(2) is not None
+    capped.advance(_keys(1, 2, at=at), 2)  # full as asked (2): says nothing of a page of 3
+    assert capped.request() is not None
+    capped.advance(_keys(3, 4, at=at + timedelta(seconds=1)), 3)
+    assert capped.request() is not None  # short of 3, never answered in full: read on
+
+
+def test_after_a_full_page_a_short_page_of_runs_without_a_time_ends_them() -> None:
+    cursor = paging.nulls(FlowRunQuery(), 3, FlowRunSort.EXPECTED_START_TIME_ASC)
+    assert cursor.request() is not None
+    cursor.advance([paging.Key(UUID(int=i), None) for i in (1, 2, 3)], 3)
+    assert cursor.request() is not None
+    assert cursor.advance([paging.Key(UUID(int=4), None)], 3) == 1
     assert cursor.request() is None
 
 
