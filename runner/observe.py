@@ -16,6 +16,7 @@ from typing import TypeVar
 from uuid import UUID
 
 from runner.client import PrefectClient
+from runner.collector import collection_paused
 from runner.errors import NotFound, PlaybookError, Problem, SelectionError
 from runner.models import FlowRun
 from runner.plan import ObjectView, Observation, Plan, RunView, StepObservation
@@ -620,4 +621,5 @@ async def plan_playbook(
     """Read what the playbook selects and return the plan. Sends no write to the server."""
     moment = now or datetime.now(timezone.utc)
     observation = await observe(client, playbook, now=moment)
-    return make_plan(playbook, observation, plan_id=new_plan_id(), exclude=exclude)
+    with collection_paused():
+        return make_plan(playbook, observation, plan_id=new_plan_id(), exclude=exclude)

@@ -12,12 +12,14 @@ import json
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runner import planfile
 from runner.errors import PlaybookError
 from runner.loader import load_text
 from runner.plan import Observation, RunView, StepObservation
@@ -230,8 +232,13 @@ def test_odd_playbooks_plan_or_fail_clearly(
     plan = make_plan(playbook, observation, plan_id="p")
     for fmt in ("text", "markdown", "json"):
         assert render(plan, fmt, full=True)
+    dumps_whole = dumps(plan)
     # Written change by change, the document (and its checksum) is the one built whole.
     assert json.loads(dumps(plan)) == plan_to_json(plan)
+    # Its change lines written (and hashed) a few at a time: the same text, byte for byte.
+    for lines_a_write in (1, 2, 3):
+        with mock.patch.object(planfile, "_LINES_A_WRITE", lines_a_write):
+            assert dumps(plan) == dumps_whole
     again = plan_from_json(json.loads(dumps(plan)), source="round trip")
     assert dumps(again) == dumps(plan)
     for step in plan.steps:
