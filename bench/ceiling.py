@@ -15,6 +15,13 @@ short backoff, so the figure is what gets done, not what got refused.
 writes (a bulk write after one ``flow_runs/filter`` of its ids; a one-run write, and a
 recreate's create, after ``GET flow_runs/{id}``), the least a tool that never writes over a
 run it has not just seen must send. It judges nothing it reads: the read's cost alone.
+
+``plan --keyset``: the keyset ceiling, what the server can serve a read by keyset at: the
+flow's runs by expected start time, the span cut in equal slices of about eight pages (at
+least one per request in flight), each paged after the last time read (the ids read at that
+time left out), a slice ending on its first page shorter than asked. No parsing past the
+JSON, nothing kept but the ids (``done`` counts each once). Beside the offset ceiling it
+says where the server's own limit sits for a reader that does not page by offset.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import httpx
 import bench.counting  # noqa: F401  (counts requests)
 
 RETRY = {429, 502, 503, 504}
+PAGE = 200
+TICK = timedelta(microseconds=1)
 
 
 async def send(client: httpx.AsyncClient, method: str, path: str, **kw: object) -> httpx.Response:
@@ -71,6 +80,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--bulk", action="store_true")
     parser.add_argument("--checked", action="store_true")
+    parser.add_argument("--keyset", action="store_true")
     parser.add_argument("--flow", required=True)
     parser.add_argument("--state", default="")
     args = parser.parse_args()
@@ -143,6 +153,11 @@ async def main() -> None:
                 found: list[dict[str, Any]] = response.json()
                 return found
 
+        if args.op == "plan" and args.keyset:
+            print(
+                json.dumps({"done": await keyset_read(client, selection, gate, args.concurrency)})
+            )
+            return
         count = int((await send(client, "POST", "flow_runs/count", json=selection)).json())
         pages = await asyncio.gather(*(page(o) for o in range(0, count, 200)))
         runs = [
@@ -161,6 +176,62 @@ async def main() -> None:
         else:
             await asyncio.gather(*(one(r) for r in runs))
     print(json.dumps({"done": done}))
+
+
+async def keyset_read(
+    client: httpx.AsyncClient, selection: dict[str, Any], gate: asyncio.Semaphore, width: int
+) -> int:
+    """Every run of ``selection`` read by keyset (see the module's ``plan --keyset``): how
+    many distinct runs were read."""
+
+    async def page(runs: dict[str, Any], sort: str) -> list[dict[str, Any]]:
+        body = {**selection, "flow_runs": {**selection.get("flow_runs", {}), **runs}}
+        async with gate:
+            response = await send(
+                client, "POST", "flow_runs/filter", json={**body, "sort": sort, "limit": PAGE}
+            )
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    count = int((await send(client, "POST", "flow_runs/count", json=selection)).json())
+    timed = {"expected_start_time": {"after_": "0001-01-01T00:00:00+00:00"}}
+    first, last = await asyncio.gather(
+        page(timed, "EXPECTED_START_TIME_ASC"), page(timed, "EXPECTED_START_TIME_DESC")
+    )
+    if not first:
+        return 0
+    low = datetime.fromisoformat(first[0]["expected_start_time"])
+    high = datetime.fromisoformat(last[0]["expected_start_time"])
+    parts = max(width, -(-count // (PAGE * 8)))
+    cuts = [low + (high - low) * i / parts for i in range(parts + 1)]
+    seen: set[str] = set()
+
+    async def read_slice(index: int) -> None:
+        after = cuts[index]
+        ties: list[str] = []
+        before = cuts[index + 1] - TICK if index < parts - 1 else None
+        while True:
+            window = {"after_": after.isoformat()}
+            if before is not None:
+                window["before_"] = before.isoformat()
+            runs: dict[str, Any] = {"expected_start_time": window}
+            if ties:
+                runs["id"] = {"not_any_": ties}
+            found = await page(runs, "EXPECTED_START_TIME_ASC")
+            seen.update(run["id"] for run in found)
+            if len(found) < PAGE:
+                return
+            stamp = found[-1]["expected_start_time"]
+            at = datetime.fromisoformat(stamp)
+            ties = (ties if at == after else []) + [
+                run["id"] for run in found if run["expected_start_time"] == stamp
+            ]
+            after = at
+
+    await asyncio.gather(*(read_slice(i) for i in range(parts)))
+    if len(seen) != count:  # the server is quiet: a miss is the ceiling's own
+        raise SystemExit(f"keyset ceiling: read {len(seen)} runs of {count}")
+    return len(seen)
 
 
 if __name__ == "__main__":

@@ -696,7 +696,9 @@ def curve_section(cells: list[Cell], meta: dict[str, Any]) -> list[str]:
         "`runner plan` over one flow's finished runs, the history grown in the database"
         " between sizes; one measurement per cell. runner reads by keyset (the sort key after"
         " the last value seen), the ceiling and the recipe by offset (the server skips every"
-        f" earlier row on every page: measured up to {meta['curve_offset_max']:,} runs).",
+        f" earlier row on every page: measured up to {meta['curve_offset_max']:,} runs). The"
+        " keyset ceiling reads by keyset from bare httpx, parsing nothing: what the server"
+        " itself can serve such a read at (`bench/ceiling.py plan --keyset`).",
         "",
         "![runs/s against history size](plan-curve.svg)",
         "",
@@ -732,6 +734,20 @@ def curve_section(cells: list[Cell], meta: dict[str, Any]) -> list[str]:
                 f"| {backend} | >= 1.2x the offset-paging ceiling at {n:,} | {ratio:.2f}x |"
                 f" {'met' if ratio >= 1.2 else 'MISSED'} |"
             )
+        server = [n for n in sizes if ("ceiling-keyset", n) in mine and ("runner-plan", n) in mine]
+        for n in server[-1:]:
+            keyset = mine[("ceiling-keyset", n)].ops_per_s
+            ratio = mine[("runner-plan", n)].ops_per_s / keyset if keyset else 0.0
+            offset = mine.get(("ceiling", n))
+            beyond = (
+                f"; the keyset ceiling is {keyset / offset.ops_per_s:.2f}x the offset ceiling"
+                if offset and offset.ops_per_s
+                else ""
+            )
+            lines.append(
+                f"| {backend} | not a target: runner against the keyset ceiling (the server's"
+                f" own limit for a keyset read) at {n:,} | {ratio:.2f}x{beyond} | |"
+            )
         if large:
             lines.append(
                 f"| {backend} | peak RSS <= 200 MB at {sizes[-1]:,} | {large.rss_mb:.0f} MB |"
@@ -761,6 +777,8 @@ def plan_curve(
         backend.grow(template, size - have, "c")
         have = size
         systems = [("runner-plan", "runner", "plan", "keyset paging")]
+        keyset = f"keyset paging, raw httpx, concurrency {best}"
+        systems += [("ceiling-keyset", "ceiling", f"{best}/keyset", keyset)]
         if size <= args.curve_offset_max:
             systems += [("ceiling", "ceiling", best, f"offset paging, concurrency {best}")]
             systems += [("recipe", "recipe", "", "offset paging, one page at a time")]

@@ -1,5 +1,5 @@
 """The plan curve as an SVG line chart: runs/s against history size, one panel per backend,
-one line per system (runner, the offset-paging ceiling, the recipe). No plotting library: a
+one line per system (runner, the offset-paging ceiling, the keyset ceiling, the recipe). No plotting library: a
 few dozen SVG elements, written beside RESULTS.md by the harness."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from html import escape
 SERIES = (
     ("runner-plan", "#1f77b4", ""),
     ("ceiling", "#d62728", "6 4"),
+    ("ceiling-keyset", "#2ca02c", "1 3"),
     ("recipe", "#7f7f7f", "2 3"),
 )
 PANEL_W, PANEL_H, MARGIN = 420, 300, 56
@@ -80,11 +81,12 @@ def curve_svg(points: Sequence[tuple[str, str, int, float]]) -> str:
                 out.append(f'<circle cx="{x(n):.1f}" cy="{y(r):.1f}" r="3" fill="{colour}"/>')
     legend_y = height - 14
     for index, (system, colour, dash) in enumerate(SERIES):
-        left = MARGIN + index * 200
+        left = MARGIN + index * 190
         dashed = f' stroke-dasharray="{dash}"' if dash else ""
         label = {
             "runner-plan": "runner plan (keyset)",
             "ceiling": "ceiling (raw httpx, offset)",
+            "ceiling-keyset": "ceiling (raw httpx, keyset)",
             "recipe": "recipe (SDK, offset)",
         }[system]
         out.append(
