@@ -13,11 +13,10 @@ import random
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import httpx
 import pytest
@@ -25,16 +24,21 @@ import pytest
 from runner import paging, planfile
 from runner.client import PrefectClient
 from runner.errors import ServerError
-from runner.filters import AnyIds, FlowFilter, FlowRunQuery, FlowRunSort, TimeWindow
+from runner.filters import FlowRunQuery, FlowRunSort, TimeWindow
 from runner.loader import load_text
 from runner.models import FlowRun
 from runner.observe import plan_playbook
 from runner.settings import ConnectionSettings
+from tests import test_adversary_paging
 from tests.support.prefect_server import PrefectServer
-from tests.support.seed import Seeder, unique
-from tests.support.seed_db import clone_runs_at, remove_runs_of_flow
+from tests.support.seed import unique
+from tests.support.seed_db import clone_runs_at
+from tests.test_adversary_paging import of_flow, read
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+
+#: The fixture that makes a flow's runs at the times given (tests/test_adversary_paging.py).
+seed = test_adversary_paging.seed
 
 PAGE = 10
 Runs = list[dict[str, Any]]
@@ -79,31 +83,6 @@ class Tamper(httpx.AsyncBaseTransport):
             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         }
         return httpx.Response(response.status_code, headers=headers, content=content)
-
-
-@pytest.fixture
-def seed(prefect_server: PrefectServer, seeder: Seeder) -> Iterator[Seed]:
-    db = prefect_server.home / "prefect.db"
-    flows: list[dict[str, Any]] = []
-
-    def make(shifts: list[timedelta | None]) -> tuple[dict[str, Any], list[str]]:
-        flow = seeder.flow(unique("short"))
-        flows.append(flow)
-        template = seeder.run(flow, "Scheduled")
-        clones = clone_runs_at(db, template["id"], shifts, name_prefix=unique("s"))
-        return flow, [template["id"], *clones]
-
-    yield make
-    for flow in flows:
-        remove_runs_of_flow(db, flow["id"])
-
-
-def of_flow(flow: dict[str, Any]) -> FlowRunQuery:
-    return FlowRunQuery(flows=FlowFilter(id=AnyIds(any_=(UUID(flow["id"]),))))
-
-
-async def read(client: PrefectClient, query: FlowRunQuery, **kwargs: Any) -> list[FlowRun]:
-    return [run async for page in client.iter_flow_runs(query, **kwargs) for run in page]
 
 
 async def read_through(
