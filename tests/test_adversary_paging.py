@@ -106,7 +106,10 @@ async def read(client: PrefectClient, query: FlowRunQuery, **kwargs: Any) -> lis
 
 
 async def read_or_refuse(
-    settings: ConnectionSettings, tamper: Tamper, query: FlowRunQuery, **kwargs: Any
+    settings: ConnectionSettings,
+    tamper: httpx.AsyncBaseTransport,
+    query: FlowRunQuery,
+    **kwargs: Any,
 ) -> list[FlowRun] | None:
     """The runs read through ``tamper``, or None if the client refused the answers."""
     async with PrefectClient(settings, transport=tamper, page_size=PAGE) as client:

@@ -23,8 +23,7 @@ import pytest
 
 from runner import paging, planfile
 from runner.client import PrefectClient
-from runner.errors import ServerError
-from runner.filters import FlowRunQuery, FlowRunSort, TimeWindow
+from runner.filters import FlowRunSort, TimeWindow
 from runner.loader import load_text
 from runner.models import FlowRun
 from runner.observe import plan_playbook
@@ -33,7 +32,7 @@ from tests import test_adversary_paging
 from tests.support.prefect_server import PrefectServer
 from tests.support.seed import unique
 from tests.support.seed_db import clone_runs_at
-from tests.test_adversary_paging import of_flow, read
+from tests.test_adversary_paging import of_flow, read, read_or_refuse
 
 pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
 
@@ -85,16 +84,6 @@ class Tamper(httpx.AsyncBaseTransport):
         return httpx.Response(response.status_code, headers=headers, content=content)
 
 
-async def read_through(
-    settings: ConnectionSettings, tamper: Tamper, query: FlowRunQuery, **kwargs: Any
-) -> list[FlowRun] | None:
-    async with PrefectClient(settings, transport=tamper, page_size=PAGE) as client:
-        try:
-            return await read(client, query, **kwargs)
-        except ServerError:
-            return None
-
-
 def delete_runs(db: Path, ids: list[str]) -> None:
     if not ids:
         return
@@ -133,7 +122,7 @@ async def test_ties_spanning_the_full_and_the_short_page(
     shifts += [timedelta(seconds=s // 13 * 10 + 3 + (s % 13 >= 6)) for s in range(13 * 6)]
     flow, ids = seed(shifts)
     tamper = Tamper()
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=window)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window)
     assert runs is not None and counts(runs) == Counter(ids)
     assert max(tamper.returned.values()) == 1
 
@@ -159,7 +148,7 @@ async def test_ties_spanning_the_boundary_with_a_run_added_there_after_the_full_
         return runs
 
     tamper.answer = answer
-    runs = await read_through(settings, tamper, of_flow(flow))
+    runs = await read_or_refuse(settings, tamper, of_flow(flow))
     assert runs is not None and added
     assert counts(runs) == Counter(ids + added)
 
@@ -225,7 +214,7 @@ async def test_runs_deleted_and_added_meanwhile_never_end_a_read_early(
     tamper = Tamper()
     sort = FlowRunSort.EXPECTED_START_TIME_DESC if descending else None
     with Writer(prefect_server.home / "prefect.db", ids[0], doomed, shifts) as writer:
-        runs = await read_through(settings, tamper, of_flow(flow), concurrency=window, sort=sort)
+        runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window, sort=sort)
         during = writer.writes
     assert runs is not None
     stable = set(ids) - set(doomed)
@@ -261,7 +250,7 @@ async def test_a_slice_ended_by_a_short_page_then_written_into(
         return runs
 
     tamper.answer = answer
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=4)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=4)
     assert runs is not None
     listed = counts(runs)
     assert set(ids) <= set(listed)
@@ -290,7 +279,7 @@ async def test_a_consistent_cap_still_reads_everything(
     tamper = Tamper()
     tamper.answer = capped(cap)
     sort = FlowRunSort.EXPECTED_START_TIME_DESC if descending else None
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=window, sort=sort)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window, sort=sort)
     assert runs is not None and counts(runs) == Counter(ids)
 
 
@@ -309,7 +298,7 @@ async def test_a_consistent_cap_with_a_limit_reads_the_first_runs(
         whole = await read(client, of_flow(flow), sort=sort)
     tamper = Tamper()
     tamper.answer = capped(7)
-    runs = await read_through(settings, tamper, of_flow(flow), sort=sort, limit=limit)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), sort=sort, limit=limit)
     assert runs is not None
     assert len(runs) == min(limit, len(ids))
     timed = [r.id for r in whole if r.expected_start_time is not None]
@@ -337,7 +326,7 @@ async def test_a_consistent_cap_through_the_cluster_phase(
     flow, ids = seed(shifts)
     tamper = Tamper()
     tamper.answer = capped(cap)
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=window)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window)
     assert runs is not None and counts(runs) == Counter(ids)
 
 
@@ -365,7 +354,7 @@ async def test_a_cluster_then_a_short_page_then_runs_without_a_time(
             added.extend(clone_runs_at(db, ids[0], [timedelta(seconds=2)] * 2 + [None]))
 
     tamper.before = before
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=window)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window)
     assert runs is not None and added
     listed = counts(runs)
     assert set(ids) <= set(listed) and max(listed.values()) == 1
@@ -386,7 +375,7 @@ async def test_a_smaller_server_limit_learned_mid_read(
     tamper.refuse = lambda body: (
         "Invalid limit: must be less than or equal to 7." if body.get("limit", 0) > 7 else None
     )
-    runs = await read_through(settings, tamper, of_flow(flow), concurrency=window)
+    runs = await read_or_refuse(settings, tamper, of_flow(flow), concurrency=window)
     assert runs is not None and counts(runs) == Counter(ids)
     assert all(asked <= 7 for asked, _ in tamper.pages)
 
@@ -414,7 +403,7 @@ async def test_a_bounded_selection_with_sparse_slices(
     }
     query = paging._with(of_flow(flow), window=TimeWindow(after_=low, before_=high))
     tamper = Tamper()
-    runs = await read_through(settings, tamper, query, concurrency=window)
+    runs = await read_or_refuse(settings, tamper, query, concurrency=window)
     assert runs is not None and counts(runs) == Counter(expected)
 
 
@@ -437,7 +426,7 @@ async def test_confirm_a_cap_that_shrinks_mid_read_ends_the_read_early(
         return runs
 
     tamper.answer = answer
-    runs = await read_through(settings, tamper, of_flow(flow))
+    runs = await read_or_refuse(settings, tamper, of_flow(flow))
     assert runs is not None and len(runs) == 17 < len(ids)
 
 
