@@ -15,6 +15,11 @@ from collections.abc import Callable
 
 import anyio
 
+#: The most requests a step may have in flight (``concurrency`` in a playbook, ``--concurrency``).
+MAX_CONCURRENCY = 256
+#: Connections an apply's client may open besides its steps' requests: the read-ahead of
+#: one-run writes, the event feed, the server lock's renewals.
+CONNECTIONS_BESIDES = 16
 #: A level must complete this much more than the one below it to be worth its extra load.
 GAIN = 1.1
 #: Completions a window needs before its throughput counts (at least twice the level).
