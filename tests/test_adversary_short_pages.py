@@ -34,7 +34,7 @@ from tests.support.seed import unique
 from tests.support.seed_db import clone_runs_at
 from tests.test_adversary_paging import of_flow, read, read_or_refuse
 
-pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+pytestmark = [pytest.mark.anyio, pytest.mark.prefect2_nightly]
 
 #: The fixture that makes a flow's runs at the times given (tests/test_adversary_paging.py).
 seed = test_adversary_paging.seed

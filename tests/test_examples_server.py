@@ -16,7 +16,7 @@ from tests.support.prefect_server import PrefectServer, start_server
 from tests.support.seed import Seeder
 
 ROOT = Path(__file__).parent.parent
-pytestmark = [pytest.mark.prefect2]
+pytestmark = [pytest.mark.prefect2_nightly]
 
 
 @pytest.fixture(scope="module")

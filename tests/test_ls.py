@@ -31,7 +31,7 @@ from tests.support.cli import run_cli, start_cli
 from tests.support.fault_proxy import FaultProxy
 from tests.support.seed import Seeder, unique
 
-pytestmark = [pytest.mark.anyio, pytest.mark.prefect2]
+pytestmark = [pytest.mark.anyio, pytest.mark.prefect2_nightly]
 
 #: The page limit the transports and the proxy below give the server: a few runs make pages.
 PAGE = 4

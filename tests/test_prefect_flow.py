@@ -21,7 +21,7 @@ import pytest
 from tests.support.prefect_server import ROOT, PrefectServer
 from tests.support.seed import Seeder, unique
 
-pytestmark = [pytest.mark.server, pytest.mark.prefect2]
+pytestmark = [pytest.mark.server, pytest.mark.prefect2_nightly]
 
 FLOW_NAME = "runner-apply-playbook"
 

@@ -26,7 +26,7 @@ from tests.support.prefect_server import ROOT, PrefectServer
 from tests.support.seed import Seeder, unique, utcnow
 from tests.test_prefect_flow import failed_with, git_repo
 
-pytestmark = [pytest.mark.server, pytest.mark.prefect2]
+pytestmark = [pytest.mark.server, pytest.mark.prefect2_nightly]
 
 EXAMPLE = ROOT / "docs" / "examples" / "prefect.yaml"
 PLACEHOLDER = "https://github.com/acme/prefect-ops.git"

@@ -5,7 +5,10 @@ installs from the package registry reachable here; ``2`` means the newest 2.x). 
 migrated template database live under ``RUNNER_TEST_CACHE`` (default ``~/.cache/runner-tests``)
 so only the first run pays for the install and the migrations.
 
-Also runnable: ``python -m tests.support.prefect_server [--keep]`` starts a server and prints its URL.
+Also runnable: ``python -m tests.support.prefect_server [--keep]`` starts a server and prints its URL;
+``python -m tests.support.prefect_server --prepare VERSION...`` installs those versions and
+migrates their template databases, one after the other, and starts nothing (``scripts/test``
+does it in the background while the checks before each leg run).
 """
 
 from __future__ import annotations
@@ -238,7 +241,20 @@ def start_server(
         raise
 
 
+def prepare(version: str) -> Path:
+    """Install ``version`` and migrate its template database, if not done before."""
+    venv = ensure_venv(version)
+    template_home(version, venv)
+    return venv
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--prepare"]:
+        for version in sys.argv[2:]:
+            started = time.monotonic()
+            venv = prepare(version)
+            print(f"{venv.name}: ready after {time.monotonic() - started:.1f}s", flush=True)
+        return
     server = start_server()
     print(f"PREFECT_API_URL={server.api_url}  (started in {server.startup_seconds:.1f}s)")
     if "--keep" in sys.argv:
